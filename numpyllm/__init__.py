@@ -1,0 +1,11 @@
+"""numpyllm: a GPT-style language model in plain NumPy, every backward pass by hand.
+
+Importing numpyllm needs only NumPy. The compiled attention kernel, safetensors,
+regex, tqdm and matplotlib are used when present (see the README).
+"""
+
+from . import attention
+
+__version__ = "0.1.0"
+
+__all__ = ["attention"]
