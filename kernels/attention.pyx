@@ -1,0 +1,359 @@
+# cython: language_level=3
+"""Fused attention kernel, FlashAttention-style, built as ``numpyllm._attention``.
+
+Same math as the NumPy reference in ``numpyllm/attention.py`` (read that first):
+
+    S = scale · Q Kᵀ + causal mask,   O = softmax(S) V,   lse = logsumexp(S) per row
+
+but no (Nq, Nk) matrix is ever formed. Queries are cut into blocks of BLOCK_Q rows and
+keys/values into blocks of BLOCK_K rows; only one (BLOCK_Q, BLOCK_K) tile of scores
+lives at a time, in per-thread scratch.
+
+Forward, for one query block (online softmax):
+    m = -inf, l = 0, acc = 0                      per row: running max, running sum, output
+    for each key block K_j, V_j not fully hidden by the causal mask:
+        S    = scale · Q_i K_jᵀ                   (tile product, BLAS)
+        m'   = max(m, rowmax(S))
+        P    = exp(S - m')                        (masked entries: 0)
+        l    = l · exp(m - m') + rowsum(P)
+        acc  = acc · exp(m - m') + P V_j          (tile product, BLAS)
+        m    = m'
+    O = acc / l,  lse = m + log(l)
+
+Backward, for one key block j (its dK_j, dV_j are owned by this (batch, head)):
+    D_i = rowsum(dO_i ∘ O_i)                      once per query row
+    for each query block i that can see key block j:
+        P     = exp(scale · Q_i K_jᵀ - lse_i)     rebuilt from the saved lse
+        dV_j += Pᵀ dO_i
+        dP    = dO_i V_jᵀ
+        dS    = P ∘ (dP - D_i)
+        dQ_i += scale · dS K_j
+        dK_j += scale · dSᵀ Q_i
+
+Parallel over (batch·head, query block) in the forward and over batch·head in the
+backward (each thread then owns its dK, dV and dQ rows, so there is no race).
+Inputs are validated by the Python wrapper in ``numpyllm.attention``; these functions
+trust shapes and dtypes and only make arrays C-contiguous.
+"""
+
+import numpy as np
+
+cimport cython
+from cython cimport floating
+from cython.parallel cimport parallel, prange, threadid
+from libc.math cimport INFINITY, exp, expf, log
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+# OpenMP when the build has it; one thread otherwise (Cython's prange is then a plain loop).
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define NUMPYLLM_OPENMP 1
+    #else
+    #define NUMPYLLM_OPENMP 0
+    static int omp_get_max_threads(void) { return 1; }
+    #endif
+    """
+    bint NUMPYLLM_OPENMP
+    int omp_get_max_threads() noexcept nogil
+
+cdef enum:
+    BLOCK_Q = 64   # query rows per tile
+    BLOCK_K = 128  # key/value rows per tile
+
+#: Whether the extension was compiled with OpenMP.
+openmp_enabled = bool(NUMPYLLM_OPENMP)
+#: Tile sizes, for documentation and tests of the block edges.
+block_q = BLOCK_Q
+block_k = BLOCK_K
+
+
+def default_num_threads():
+    """OpenMP's default thread count (follows OMP_NUM_THREADS and threadpoolctl)."""
+    return omp_get_max_threads()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
+                      floating alpha, const floating* a, int lda,
+                      const floating* b, int ldb,
+                      floating beta, floating* c, int ldc) noexcept nogil:
+    """Row-major C (m×n) = alpha · op(A) op(B) + beta · C with BLAS.
+
+    BLAS is column-major, and a row-major matrix is its column-major transpose, so
+    the row-major product C = op(A) op(B) is computed as Cᵀ = op(B)ᵀ op(A)ᵀ.
+    """
+    cdef char transb_cm = b'T' if trans_b else b'N'
+    cdef char transa_cm = b'T' if trans_a else b'N'
+    if floating is float:
+        sgemm(&transb_cm, &transa_cm, &n, &m, &k, &alpha, <float*> b, &ldb,
+              <float*> a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&transb_cm, &transa_cm, &n, &m, &k, &alpha, <double*> b, &ldb,
+              <double*> a, &lda, &beta, c, &ldc)
+
+
+cdef inline floating exp_f(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline int visible_keys(bint causal, Py_ssize_t row, Py_ssize_t offset,
+                             Py_ssize_t col0, int n_cols) noexcept nogil:
+    """How many of the columns col0 .. col0+n_cols-1 query `row` may see.
+
+    Causal rows see columns j <= row + offset (offset = Nk - Nq, bottom-right alignment).
+    """
+    cdef Py_ssize_t n
+    if not causal:
+        return n_cols
+    n = row + offset - col0 + 1
+    if n < 0:
+        return 0
+    if n > n_cols:
+        return n_cols
+    return <int> n
+
+
+# --------------------------------------------------------------------------- forward
+
+
+cdef void forward_query_block(
+    const floating* q, const floating* k, const floating* v,  # (Nq, d), (Nk, d), (Nk, d) of one head
+    floating* out, double* lse,                                 # (Nq, d), (Nq,)
+    Py_ssize_t n_q, Py_ssize_t n_k, int d, Py_ssize_t row0,
+    bint causal, floating scale,
+    floating* scores, floating* acc, double* row_max, double* row_sum,  # thread scratch
+) noexcept nogil:
+    """Rows row0 .. row0+BLOCK_Q-1 of out and lse, streaming over key blocks."""
+    cdef int n_rows = <int> min(<Py_ssize_t> BLOCK_Q, n_q - row0)
+    cdef Py_ssize_t offset = n_k - n_q
+    cdef Py_ssize_t col0, last_col
+    cdef int n_cols, n_vis, i, j, c
+    cdef double m_new, m_blk, alpha, block_sum
+    cdef floating p
+    cdef floating* s_row
+    cdef floating* acc_row
+
+    for i in range(n_rows):
+        row_max[i] = -INFINITY
+        row_sum[i] = 0.0
+        for c in range(d):
+            acc[i * d + c] = 0
+    # Keys past the block's last visible column are hidden from every row: skip them.
+    last_col = row0 + n_rows - 1 + offset if causal else n_k - 1
+    col0 = 0
+    while col0 <= last_col:
+        n_cols = <int> min(<Py_ssize_t> BLOCK_K, n_k - col0)
+        # scores (n_rows × n_cols, row stride BLOCK_K) = scale · Q_i K_jᵀ
+        gemm(False, True, n_rows, n_cols, d, scale, q + row0 * d, d, k + col0 * d, d,
+             <floating> 0, scores, BLOCK_K)
+        for i in range(n_rows):
+            s_row = scores + i * BLOCK_K
+            n_vis = visible_keys(causal, row0 + i, offset, col0, n_cols)
+            m_blk = -INFINITY
+            for j in range(n_vis):
+                if s_row[j] > m_blk:
+                    m_blk = s_row[j]
+            for j in range(n_vis, n_cols):
+                s_row[j] = 0  # masked: probability 0
+            if n_vis == 0:
+                continue
+            m_new = m_blk if m_blk > row_max[i] else row_max[i]
+            block_sum = 0.0
+            for j in range(n_vis):
+                p = exp_f(<floating> (s_row[j] - m_new))
+                s_row[j] = p
+                block_sum += p
+            alpha = exp(row_max[i] - m_new)  # rescales what earlier blocks accumulated
+            row_sum[i] = row_sum[i] * alpha + block_sum
+            row_max[i] = m_new
+            if alpha != 1.0:
+                acc_row = acc + i * d
+                for c in range(d):
+                    acc_row[c] = <floating> (acc_row[c] * alpha)
+        # acc (n_rows × d) += P V_j
+        gemm(False, False, n_rows, d, n_cols, <floating> 1, scores, BLOCK_K, v + col0 * d, d,
+             <floating> 1, acc, d)
+        col0 += BLOCK_K
+    for i in range(n_rows):
+        for c in range(d):
+            out[(row0 + i) * d + c] = <floating> (acc[i * d + c] / row_sum[i])
+        lse[row0 + i] = row_max[i] + log(row_sum[i])
+
+
+cdef void forward_all(
+    const floating[:, :, ::1] q, const floating[:, :, ::1] k, const floating[:, :, ::1] v,
+    floating[:, :, ::1] out, double[:, ::1] lse, bint causal, floating scale,
+    floating[:, ::1] scores, floating[:, ::1] acc, double[:, ::1] stats, int n_threads,
+) noexcept nogil:
+    cdef Py_ssize_t n_heads = q.shape[0], n_q = q.shape[1], n_k = k.shape[1]
+    cdef int d = <int> q.shape[2]
+    cdef Py_ssize_t n_qblocks = (n_q + BLOCK_Q - 1) // BLOCK_Q
+    cdef Py_ssize_t task, head, row0
+    cdef int tid
+    with parallel(num_threads=n_threads):
+        for task in prange(n_heads * n_qblocks, schedule="dynamic"):
+            tid = threadid()
+            head = task // n_qblocks
+            row0 = (task % n_qblocks) * BLOCK_Q
+            forward_query_block(&q[head, 0, 0], &k[head, 0, 0], &v[head, 0, 0],
+                                &out[head, 0, 0], &lse[head, 0],
+                                n_q, n_k, d, row0, causal, scale,
+                                &scores[tid, 0], &acc[tid, 0],
+                                &stats[tid, 0], &stats[tid, BLOCK_Q])
+
+
+# --------------------------------------------------------------------------- backward
+
+
+cdef void backward_head(
+    const floating* q, const floating* k, const floating* v,   # (Nq, d), (Nk, d), (Nk, d)
+    const floating* out, const floating* dout, const double* lse,
+    floating* dq, floating* dk, floating* dv,                  # zeroed on entry
+    Py_ssize_t n_q, Py_ssize_t n_k, int d, bint causal, floating scale,
+    floating* probs, floating* dscores, double* d_row,         # thread scratch
+) noexcept nogil:
+    """dq, dk, dv of one (batch, head), streaming over key blocks and query blocks."""
+    cdef Py_ssize_t offset = n_k - n_q
+    cdef Py_ssize_t row0, col0, first_row
+    cdef int n_rows, n_cols, n_vis, i, j, c
+    cdef double dot
+    cdef floating lse_i, d_i
+    cdef floating* p_row
+    cdef floating* ds_row
+
+    for i in range(n_q):  # D_i = Σ_c dO_ic O_ic
+        dot = 0.0
+        for c in range(d):
+            dot = dot + <double> dout[i * d + c] * out[i * d + c]
+        d_row[i] = dot
+    col0 = 0
+    while col0 < n_k:
+        n_cols = <int> min(<Py_ssize_t> BLOCK_K, n_k - col0)
+        # Causal: the first query row that sees column col0 is col0 - offset.
+        first_row = 0
+        if causal and col0 - offset > 0:
+            first_row = ((col0 - offset) // BLOCK_Q) * BLOCK_Q
+        row0 = first_row
+        while row0 < n_q:
+            n_rows = <int> min(<Py_ssize_t> BLOCK_Q, n_q - row0)
+            # P = exp(scale · Q_i K_jᵀ - lse_i), masked entries 0
+            gemm(False, True, n_rows, n_cols, d, scale, q + row0 * d, d, k + col0 * d, d,
+                 <floating> 0, probs, BLOCK_K)
+            for i in range(n_rows):
+                p_row = probs + i * BLOCK_K
+                lse_i = <floating> lse[row0 + i]
+                n_vis = visible_keys(causal, row0 + i, offset, col0, n_cols)
+                for j in range(n_vis):
+                    p_row[j] = exp_f(<floating> (p_row[j] - lse_i))
+                for j in range(n_vis, n_cols):
+                    p_row[j] = 0
+            # dV_j += Pᵀ dO_i
+            gemm(True, False, n_cols, d, n_rows, <floating> 1, probs, BLOCK_K,
+                 dout + row0 * d, d, <floating> 1, dv + col0 * d, d)
+            # dP = dO_i V_jᵀ, then dS = P ∘ (dP - D_i) in place
+            gemm(False, True, n_rows, n_cols, d, <floating> 1, dout + row0 * d, d,
+                 v + col0 * d, d, <floating> 0, dscores, BLOCK_K)
+            for i in range(n_rows):
+                p_row = probs + i * BLOCK_K
+                ds_row = dscores + i * BLOCK_K
+                d_i = <floating> d_row[row0 + i]
+                for j in range(n_cols):
+                    ds_row[j] = p_row[j] * (ds_row[j] - d_i)
+            # dQ_i += scale · dS K_j ;  dK_j += scale · dSᵀ Q_i
+            gemm(False, False, n_rows, d, n_cols, scale, dscores, BLOCK_K,
+                 k + col0 * d, d, <floating> 1, dq + row0 * d, d)
+            gemm(True, False, n_cols, d, n_rows, scale, dscores, BLOCK_K,
+                 q + row0 * d, d, <floating> 1, dk + col0 * d, d)
+            row0 += BLOCK_Q
+        col0 += BLOCK_K
+
+
+cdef void backward_all(
+    const floating[:, :, ::1] q, const floating[:, :, ::1] k, const floating[:, :, ::1] v,
+    const floating[:, :, ::1] out, const floating[:, :, ::1] dout, const double[:, ::1] lse,
+    floating[:, :, ::1] dq, floating[:, :, ::1] dk, floating[:, :, ::1] dv,
+    bint causal, floating scale,
+    floating[:, ::1] probs, floating[:, ::1] dscores, double[:, ::1] d_row, int n_threads,
+) noexcept nogil:
+    cdef Py_ssize_t n_heads = q.shape[0], n_q = q.shape[1], n_k = k.shape[1]
+    cdef int d = <int> q.shape[2]
+    cdef Py_ssize_t head
+    cdef int tid
+    with parallel(num_threads=n_threads):
+        for head in prange(n_heads, schedule="dynamic"):
+            tid = threadid()
+            backward_head(&q[head, 0, 0], &k[head, 0, 0], &v[head, 0, 0],
+                          &out[head, 0, 0], &dout[head, 0, 0], &lse[head, 0],
+                          &dq[head, 0, 0], &dk[head, 0, 0], &dv[head, 0, 0],
+                          n_q, n_k, d, causal, scale,
+                          &probs[tid, 0], &dscores[tid, 0], &d_row[tid, 0])
+
+
+# --------------------------------------------------------------------------- Python entry points
+
+
+def _threads(int num_threads, Py_ssize_t n_tasks):
+    """Threads to use: the request (0 = OpenMP's default), at most one per task."""
+    cdef int n = num_threads if num_threads > 0 else omp_get_max_threads()
+    if not NUMPYLLM_OPENMP:
+        n = 1
+    return int(max(1, min(n, n_tasks)))
+
+
+def _heads(x):
+    """(B, H, N, d) -> C-contiguous (B·H, N, d), copying only when x is not contiguous."""
+    return np.ascontiguousarray(x).reshape(-1, x.shape[2], x.shape[3])
+
+
+def forward(q, k, v, bint causal, double scale, int num_threads=0):
+    """Kernel forward. q: (B, H, Nq, d), k, v: (B, H, Nk, d), validated by the caller.
+
+    Returns out: (B, H, Nq, d) in q's dtype and lse: (B, H, Nq) float64.
+    """
+    B, H, n_q, d = q.shape
+    out = np.empty((B * H, n_q, d), dtype=q.dtype)
+    lse = np.empty((B * H, n_q), dtype=np.float64)
+    n_tasks = B * H * ((n_q + BLOCK_Q - 1) // BLOCK_Q)
+    if n_tasks > 0:
+        n_threads = _threads(num_threads, n_tasks)
+        scores = np.empty((n_threads, BLOCK_Q * BLOCK_K), dtype=q.dtype)
+        acc = np.empty((n_threads, BLOCK_Q * d), dtype=q.dtype)
+        stats = np.empty((n_threads, 2 * BLOCK_Q), dtype=np.float64)
+        if q.dtype == np.float32:
+            forward_all[float](_heads(q), _heads(k), _heads(v), out, lse, causal, <float> scale,
+                               scores, acc, stats, n_threads)
+        else:
+            forward_all[double](_heads(q), _heads(k), _heads(v), out, lse, causal, scale,
+                                scores, acc, stats, n_threads)
+    return out.reshape(B, H, n_q, d), lse.reshape(B, H, n_q)
+
+
+def backward(dout, q, k, v, out, lse, bint causal, double scale, int num_threads=0):
+    """Kernel backward. Shapes as in ``forward``; returns dq, dk, dv in q's dtype."""
+    B, H, n_q, d = q.shape
+    n_k = k.shape[2]
+    dq = np.zeros((B * H, n_q, d), dtype=q.dtype)
+    dk = np.zeros((B * H, n_k, d), dtype=q.dtype)
+    dv = np.zeros((B * H, n_k, d), dtype=q.dtype)
+    if B * H > 0 and n_q > 0:
+        n_threads = _threads(num_threads, B * H)
+        probs = np.empty((n_threads, BLOCK_Q * BLOCK_K), dtype=q.dtype)
+        dscores = np.empty((n_threads, BLOCK_Q * BLOCK_K), dtype=q.dtype)
+        d_row = np.empty((n_threads, n_q), dtype=np.float64)
+        lse_heads = np.ascontiguousarray(lse, dtype=np.float64).reshape(B * H, n_q)
+        if q.dtype == np.float32:
+            backward_all[float](_heads(q), _heads(k), _heads(v), _heads(out), _heads(dout),
+                                lse_heads, dq, dk, dv, causal, <float> scale,
+                                probs, dscores, d_row, n_threads)
+        else:
+            backward_all[double](_heads(q), _heads(k), _heads(v), _heads(out), _heads(dout),
+                                 lse_heads, dq, dk, dv, causal, scale,
+                                 probs, dscores, d_row, n_threads)
+    return (dq.reshape(B, H, n_q, d), dk.reshape(B, H, n_k, d), dv.reshape(B, H, n_k, d))
