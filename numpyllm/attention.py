@@ -157,20 +157,33 @@ def _check_backward_inputs(dout, q, out, lse):
 
 _kernel = None  # the imported numpyllm._attention module, once loaded
 _kernel_error = None  # why it could not be imported
+_blas_threads = None  # threadpoolctl controller for the BLAS the kernel calls
 _warned_fallback = False
 
 
 def _load_kernel():
     """Import the compiled kernel once; remember the error if it is not built."""
-    global _kernel, _kernel_error
+    global _kernel, _kernel_error, _blas_threads
     if _kernel is None and _kernel_error is None:
         try:
             from . import _attention
+            from threadpoolctl import ThreadpoolController
         except ImportError as exc:
             _kernel_error = exc
         else:
             _kernel = _attention
+            _blas_threads = ThreadpoolController()
     return _kernel
+
+
+def _run_kernel(function, *args):
+    """Call a kernel entry point with BLAS pinned to one thread.
+
+    The kernel runs its own OpenMP threads and calls BLAS on small tiles from each;
+    a multi-threaded BLAS inside them would oversubscribe the cores.
+    """
+    with _blas_threads.limit(limits=1, user_api="blas"):
+        return function(*args)
 
 
 def available_backends():
@@ -240,7 +253,7 @@ def forward(q, k, v, causal=False, scale=None, backend="auto", *, num_threads=No
     scale = _check_inputs(q, k, v, causal, scale)
     n_threads = _check_num_threads(num_threads)
     if _resolve(backend) == "cython":
-        return _kernel.forward(q, k, v, bool(causal), scale, n_threads)
+        return _run_kernel(_kernel.forward, q, k, v, bool(causal), scale, n_threads)
     return reference_forward(q, k, v, bool(causal), scale)
 
 
@@ -267,5 +280,5 @@ def backward(dout, q, k, v, out, lse, causal=False, scale=None, backend="auto", 
     _check_backward_inputs(dout, q, out, lse)
     n_threads = _check_num_threads(num_threads)
     if _resolve(backend) == "cython":
-        return _kernel.backward(dout, q, k, v, out, lse, bool(causal), scale, n_threads)
+        return _run_kernel(_kernel.backward, dout, q, k, v, out, lse, bool(causal), scale, n_threads)
     return reference_backward(dout, q, k, v, out, lse, bool(causal), scale)
