@@ -1,0 +1,384 @@
+"""Attention: the kernel equals the reference, the reference's backward equals finite
+differences, bad input is rejected, and the NumPy fallback works."""
+
+import functools
+import os
+import subprocess
+import sys
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from numpyllm import attention
+from numpyllm.testing import AttentionProblem, attention_problems, check_attention
+
+KERNEL_BUILT = "cython" in attention.available_backends()
+# In CI (and whenever NUMPYLLM_REQUIRE_KERNEL is set) a missing kernel is a failure,
+# so a broken build can never pass as the NumPy fallback.
+REQUIRE_KERNEL = bool(os.environ.get("CI") or os.environ.get("NUMPYLLM_REQUIRE_KERNEL"))
+needs_kernel = pytest.mark.skipif(
+    not KERNEL_BUILT and not REQUIRE_KERNEL, reason="compiled kernel not built (pip install -e .)"
+)
+
+kernel_forward = functools.partial(attention.forward, backend="cython")
+kernel_backward = functools.partial(attention.backward, backend="cython")
+reference_forward = functools.partial(attention.forward, backend="numpy")
+reference_backward = functools.partial(attention.backward, backend="numpy")
+
+
+def random_qkv(shape_q, n_k, dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    B, H, n_q, d = shape_q
+    q = rng.standard_normal((B, H, n_q, d)).astype(dtype)
+    k = rng.standard_normal((B, H, n_k, d)).astype(dtype)
+    v = rng.standard_normal((B, H, n_k, d)).astype(dtype)
+    return q, k, v
+
+
+# --------------------------------------------------------------------------- kernel == reference
+
+
+def test_kernel_is_built():
+    if not REQUIRE_KERNEL and not KERNEL_BUILT:
+        pytest.skip("compiled kernel not built; set NUMPYLLM_REQUIRE_KERNEL=1 to make this a failure")
+    assert KERNEL_BUILT, f"numpyllm._attention failed to import: {attention._kernel_error}"
+    assert attention.available_backends() == ("numpy", "cython")
+
+
+@needs_kernel
+@given(attention_problems())
+def test_kernel_matches_reference(problem):
+    check_attention(kernel_forward, kernel_backward, problem)
+
+
+@needs_kernel
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(
+    "n_q, n_k, d",
+    [(1, 1, 1), (1, 4096, 8), (63, 64, 3), (64, 64, 64), (65, 129, 5), (127, 128, 16),
+     (129, 129, 33), (200, 257, 8), (1, 129, 2), (128, 300, 1)],
+)
+def test_kernel_matches_reference_at_tile_edges(n_q, n_k, d, causal):
+    if causal and n_q > n_k:
+        pytest.skip("causal needs Nq <= Nk")
+    for dtype in (np.float32, np.float64):
+        q, k, v = random_qkv((2, 2, n_q, d), n_k, dtype, seed=n_q * 1000 + n_k)
+        dout = np.random.default_rng(1).standard_normal(q.shape).astype(dtype)
+        problem = AttentionProblem(q, k, v, dout, causal=causal, scale=None)
+        check_attention(kernel_forward, kernel_backward, problem)
+
+
+@given(attention_problems(max_len=80))
+@settings(max_examples=25)
+def test_reference_meets_its_own_tolerances(problem):
+    """The reference in float32 passes the check too: the tolerances are attainable."""
+    check_attention(reference_forward, reference_backward, problem)
+
+
+@needs_kernel
+def test_kernel_result_does_not_depend_on_thread_count():
+    q, k, v = random_qkv((2, 3, 150, 16), 150, np.float32)
+    one = attention.forward(q, k, v, causal=True, backend="cython", num_threads=1)
+    two = attention.forward(q, k, v, causal=True, backend="cython", num_threads=2)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+    dout = np.ones_like(q)
+    grads_one = attention.backward(dout, q, k, v, *one, causal=True, backend="cython", num_threads=1)
+    grads_two = attention.backward(dout, q, k, v, *one, causal=True, backend="cython", num_threads=2)
+    for a, b in zip(grads_one, grads_two):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_kernel
+def test_kernel_never_allocates_a_score_matrix():
+    """Every buffer the kernel allocates is a NumPy array (tracemalloc sees them all)."""
+    n, d = 2048, 16
+    q, k, v = random_qkv((1, 1, n, d), n, np.float32)
+    out, lse = attention.forward(q, k, v, causal=True, backend="cython")
+    dout = np.ones_like(q)
+    score_matrix_bytes = n * n * 4
+    for call in (
+        lambda: attention.forward(q, k, v, causal=True, backend="cython"),
+        lambda: attention.backward(dout, q, k, v, out, lse, causal=True, backend="cython"),
+    ):
+        tracemalloc.start()
+        call()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < score_matrix_bytes / 8, f"peak {peak} bytes vs N×N matrix {score_matrix_bytes}"
+
+
+# --------------------------------------------------------------------------- the reference itself
+
+
+def loss_of(q, k, v, dout, causal, scale):
+    """L = Σ dout ∘ out: its gradient with respect to out is dout."""
+    out, _ = attention.reference_forward(q, k, v, causal, scale)
+    return float(np.sum(dout * out))
+
+
+@given(
+    attention_problems(
+        dtypes=("float64",), max_batch=1, max_heads=2, max_len=9, head_dims=(1, 2, 3, 5),
+        max_score=30.0, layouts=("contiguous",),
+    )
+)
+@settings(max_examples=30)
+def test_reference_backward_matches_finite_differences(problem):
+    q, k, v, dout = (x.copy() for x in (problem.q, problem.k, problem.v, problem.dout))
+    d = q.shape[-1]
+    scale = 1 / np.sqrt(d) if problem.scale is None else problem.scale
+    out, lse = attention.reference_forward(q, k, v, problem.causal, scale)
+    analytic = attention.reference_backward(dout, q, k, v, out, lse, problem.causal, scale)
+    step = 1e-6
+    for x, grad in zip((q, k, v), analytic):
+        numeric = np.zeros_like(x)
+        for index in np.ndindex(x.shape):
+            saved = x[index]
+            x[index] = saved + step
+            plus = loss_of(q, k, v, dout, problem.causal, scale)
+            x[index] = saved - step
+            minus = loss_of(q, k, v, dout, problem.causal, scale)
+            x[index] = saved
+            numeric[index] = (plus - minus) / (2 * step)
+        # Central differences carry a round-off floor of about eps·|L|/step ≈ 1e-10·|L|.
+        floor = 1e-9 * max(1.0, abs(loss_of(q, k, v, dout, problem.causal, scale)))
+        error = np.abs(numeric - grad).max()
+        allowed = 1e-6 * max(np.abs(grad).max(), np.abs(numeric).max()) + floor
+        assert error <= allowed, f"error {error:.2e} > {allowed:.2e} for {problem!r}"
+
+
+def test_reference_lse_is_log_sum_exp_of_scaled_masked_scores():
+    q, k, v = random_qkv((1, 2, 5, 4), 7)
+    _, lse = attention.forward(q, k, v, causal=True, scale=0.3, backend="numpy")
+    scores = 0.3 * np.einsum("bhid,bhjd->bhij", q, k)
+    for i in range(5):
+        visible = scores[:, :, i, : i + 2 + 1]  # bottom-right: row i sees j <= i + (7 - 5)
+        np.testing.assert_allclose(lse[:, :, i], np.log(np.exp(visible).sum(-1)), rtol=1e-13)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
+def test_causal_alignment_is_bottom_right(backend):
+    if backend == "cython" and not KERNEL_BUILT:
+        pytest.skip("compiled kernel not built")
+    q, k, v = random_qkv((1, 1, 3, 4), 5)
+    out, _ = attention.forward(q, k, v, causal=True, backend=backend)
+    for i in range(3):  # row i depends on keys 0 .. i + 2 only
+        k2, v2 = k.copy(), v.copy()
+        k2[:, :, i + 3 :] += 10.0
+        v2[:, :, i + 3 :] += 10.0
+        out2, _ = attention.forward(q, k2, v2, causal=True, backend=backend)
+        np.testing.assert_allclose(out2[:, :, i], out[:, :, i], rtol=1e-14)
+    # A single query (KV-cache decoding) sees every key: causal equals non-causal.
+    one = q[:, :, -1:]
+    np.testing.assert_allclose(
+        attention.forward(one, k, v, causal=True, backend=backend)[0],
+        attention.forward(one, k, v, causal=False, backend=backend)[0],
+        rtol=1e-14,
+    )
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1e4, 1e6, 1e30])
+def test_softmax_stays_finite_for_huge_scores(backend, dtype, size):
+    if backend == "cython" and not KERNEL_BUILT:
+        pytest.skip("compiled kernel not built")
+    q, k, v = random_qkv((1, 2, 50, 8), 70, dtype)
+    q = (q * np.sqrt(size)).astype(dtype)
+    k = (k * np.sqrt(size)).astype(dtype)
+    out, lse = attention.forward(q, k, v, causal=True, scale=1.0, backend=backend)
+    grads = attention.backward(np.ones_like(out), q, k, v, out, lse, causal=True, scale=1.0, backend=backend)
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(lse))
+    assert all(np.all(np.isfinite(g)) for g in grads)
+    # Each row is (numerically) one-hot: out equals v at the largest visible score.
+    scores = np.einsum("bhid,bhjd->bhij", q.astype(np.float64), k.astype(np.float64))
+    scores = np.where(np.tri(50, 70, k=20, dtype=bool), scores, -np.inf)
+    picked = np.take_along_axis(v, scores.argmax(-1)[..., None], axis=2)
+    np.testing.assert_allclose(out, picked, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
+def test_nan_inputs_propagate_without_crashing(backend):
+    if backend == "cython" and not KERNEL_BUILT:
+        pytest.skip("compiled kernel not built")
+    q, k, v = random_qkv((1, 1, 6, 4), 6)
+    q[0, 0, 2, 1] = np.nan  # row 2 of the scores becomes NaN
+    v[0, 0, 4, 0] = np.inf
+    out, lse = attention.forward(q, k, v, causal=True, backend=backend)
+    ref_out, ref_lse = attention.forward(q, k, v, causal=True, backend="numpy")
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref_out))
+    np.testing.assert_array_equal(np.isnan(lse), np.isnan(ref_lse))
+    assert np.isnan(out[0, 0, 2]).all()
+    np.testing.assert_allclose(out[0, 0, :2], ref_out[0, 0, :2], rtol=1e-13)
+    grads = attention.backward(np.ones_like(out), q, k, v, out, lse, causal=True, backend=backend)
+    assert all(g.shape == x.shape for g, x in zip(grads, (q, k, v)))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _args(**overrides):
+    q, k, v = random_qkv((2, 3, 4, 8), 5)
+    args = dict(q=q, k=k, v=v)
+    args.update(overrides)
+    return args
+
+
+BAD_FORWARD_INPUTS = [
+    (dict(q=np.zeros((3, 4, 8))), ValueError, "q must be 4-D"),
+    (dict(k=np.zeros((2, 3, 5, 8, 1))), ValueError, "k must be 4-D"),
+    (dict(q=np.zeros((2, 3, 4, 8), dtype=np.int64)), TypeError, "q must have dtype float32 or float64"),
+    (dict(v=np.zeros((2, 3, 5, 8), dtype=np.float16)), TypeError, "v must have dtype"),
+    (dict(q=np.zeros((2, 3, 4, 8), dtype=np.float32)), TypeError, "share one dtype"),
+    (dict(q=[[[[1.0]]]]), TypeError, "q must be a numpy.ndarray"),
+    (dict(k=np.zeros((1, 3, 5, 8)), v=np.zeros((1, 3, 5, 8))), ValueError, "share (B, H)"),
+    (dict(k=np.zeros((2, 2, 5, 8)), v=np.zeros((2, 2, 5, 8))), ValueError, "share (B, H)"),
+    (dict(k=np.zeros((2, 3, 5, 4)), v=np.zeros((2, 3, 5, 4))), ValueError, "head dimension d=8"),
+    (dict(v=np.zeros((2, 3, 6, 8))), ValueError, "k and v must have the same shape"),
+    (dict(k=np.zeros((2, 3, 0, 8)), v=np.zeros((2, 3, 0, 8))), ValueError, "Nk >= 1"),
+    (dict(q=np.zeros((2, 3, 4, 0)), k=np.zeros((2, 3, 5, 0)), v=np.zeros((2, 3, 5, 0))), ValueError, "d must be >= 1"),
+    (dict(q=np.zeros((2, 3, 6, 8)), causal=True), ValueError, "Nq <= Nk"),
+    (dict(causal="yes"), TypeError, "causal must be a bool"),
+    (dict(scale="0.5"), TypeError, "scale must be a real number"),
+    (dict(scale=float("nan")), ValueError, "scale must be finite"),
+    (dict(backend="torch"), ValueError, "backend must be one of"),
+    (dict(num_threads=0), ValueError, "num_threads must be >= 1"),
+    (dict(num_threads=1.5), TypeError, "num_threads must be a positive int"),
+]
+
+
+@pytest.mark.parametrize("overrides, error, message", BAD_FORWARD_INPUTS)
+@pytest.mark.parametrize("backend", ["numpy", "auto"])
+def test_forward_rejects_bad_input(overrides, error, message, backend):
+    args = _args(**overrides)
+    args.setdefault("backend", backend)
+    with pytest.raises(error) as excinfo:
+        attention.forward(**args)
+    assert message in str(excinfo.value)
+
+
+def _backward_args(**overrides):
+    q, k, v = random_qkv((2, 3, 4, 8), 5)
+    out, lse = attention.forward(q, k, v, backend="numpy")
+    args = dict(dout=np.ones_like(out), q=q, k=k, v=v, out=out, lse=lse)
+    args.update(overrides)
+    return args
+
+
+BAD_BACKWARD_INPUTS = [
+    (dict(dout=np.ones((2, 3, 4, 7))), ValueError, "dout must have q's shape"),
+    (dict(out=np.ones((2, 3, 5, 8))), ValueError, "out must have q's shape"),
+    (dict(dout=np.ones((2, 3, 4, 8), dtype=np.float32)), TypeError, "dout must have q's dtype"),
+    (dict(lse=np.zeros((2, 3, 5))), ValueError, "lse must have shape (B, H, Nq)"),
+    (dict(lse=np.zeros((2, 3, 4), dtype=np.int32)), TypeError, "lse must have dtype"),
+    (dict(lse=None), TypeError, "lse must be a numpy.ndarray"),
+    (dict(q=np.zeros((2, 3, 4))), ValueError, "q must be 4-D"),
+]
+
+
+@pytest.mark.parametrize("overrides, error, message", BAD_BACKWARD_INPUTS)
+@pytest.mark.parametrize("backend", ["numpy", "auto"])
+def test_backward_rejects_bad_input(overrides, error, message, backend):
+    with pytest.raises(error) as excinfo:
+        attention.backward(**_backward_args(**overrides), backend=backend)
+    assert message in str(excinfo.value)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
+def test_empty_query_batch_gives_empty_results(backend):
+    if backend == "cython" and not KERNEL_BUILT:
+        pytest.skip("compiled kernel not built")
+    q, k, v = random_qkv((2, 3, 0, 8), 5)
+    out, lse = attention.forward(q, k, v, backend=backend)
+    assert out.shape == (2, 3, 0, 8) and lse.shape == (2, 3, 0)
+    dq, dk, dv = attention.backward(out, q, k, v, out, lse, backend=backend)
+    assert dq.shape == q.shape and not dk.any() and not dv.any()
+
+
+# --------------------------------------------------------------------------- fallback and the checker
+
+
+def test_auto_falls_back_to_numpy_with_one_warning(monkeypatch):
+    monkeypatch.setattr(attention, "_kernel", None)
+    monkeypatch.setattr(attention, "_kernel_error", ImportError("simulated missing extension"))
+    monkeypatch.setattr(attention, "_warned_fallback", False)
+    assert attention.available_backends() == ("numpy",)
+    q, k, v = random_qkv((1, 2, 3, 4), 3)
+    with pytest.warns(RuntimeWarning, match="simulated missing extension"):
+        out, _ = attention.forward(q, k, v)
+    np.testing.assert_array_equal(out, attention.forward(q, k, v, backend="numpy")[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would raise here
+        attention.forward(q, k, v)
+    with pytest.raises(RuntimeError, match="backend='cython' was requested"):
+        attention.forward(q, k, v, backend="cython")
+
+
+def test_import_without_the_extension_in_a_fresh_interpreter():
+    """Block numpyllm._attention in a new process: import works, auto warns once and computes."""
+    code = (
+        "import sys, warnings; sys.modules['numpyllm._attention'] = None\n"
+        "import numpy as np, numpyllm\n"
+        "from numpyllm import attention\n"
+        "assert attention.available_backends() == ('numpy',)\n"
+        "q = np.ones((1, 1, 2, 2))\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    attention.forward(q, q, q); attention.forward(q, q, q)\n"
+        "assert len(w) == 1 and 'NumPy reference' in str(w[0].message), w\n"
+        "print('ok')\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    "wrong_forward",
+    [
+        lambda q, k, v, causal, scale: attention.forward(q, k, v, causal=not causal, scale=scale, backend="numpy"),
+        lambda q, k, v, causal, scale: attention.forward(
+            q, k, v, causal=causal, scale=(scale or 1 / np.sqrt(q.shape[-1])) * 1.001, backend="numpy"
+        ),
+        lambda q, k, v, causal, scale: (
+            attention.forward(q, k, v, causal=causal, scale=scale, backend="numpy")[0],
+            attention.forward(q, k, v, causal=causal, scale=scale, backend="numpy")[1] + 1e-3,
+        ),
+    ],
+    ids=["ignores-causal", "scale-off-by-0.1%", "lse-shifted"],
+)
+def test_check_attention_rejects_wrong_forward(wrong_forward):
+    q, k, v = random_qkv((1, 2, 6, 4), 6)
+    problem = AttentionProblem(q, k, v, np.ones_like(q), causal=True, scale=None)
+    with pytest.raises(AssertionError):
+        check_attention(wrong_forward, None, problem)
+
+
+def test_check_attention_rejects_wrong_backward():
+    def wrong_backward(dout, q, k, v, out, lse, causal, scale):
+        dq, dk, dv = attention.backward(dout, q, k, v, out, lse, causal=causal, scale=scale, backend="numpy")
+        return dq, dk, dv * (1 + 1e-4)
+
+    q, k, v = random_qkv((1, 2, 6, 4), 6)
+    problem = AttentionProblem(q, k, v, np.ones_like(q), causal=False, scale=None)
+    with pytest.raises(AssertionError, match="dv differs"):
+        check_attention(reference_forward, wrong_backward, problem)
+
+
+def test_check_attention_runs_its_own_search():
+    check_attention(reference_forward, reference_backward, max_examples=5, max_len=20)
+
+
+@given(attention_problems())
+@settings(max_examples=20)
+def test_strategy_respects_the_contract(problem):
+    assert problem.q.dtype == problem.k.dtype == problem.v.dtype == problem.dout.dtype
+    assert problem.q.shape[:2] == problem.k.shape[:2] and problem.k.shape == problem.v.shape
+    if problem.causal:
+        assert problem.q.shape[2] <= problem.k.shape[2]
