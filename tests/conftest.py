@@ -1,4 +1,4 @@
-"""Hypothesis profiles, chosen with NUMPYLLM_HYPOTHESIS_PROFILE (default "dev").
+"""Hypothesis profiles, chosen with NUMPYLLM_HYPOTHESIS_PROFILE (default "ci").
 
 ci   derandomized and sized so the whole suite runs in a few minutes on 2 cores.
 dev  more examples, random seeds: for local runs hunting for counterexamples.
@@ -22,4 +22,4 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-settings.load_profile(os.environ.get("NUMPYLLM_HYPOTHESIS_PROFILE", "dev"))
+settings.load_profile(os.environ.get("NUMPYLLM_HYPOTHESIS_PROFILE", "ci"))
