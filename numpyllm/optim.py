@@ -1,0 +1,241 @@
+"""AdamW with decoupled weight decay, and global gradient-norm clipping.
+
+The update is the one ``torch.optim.AdamW`` performs, step t = 1, 2, ... for each
+parameter p with gradient g (all element-wise):
+
+    p ← p · (1 - lr · wd)                      only for tensors with ndim >= 2
+    m ← β₁ m + (1 - β₁) g
+    v ← β₂ v + (1 - β₂) g²
+    p ← p - (lr / (1 - β₁ᵗ)) · m / (√v / √(1 - β₂ᵗ) + ε)
+
+Weight decay touches the 2-D weight matrices (and the embeddings) only, never
+biases or layernorm gains: decaying those pulls them towards zero for no benefit.
+
+The moments m and v are kept per parameter, in the parameter's dtype. The state
+(step count, hyperparameters, moments) round-trips through ``state_dict`` /
+``load_state_dict`` and through ``save`` / ``load`` (an .npz file written
+atomically), so that a resumed run continues bit for bit. Needs only NumPy.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from .hub import atomic_write
+
+__all__ = ["AdamW", "clip_grad_norm"]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _check_real(value, name, *, low, low_inclusive, high=math.inf):
+    """Return ``value`` as a float after checking it is a real number in the interval."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    above_low = value >= low if low_inclusive else value > low
+    if not (above_low and value < high):
+        bracket = "[" if low_inclusive else "("
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}), got {value}")
+    return value
+
+
+def _check_tensor_dict(tensors, name):
+    """Check ``tensors`` is a non-empty dict of str -> float32/float64 ndarray."""
+    if not isinstance(tensors, dict):
+        raise TypeError(f"{name} must be a dict of name -> numpy.ndarray, got {type(tensors).__name__}")
+    if not tensors:
+        raise ValueError(f"{name} must hold at least one tensor, got an empty dict")
+    for key, array in tensors.items():
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{name}[{key!r}] must be a numpy.ndarray, got {type(array).__name__}")
+        if array.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name}[{key!r}] must have dtype float32 or float64, got {array.dtype}")
+
+
+def _check_same_tensors(tensors, reference, name, reference_name):
+    """Check ``tensors`` has exactly the names, shapes and dtypes of ``reference``."""
+    missing = sorted(set(reference) - set(tensors))
+    extra = sorted(set(tensors) - set(reference))
+    if missing or extra:
+        raise ValueError(
+            f"{name} must have the same names as {reference_name}; missing {missing}, unexpected {extra}"
+        )
+    for key, ref in reference.items():
+        array = tensors[key]
+        if array.shape != ref.shape:
+            raise ValueError(f"{name}[{key!r}] must have shape {ref.shape} like {reference_name}, got {array.shape}")
+        if array.dtype != ref.dtype:
+            raise TypeError(f"{name}[{key!r}] must have dtype {ref.dtype} like {reference_name}, got {array.dtype}")
+
+
+class AdamW:
+    """AdamW over a dict of parameter arrays, updated in place.
+
+    Parameters
+    ----------
+    params : dict[str, np.ndarray]
+        The tensors to optimise (e.g. ``model.params``); float32 or float64, any shapes.
+        ``step`` writes into these very arrays.
+    lr : float, >= 0
+        Learning rate; ``step(grads, lr=...)`` overrides it for one step (schedules).
+    betas : (float, float), each in [0, 1)
+        Decay rates of the first and second moment averages.
+    eps : float, > 0
+        Added to the bias-corrected √v to keep the division finite.
+    weight_decay : float, >= 0
+        Decoupled decay rate, applied to tensors with ndim >= 2 only.
+    """
+
+    def __init__(self, params, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1):
+        _check_tensor_dict(params, "params")
+        self.params = params
+        self._set_hyperparameters(lr, betas, eps, weight_decay)
+        self.step_count = 0
+        self.exp_avg = {name: np.zeros_like(p) for name, p in params.items()}
+        self.exp_avg_sq = {name: np.zeros_like(p) for name, p in params.items()}
+        # One scratch buffer per dtype, as large as the largest tensor: the step allocates nothing.
+        self._scratch = {}
+        for p in params.values():
+            if self._scratch.get(p.dtype, np.empty(0)).size < p.size:
+                self._scratch[p.dtype] = np.empty(p.size, dtype=p.dtype)
+
+    def _set_hyperparameters(self, lr, betas, eps, weight_decay):
+        self.lr = _check_real(lr, "lr", low=0.0, low_inclusive=True)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = (
+            _check_real(betas[0], "betas[0]", low=0.0, low_inclusive=True, high=1.0),
+            _check_real(betas[1], "betas[1]", low=0.0, low_inclusive=True, high=1.0),
+        )
+        self.eps = _check_real(eps, "eps", low=0.0, low_inclusive=False)
+        self.weight_decay = _check_real(weight_decay, "weight_decay", low=0.0, low_inclusive=True)
+
+    def step(self, grads, lr=None):
+        """Apply one AdamW update to every parameter, in place.
+
+        grads : dict[str, np.ndarray], the same names, shapes and dtypes as ``params``.
+        lr : float or None; None uses ``self.lr``, a number overrides it for this step only.
+        Non-finite gradients are not filtered: they propagate into the parameters
+        (clip_grad_norm returns a non-finite norm so the caller can skip the step).
+        """
+        _check_tensor_dict(grads, "grads")
+        _check_same_tensors(grads, self.params, "grads", "params")
+        lr = self.lr if lr is None else _check_real(lr, "lr", low=0.0, low_inclusive=True)
+        beta1, beta2 = self.betas
+        self.step_count += 1
+        step_size = lr / (1.0 - beta1**self.step_count)
+        sqrt_bias_correction2 = math.sqrt(1.0 - beta2**self.step_count)
+        decay_factor = 1.0 - lr * self.weight_decay
+        for name, p in self.params.items():
+            g, m, v = grads[name], self.exp_avg[name], self.exp_avg_sq[name]
+            tmp = self._scratch[p.dtype][: p.size].reshape(p.shape)
+            if p.ndim >= 2:
+                p *= decay_factor
+            m *= beta1  # m = β₁ m + (1 - β₁) g
+            m += np.multiply(g, 1.0 - beta1, out=tmp)
+            v *= beta2  # v = β₂ v + (1 - β₂) g²
+            np.multiply(g, g, out=tmp)
+            tmp *= 1.0 - beta2
+            v += tmp
+            np.sqrt(v, out=tmp)  # denominator √v / √(1 - β₂ᵗ) + ε
+            tmp /= sqrt_bias_correction2
+            tmp += self.eps
+            np.divide(m, tmp, out=tmp)
+            tmp *= step_size
+            p -= tmp
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self):
+        """The full optimizer state as plain Python values and copies of the moment arrays."""
+        return {
+            "step": self.step_count,
+            "lr": self.lr,
+            "betas": self.betas,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "exp_avg": {name: m.copy() for name, m in self.exp_avg.items()},
+            "exp_avg_sq": {name: v.copy() for name, v in self.exp_avg_sq.items()},
+        }
+
+    def load_state_dict(self, state):
+        """Restore a ``state_dict()``; moments are copied into this optimizer's own arrays.
+
+        The moments must have this optimizer's parameter names, shapes and dtypes.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from AdamW.state_dict(), got {type(state).__name__}")
+        required = ("step", "lr", "betas", "eps", "weight_decay", "exp_avg", "exp_avg_sq")
+        missing = [key for key in required if key not in state]
+        if missing:
+            raise ValueError(f"state is missing the entries {missing}")
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+            raise ValueError(f"state['step'] must be an int >= 0, got {step!r}")
+        for key in ("exp_avg", "exp_avg_sq"):
+            _check_tensor_dict(state[key], f"state[{key!r}]")
+            _check_same_tensors(state[key], self.params, f"state[{key!r}]", "params")
+        self._set_hyperparameters(state["lr"], tuple(state["betas"]), state["eps"], state["weight_decay"])
+        self.step_count = int(step)
+        for name in self.params:
+            np.copyto(self.exp_avg[name], state["exp_avg"][name])
+            np.copyto(self.exp_avg_sq[name], state["exp_avg_sq"][name])
+
+    def save(self, path):
+        """Write the state to an .npz file at ``path``, atomically (temp file, then rename).
+
+        Layout: scalars "step", "lr", "betas", "eps", "weight_decay", and one array per
+        moment, "exp_avg/<name>" and "exp_avg_sq/<name>".
+        """
+        state = self.state_dict()
+        arrays = {key: np.asarray(state[key]) for key in ("step", "lr", "betas", "eps", "weight_decay")}
+        for key in ("exp_avg", "exp_avg_sq"):
+            arrays.update({f"{key}/{name}": array for name, array in state[key].items()})
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
+
+    def load(self, path):
+        """Restore the state written by ``save(path)`` into this optimizer."""
+        with np.load(path, allow_pickle=False) as npz:
+            state = {
+                "step": int(npz["step"]),
+                "lr": float(npz["lr"]),
+                "betas": tuple(float(b) for b in npz["betas"]),
+                "eps": float(npz["eps"]),
+                "weight_decay": float(npz["weight_decay"]),
+                "exp_avg": {},
+                "exp_avg_sq": {},
+            }
+            for key in npz.files:
+                group, _, name = key.partition("/")
+                if name:
+                    state[group][name] = npz[key]
+        self.load_state_dict(state)
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale all gradients in place so their global L2 norm is at most ``max_norm``.
+
+        total_norm = √(Σ over tensors Σ g²)
+        if total_norm > max_norm:  g ← g · max_norm / (total_norm + 1e-6)   for every tensor
+
+    This is ``torch.nn.utils.clip_grad_norm_`` (same 1e-6 guard): one norm over all
+    tensors, never per tensor. Returns ``total_norm`` (a float, before clipping).
+    Each tensor's sum of squares is a dot product in its own dtype; those sums add in float64.
+
+    A non-finite norm (a NaN or inf gradient) leaves the gradients untouched and is
+    returned as is, so the caller can detect it and skip the step.
+    """
+    _check_tensor_dict(grads, "grads")
+    if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real):
+        raise TypeError(f"max_norm must be a real number, got {type(max_norm).__name__}")
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    total_norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    if math.isfinite(total_norm) and total_norm > max_norm:
+        scale = max_norm / (total_norm + 1e-6)
+        for g in grads.values():
+            g *= scale
+    return total_norm
