@@ -5,7 +5,8 @@ regex, tqdm and matplotlib are used when present (see the README).
 """
 
 from . import attention
+from .optim import AdamW, clip_grad_norm
 
 __version__ = "0.1.0"
 
-__all__ = ["attention"]
+__all__ = ["attention", "AdamW", "clip_grad_norm"]
