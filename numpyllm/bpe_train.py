@@ -1,0 +1,195 @@
+"""Learning byte-level BPE merges from text: count pre-tokens once, then merge incrementally.
+
+1. ``count_pretokens`` streams over the texts, splits each into pre-tokens with the
+   given pattern, and counts how often each distinct pre-token occurs.
+2. ``learn_merges`` turns every distinct pre-token into a list of byte ids and merges
+   the most frequent adjacent pair again and again. Only the words that contain the
+   merged pair are touched: a merge of (a, b) into c changes the pair counts around each
+   occurrence, (x, a) -> (x, c) and (b, y) -> (c, y), weighted by the word's frequency.
+   A max-heap with lazy deletion finds the next pair: entries whose count went stale
+   are re-pushed with the current count when they reach the top.
+
+Tie-break (deterministic, independent of input order): highest count first, then the
+pair whose (left bytes, right bytes) is lexicographically smallest.
+
+Depends on tqdm only for the optional progress bar.
+"""
+
+import heapq
+from collections import Counter, defaultdict
+
+__all__ = ["count_pretokens", "learn_merges"]
+
+
+def _progress_bar(iterable=None, *, enabled, **kwargs):
+    """tqdm over ``iterable``; enabled=None means "only when stderr is a terminal"."""
+    if enabled is False:
+        return _NoBar(iterable)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        if enabled:
+            raise ImportError("progress=True needs tqdm: pip install tqdm") from None
+        return _NoBar(iterable)
+    return tqdm(iterable, disable=None if enabled is None else False, **kwargs)
+
+
+class _NoBar:
+    """The part of tqdm's interface used here, doing nothing."""
+
+    def __init__(self, iterable):
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def count_pretokens(texts, pattern, special_pattern=None, progress=None):
+    """Count the pre-tokens of every text, reading the texts one at a time.
+
+    Parameters
+    ----------
+    texts : iterable of str
+    pattern : compiled ``regex`` pattern whose ``findall`` gives the pre-tokens
+    special_pattern : compiled pattern matching special-token text, or None. Matches are
+        cut out of the training text (they are document separators, not language).
+    progress : bool or None, tqdm bar over the texts (None: only on a terminal)
+
+    Returns
+    -------
+    dict bytes -> int, each distinct pre-token as UTF-8 bytes and its count.
+    Raises TypeError for a non-str item, ValueError for a lone surrogate.
+    """
+    counts = Counter()
+    for index, text in enumerate(_progress_bar(texts, enabled=progress, desc="counting pre-tokens", unit=" texts")):
+        if not isinstance(text, str):
+            raise TypeError(f"texts must be a str or an iterable of str; item {index} is {type(text).__name__}")
+        chunks = special_pattern.split(text) if special_pattern is not None else (text,)
+        for chunk in chunks:
+            counts.update(pattern.findall(chunk))
+    word_counts = {}
+    for piece, count in counts.items():
+        try:
+            word_counts[piece.encode("utf-8")] = count
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"texts contain the lone surrogate {piece[error.start]!r}, which has no UTF-8 encoding"
+            ) from None
+    return word_counts
+
+
+def learn_merges(word_counts, n_new_tokens, min_frequency=2, progress=None):
+    """Learn merges until ``n_new_tokens`` new tokens exist or no pair occurs ``min_frequency`` times.
+
+    Parameters
+    ----------
+    word_counts : dict bytes -> int, from ``count_pretokens``
+    n_new_tokens : int >= 0, how many tokens to add to the 256 single bytes
+    min_frequency : int >= 1, stop when the most frequent pair occurs fewer times
+    progress : bool or None, tqdm bar over the new tokens (None: only on a terminal)
+
+    Returns
+    -------
+    merges : list of (bytes, bytes) in the order learned (= rank). A merge whose result
+        already exists (``ab``+``c`` after ``a``+``bc``) is kept but adds no token, so
+        there can be more merges than new tokens.
+    """
+    token_bytes = [bytes([byte]) for byte in range(256)]  # id -> bytes; new tokens are appended
+    token_id = {token: index for index, token in enumerate(token_bytes)}
+    words = [list(word) for word in word_counts if len(word) > 1]  # a word as its token ids
+    freqs = [count for word, count in word_counts.items() if len(word) > 1]
+
+    pair_counts = defaultdict(int)  # (left id, right id) -> occurrences weighted by word frequency
+    pair_words = defaultdict(set)  # (left id, right id) -> indices of words that may contain it
+    for index, (word, freq) in enumerate(zip(words, freqs)):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += freq
+            pair_words[pair].add(index)
+
+    def heap_entry(pair, count):
+        return (-count, token_bytes[pair[0]], token_bytes[pair[1]], pair)
+
+    heap = [heap_entry(pair, count) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+    merges = []
+    bar = _progress_bar(enabled=progress, total=n_new_tokens, desc="learning merges", unit=" tokens")
+    n_added = 0
+    while n_added < n_new_tokens and heap:
+        negative_count, left_bytes, right_bytes, pair = heapq.heappop(heap)
+        count = pair_counts.get(pair, 0)
+        if count != -negative_count:  # stale entry: the count dropped since it was pushed
+            if count > 0:
+                heapq.heappush(heap, heap_entry(pair, count))
+            continue
+        if count < min_frequency:
+            break
+        merged = left_bytes + right_bytes
+        new_id = token_id.get(merged)
+        if new_id is None:
+            new_id = token_id[merged] = len(token_bytes)
+            token_bytes.append(merged)
+            n_added += 1
+            bar.update()
+        merges.append((left_bytes, right_bytes))
+        del pair_counts[pair]
+        grown = _apply_merge(words, freqs, pair_words.pop(pair), pair, new_id, pair_counts, pair_words)
+        for grown_pair in grown:
+            heapq.heappush(heap, heap_entry(grown_pair, pair_counts[grown_pair]))
+    bar.close()
+    return merges
+
+
+def _apply_merge(words, freqs, word_indices, pair, new_id, pair_counts, pair_words):
+    """Replace ``pair`` by ``new_id`` in the listed words, updating the pair counts in place.
+
+    Walking a word left to right, each occurrence ``x a b y`` becomes ``x c y``:
+    (x, a) and (b, y) lose the word's frequency, (x, c) and (c, y) gain it. ``x`` is
+    read from the rewritten prefix, so back-to-back occurrences (``a b a b``) see the
+    ``c`` just written and nothing is counted twice. The merged pair's own count was
+    already dropped by the caller, so changes to it are skipped.
+
+    Returns the set of pairs whose count grew (they need fresh heap entries).
+    """
+    left, right = pair
+    grown = set()
+    for index in word_indices:
+        word, freq = words[index], freqs[index]
+        length = len(word)
+        merged_word = []
+        start = 0
+        while True:
+            try:
+                position = word.index(left, start)
+            except ValueError:
+                break
+            if position + 1 >= length or word[position + 1] != right:
+                merged_word.extend(word[start : position + 1])
+                start = position + 1
+                continue
+            merged_word.extend(word[start:position])
+            if merged_word:
+                before = merged_word[-1]
+                if (before, left) != pair:
+                    pair_counts[(before, left)] -= freq
+                pair_counts[(before, new_id)] += freq
+                pair_words[(before, new_id)].add(index)
+                grown.add((before, new_id))
+            if position + 2 < length:
+                after = word[position + 2]
+                if (right, after) != pair:
+                    pair_counts[(right, after)] -= freq
+                pair_counts[(new_id, after)] += freq
+                pair_words[(new_id, after)].add(index)
+                grown.add((new_id, after))
+            merged_word.append(new_id)
+            start = position + 2
+        if start:  # the word contained the pair at least once (or only stale `left`s)
+            merged_word.extend(word[start:])
+            words[index] = merged_word
+    return grown
