@@ -57,8 +57,9 @@ def count_pretokens(texts, pattern, special_pattern=None, progress=None):
     ----------
     texts : iterable of str
     pattern : compiled ``regex`` pattern whose ``findall`` gives the pre-tokens
-    special_pattern : compiled pattern matching special-token text, or None. Matches are
-        cut out of the training text (they are document separators, not language).
+    special_pattern : compiled pattern with one capturing group matching special-token
+        text, or None. Matches are cut out of the training text (they are document
+        separators, not language).
     progress : bool or None, tqdm bar over the texts (None: only on a terminal)
 
     Returns
@@ -70,7 +71,8 @@ def count_pretokens(texts, pattern, special_pattern=None, progress=None):
     for index, text in enumerate(_progress_bar(texts, enabled=progress, desc="counting pre-tokens", unit=" texts")):
         if not isinstance(text, str):
             raise TypeError(f"texts must be a str or an iterable of str; item {index} is {type(text).__name__}")
-        chunks = special_pattern.split(text) if special_pattern is not None else (text,)
+        # split() on a capturing pattern alternates text / special token: keep the even entries
+        chunks = special_pattern.split(text)[::2] if special_pattern is not None else (text,)
         for chunk in chunks:
             counts.update(pattern.findall(chunk))
     word_counts = {}
