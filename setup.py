@@ -59,6 +59,8 @@ def extensions():
     ext = Extension(
         "numpyllm._attention",
         ["kernels/attention.pyx"],
+        include_dirs=["kernels"],
+        depends=["kernels/fastexp.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
     return cythonize(

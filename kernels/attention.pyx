@@ -41,8 +41,14 @@ import numpy as np
 cimport cython
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport INFINITY, exp, expf, log
+from libc.math cimport INFINITY, exp, log
 from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+cdef extern from "fastexp.h" nogil:
+    # Vectorizable float32 row operations (see the header); float64 uses libm below.
+    void numpyllm_exp_shift_f32(float* x, int n, float shift)
+    double numpyllm_sum_f32(const float* x, int n)
+    float numpyllm_max_f32(const float* x, int n)
 
 # OpenMP when the build has it; one thread otherwise (Cython's prange is then a plain loop).
 cdef extern from *:
@@ -96,11 +102,39 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
               <double*> a, &lda, &beta, c, &ldc)
 
 
-cdef inline floating exp_f(floating x) noexcept nogil:
+cdef inline double row_max(const floating* x, int n) noexcept nogil:
+    """max_j x[j] over j < n; -inf for n == 0."""
+    cdef double m = -INFINITY
+    cdef int j
     if floating is float:
-        return expf(x)
+        m = numpyllm_max_f32(x, n)
     else:
-        return exp(x)
+        for j in range(n):
+            if x[j] > m:
+                m = x[j]
+    return m
+
+
+cdef inline void exp_shift(floating* x, int n, double shift) noexcept nogil:
+    """x[j] = exp(x[j] - shift) for j < n, in place."""
+    cdef int j
+    if floating is float:
+        numpyllm_exp_shift_f32(x, n, <float> shift)
+    else:
+        for j in range(n):
+            x[j] = exp(x[j] - shift)
+
+
+cdef inline double row_sum(const floating* x, int n) noexcept nogil:
+    """Σ_j x[j] over j < n, accumulated in double."""
+    cdef double total = 0.0
+    cdef int j
+    if floating is float:
+        total = numpyllm_sum_f32(x, n)
+    else:
+        for j in range(n):
+            total += x[j]
+    return total
 
 
 cdef inline int visible_keys(bint causal, Py_ssize_t row, Py_ssize_t offset,
@@ -128,7 +162,7 @@ cdef void forward_query_block(
     floating* out, double* lse,                                 # (Nq, d), (Nq,)
     Py_ssize_t n_q, Py_ssize_t n_k, int d, Py_ssize_t row0,
     bint causal, floating scale,
-    floating* scores, floating* acc, double* row_max, double* row_sum,  # thread scratch
+    floating* scores, floating* acc, double* running_max, double* running_sum,  # thread scratch
 ) noexcept nogil:
     """Rows row0 .. row0+BLOCK_Q-1 of out and lse, streaming over key blocks."""
     cdef int n_rows = <int> min(<Py_ssize_t> BLOCK_Q, n_q - row0)
@@ -136,13 +170,12 @@ cdef void forward_query_block(
     cdef Py_ssize_t col0, last_col
     cdef int n_cols, n_vis, i, j, c
     cdef double m_new, m_blk, alpha, block_sum
-    cdef floating p
     cdef floating* s_row
     cdef floating* acc_row
 
     for i in range(n_rows):
-        row_max[i] = -INFINITY
-        row_sum[i] = 0.0
+        running_max[i] = -INFINITY
+        running_sum[i] = 0.0
         for c in range(d):
             acc[i * d + c] = 0
     # Keys past the block's last visible column are hidden from every row: skip them.
@@ -156,23 +189,17 @@ cdef void forward_query_block(
         for i in range(n_rows):
             s_row = scores + i * BLOCK_K
             n_vis = visible_keys(causal, row0 + i, offset, col0, n_cols)
-            m_blk = -INFINITY
-            for j in range(n_vis):
-                if s_row[j] > m_blk:
-                    m_blk = s_row[j]
             for j in range(n_vis, n_cols):
                 s_row[j] = 0  # masked: probability 0
             if n_vis == 0:
                 continue
-            m_new = m_blk if m_blk > row_max[i] else row_max[i]
-            block_sum = 0.0
-            for j in range(n_vis):
-                p = exp_f(<floating> (s_row[j] - m_new))
-                s_row[j] = p
-                block_sum += p
-            alpha = exp(row_max[i] - m_new)  # rescales what earlier blocks accumulated
-            row_sum[i] = row_sum[i] * alpha + block_sum
-            row_max[i] = m_new
+            m_blk = row_max(s_row, n_vis)
+            m_new = m_blk if m_blk > running_max[i] else running_max[i]
+            exp_shift(s_row, n_vis, m_new)  # P = exp(S - m')
+            block_sum = row_sum(s_row, n_vis)
+            alpha = exp(running_max[i] - m_new)  # rescales what earlier blocks accumulated
+            running_sum[i] = running_sum[i] * alpha + block_sum
+            running_max[i] = m_new
             if alpha != 1.0:
                 acc_row = acc + i * d
                 for c in range(d):
@@ -183,8 +210,8 @@ cdef void forward_query_block(
         col0 += BLOCK_K
     for i in range(n_rows):
         for c in range(d):
-            out[(row0 + i) * d + c] = <floating> (acc[i * d + c] / row_sum[i])
-        lse[row0 + i] = row_max[i] + log(row_sum[i])
+            out[(row0 + i) * d + c] = <floating> (acc[i * d + c] / running_sum[i])
+        lse[row0 + i] = running_max[i] + log(running_sum[i])
 
 
 cdef void forward_all(
@@ -224,7 +251,7 @@ cdef void backward_head(
     cdef Py_ssize_t row0, col0, first_row
     cdef int n_rows, n_cols, n_vis, i, j, c
     cdef double dot
-    cdef floating lse_i, d_i
+    cdef floating d_i
     cdef floating* p_row
     cdef floating* ds_row
 
@@ -248,10 +275,8 @@ cdef void backward_head(
                  <floating> 0, probs, BLOCK_K)
             for i in range(n_rows):
                 p_row = probs + i * BLOCK_K
-                lse_i = <floating> lse[row0 + i]
                 n_vis = visible_keys(causal, row0 + i, offset, col0, n_cols)
-                for j in range(n_vis):
-                    p_row[j] = exp_f(<floating> (p_row[j] - lse_i))
+                exp_shift(p_row, n_vis, lse[row0 + i])
                 for j in range(n_vis, n_cols):
                     p_row[j] = 0
             # dV_j += Pᵀ dO_i
