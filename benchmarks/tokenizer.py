@@ -1,0 +1,118 @@
+"""Tokenizer speed: train a 4096-token vocabulary and encode held-out text, numpyllm beside HF `tokenizers`.
+
+    python -m benchmarks.tokenizer            # ~10 MB of the standard library's source
+    python -m benchmarks.tokenizer --quick    # ~2 MB, for a fast look
+
+Both implementations train on the same files (in the same run) with the same vocabulary
+size, special token and minimum pair frequency; both encode the same held-out files
+with the vocabulary numpyllm learned (loaded into `tokenizers` from the saved
+vocab.json/merges.txt, which also checks that the ids agree), one file at a time for
+numpyllm and with ``encode_batch`` (multi-threaded) for `tokenizers`. "Cold" encodes with
+an empty pre-token cache (the load from disk is included), "warm" encodes the same
+text again with the same object. Each number is the median
+of --repeats runs; the table is markdown.
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+
+from numpyllm import BPETokenizer
+from numpyllm.corpus import read_texts, stdlib_corpus_files
+
+EOT = "<|endoftext|>"
+
+
+def median_seconds(function, repeats):
+    """Median wall time of ``repeats`` calls, and the last call's result."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def held_out_texts(files, n_bytes):
+    """Texts of the last files in ``files`` until they hold at least ``n_bytes`` bytes."""
+    texts = []
+    for text in read_texts(reversed(files)):
+        texts.append(text)
+        n_bytes -= len(text.encode("utf-8"))
+        if n_bytes <= 0:
+            break
+    return texts
+
+
+def encode_each(tokenizer, texts):
+    """numpyllm: one document after another -> list of id lists."""
+    return [tokenizer.encode(text) for text in texts]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="~2 MB of training text instead of ~10 MB")
+    parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    train_bytes = 2_000_000 if args.quick else 10_000_000
+    all_files = stdlib_corpus_files()
+    train_files = stdlib_corpus_files(max_bytes=train_bytes)
+    held_out = held_out_texts(all_files[len(train_files) :], train_bytes // 5)
+    held_out_bytes = sum(len(text.encode("utf-8")) for text in held_out)
+    held_out_mb = held_out_bytes / 1e6
+    train_mb = sum(path.stat().st_size for path in train_files) / 1e6
+    print(f"training corpus: {len(train_files)} stdlib files, {train_mb:.1f} MB; held-out text: {held_out_mb:.1f} MB; "
+          f"vocab_size={args.vocab_size}; median of {args.repeats}")
+
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        train_seconds, ours = median_seconds(
+            lambda: BPETokenizer.train(read_texts(train_files), args.vocab_size, (EOT,), progress=False), args.repeats
+        )
+        ours.save(directory)
+        cold_seconds, ids = median_seconds(
+            lambda: encode_each(BPETokenizer.from_pretrained(directory), held_out), args.repeats
+        )
+        encode_each(ours, held_out)
+        warm_seconds, _ = median_seconds(lambda: encode_each(ours, held_out), args.repeats)
+        n_tokens = sum(map(len, ids))
+        rows.append(("numpyllm (pure Python, 1 thread)", train_seconds, held_out_mb / cold_seconds,
+                     held_out_mb / warm_seconds, held_out_bytes / n_tokens))
+
+        try:
+            import tokenizers
+        except ImportError:
+            print("(Hugging Face tokenizers is not installed: its row is left out)")
+        else:
+            def train_hf():
+                hf = tokenizers.ByteLevelBPETokenizer()
+                hf.train_from_iterator(read_texts(train_files), vocab_size=args.vocab_size, min_frequency=2,
+                                       special_tokens=[EOT], show_progress=False)
+                return hf
+
+            hf_train_seconds, _ = median_seconds(train_hf, args.repeats)
+            def load_hf():
+                return tokenizers.ByteLevelBPETokenizer.from_file(f"{directory}/vocab.json", f"{directory}/merges.txt")
+
+            hf_cold_seconds, hf_encodings = median_seconds(lambda: load_hf().encode_batch(held_out), args.repeats)
+            if [encoding.ids for encoding in hf_encodings] != ids:
+                raise SystemExit("tokenizers and numpyllm disagree on the held-out text's ids")
+            hf = load_hf()
+            hf.encode_batch(held_out)
+            hf_warm_seconds, _ = median_seconds(lambda: hf.encode_batch(held_out), args.repeats)
+            rows.append((f"HF tokenizers {tokenizers.__version__} (Rust, all cores)", hf_train_seconds,
+                         held_out_mb / hf_cold_seconds, held_out_mb / hf_warm_seconds, held_out_bytes / n_tokens))
+
+    print()
+    print(f"| tokenizer | train {args.vocab_size} vocab on {train_mb:.0f} MB (s) | encode, cold cache (MB/s) "
+          "| encode, warm cache (MB/s) | bytes per token |")
+    print("|---|---:|---:|---:|---:|")
+    for name, train_s, cold, warm, bytes_per_token in rows:
+        print(f"| {name} | {train_s:.1f} | {cold:.1f} | {warm:.1f} | {bytes_per_token:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
