@@ -78,7 +78,9 @@ def read_gpt2_files(directory):
     vocab_path, merges_path = directory / VOCAB_FILE, directory / MERGES_FILE
     for path in (vocab_path, merges_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{str(path)!r} is missing: a GPT-2 tokenizer needs {VOCAB_FILE} and {MERGES_FILE}")
+            raise FileNotFoundError(
+                f"{str(path)!r} is missing: a GPT-2 tokenizer needs {VOCAB_FILE} and {MERGES_FILE}"
+            )
     entries = _read_vocab_json(vocab_path)
     merge_texts = _read_merges_txt(merges_path)
 
@@ -136,20 +138,26 @@ def _read_merges_txt(path):
     return merges
 
 
-def write_gpt2_files(directory, id_to_token, merges, special_tokens):
+def write_gpt2_files(directory, vocab, merges, special_tokens):
     """Write ``vocab.json`` and ``merges.txt`` into ``directory`` (created if needed), atomically.
 
-    id_to_token : list of bytes, the byte-level token of each id (None at special ids)
+    vocab : dict bytes -> int, the byte-level tokens
     merges : list of (bytes, bytes) in rank order
     special_tokens : dict str -> int
+
+    Raises ValueError when a special token's text equals a byte-level token's printable
+    form: both would need the same vocab.json key.
     """
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    entries = {_token_to_text(token): token_id for token_id, token in enumerate(id_to_token) if token is not None}
+    entries = {_token_to_text(token): token_id for token, token_id in vocab.items()}
+    clashes = [token for token in special_tokens if token in entries]
+    if clashes:
+        raise ValueError(f"special token {clashes[0]!r} is spelled like a byte-level token in {VOCAB_FILE}")
     entries.update(special_tokens)
     entries = dict(sorted(entries.items(), key=lambda entry: entry[1]))
-    _write_atomic(directory / VOCAB_FILE, json.dumps(entries, ensure_ascii=False, indent=0) + "\n")
     lines = [MERGES_HEADER] + [f"{_token_to_text(left)} {_token_to_text(right)}" for left, right in merges]
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_atomic(directory / VOCAB_FILE, json.dumps(entries, ensure_ascii=False, indent=0) + "\n")
     _write_atomic(directory / MERGES_FILE, "\n".join(lines) + "\n")
 
 

@@ -69,37 +69,34 @@ class BPETokenizer:
     def __init__(self, vocab, merges, special_tokens=None, cache_size=1 << 16):
         special_tokens = dict(special_tokens or {})
         for token in special_tokens:
-            if not isinstance(token, str) or not token:
-                raise ValueError(f"special_tokens must be non-empty str, got {token!r}")
+            _check_special_token(token)
+        if cache_size is not None and (type(cache_size) is not int or cache_size < 0):
+            raise ValueError(f"cache_size must be an int >= 0 or None (unbounded), got {cache_size!r}")
         missing = [byte for byte in range(256) if bytes([byte]) not in vocab]
         if missing:
-            raise ValueError(f"vocab must contain all 256 single bytes; missing 0x{missing[0]:02x} and {len(missing) - 1} more")
+            raise ValueError(
+                f"vocab must contain all 256 single bytes; missing 0x{missing[0]:02x} and {len(missing) - 1} more"
+            )
         for left, right in merges:
             for token in (left, right, left + right):
                 if token not in vocab:
                     raise ValueError(f"merge {left!r} + {right!r} needs token {token!r}, which is not in vocab")
 
-        n_ids = len(vocab) + len(special_tokens)
-        id_to_token = [None] * n_ids  # bytes of each byte-level id; None at special ids
-        id_to_bytes = [None] * n_ids  # what each id decodes to
-        names = {}
-        for kind, token, token_id in [("token", t, i) for t, i in vocab.items()] + [
-            ("special token", t, i) for t, i in special_tokens.items()
-        ]:
-            if type(token_id) is not int or not 0 <= token_id < n_ids:
-                raise ValueError(f"ids must be 0..{n_ids - 1} without gaps; {kind} {token!r} has id {token_id!r}")
-            if token_id in names:
-                raise ValueError(f"id {token_id} is used by both {names[token_id]!r} and {token!r}")
-            names[token_id] = token
-            if kind == "token":
-                id_to_token[token_id] = token
-            id_to_bytes[token_id] = token if kind == "token" else token.encode("utf-8")
+        # (name for messages, id, the bytes it decodes to)
+        entries = [(token, token_id, token) for token, token_id in vocab.items()]
+        entries += [(token, token_id, token.encode("utf-8")) for token, token_id in special_tokens.items()]
+        id_to_bytes = [None] * len(entries)
+        for name, token_id, data in entries:
+            if type(token_id) is not int or not 0 <= token_id < len(entries):
+                raise ValueError(f"ids must be 0..{len(entries) - 1} without gaps; {name!r} has id {token_id!r}")
+            if id_to_bytes[token_id] is not None:
+                raise ValueError(f"id {token_id} is used twice, the second time by {name!r}")
+            id_to_bytes[token_id] = data
 
         self._vocab = dict(vocab)
         self._merges = [(left, right) for left, right in merges]
         self._merge_rank = {pair: rank for rank, pair in reversed(list(enumerate(self._merges)))}
         self._special_tokens = special_tokens
-        self._id_to_token = id_to_token
         self._id_to_bytes = id_to_bytes
         self._piece_ids = functools.lru_cache(maxsize=cache_size)(self._encode_piece)
 
@@ -137,11 +134,11 @@ class BPETokenizer:
         if len(set(special_tokens)) != len(special_tokens):
             raise ValueError(f"special_tokens has repeats: {special_tokens!r}")
         for token in special_tokens:
-            if not isinstance(token, str) or not token:
-                raise ValueError(f"special_tokens must be non-empty str, got {token!r}")
+            _check_special_token(token)
         if type(vocab_size) is not int or vocab_size < 256 + len(special_tokens):
             raise ValueError(
-                f"vocab_size must be an int >= 256 + len(special_tokens) = {256 + len(special_tokens)}, got {vocab_size!r}"
+                f"vocab_size must be an int >= 256 + len(special_tokens) = {256 + len(special_tokens)}, "
+                f"got {vocab_size!r}"
             )
         if type(min_frequency) is not int or min_frequency < 1:
             raise ValueError(f"min_frequency must be an int >= 1, got {min_frequency!r}")
@@ -170,7 +167,7 @@ class BPETokenizer:
 
     def save(self, directory):
         """Write ``vocab.json`` and ``merges.txt`` (GPT-2's format) into ``directory``, creating it if needed."""
-        bpe_files.write_gpt2_files(directory, self._id_to_token, self._merges, self._special_tokens)
+        bpe_files.write_gpt2_files(directory, self._vocab, self._merges, self._special_tokens)
 
     # ------------------------------------------------------------------ properties
 
@@ -190,7 +187,10 @@ class BPETokenizer:
         return list(self._merges)
 
     def __repr__(self):
-        return f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self._merges)}, special_tokens={list(self._special_tokens)})"
+        return (
+            f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self._merges)}, "
+            f"special_tokens={list(self._special_tokens)})"
+        )
 
     # ------------------------------------------------------------------ encode
 
@@ -230,7 +230,10 @@ class BPETokenizer:
         allowed = tuple(sorted(set(allowed_special)))
         unknown = [token for token in allowed if token not in self._special_tokens]
         if unknown:
-            raise ValueError(f"allowed_special names {unknown[0]!r}, which is not a special token of this tokenizer ({list(self._special_tokens)})")
+            raise ValueError(
+                f"allowed_special names {unknown[0]!r}, which is not a special token of this tokenizer "
+                f"(those are {list(self._special_tokens)})"
+            )
         return allowed
 
     def _encode_ordinary(self, text):
@@ -289,11 +292,18 @@ class BPETokenizer:
         try:
             codecs.lookup_error(errors)
         except (LookupError, TypeError):
-            raise ValueError(f"errors must be an error handler name such as 'replace' or 'strict', got {errors!r}") from None
+            raise ValueError(
+                f"errors must be an error handler name such as 'replace' or 'strict', got {errors!r}"
+            ) from None
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
 
 _NOT_A_MERGE = float("inf")
+
+
+def _check_special_token(token):
+    if not isinstance(token, str) or not token:
+        raise ValueError(f"special_tokens must be non-empty str, got {token!r}")
 
 
 def _merge_pair(parts, pair):

@@ -93,7 +93,7 @@ def merge_all(word, pair):
        min_frequency=st.integers(1, 3))
 def test_training_matches_recounting_reference(texts, vocab_size, min_frequency):
     # a tiny alphabet makes ties, overlapping pairs ("aaaa") and repeated results ("a"+"bc" vs "ab"+"c") common
-    tok = BPETokenizer.train(texts, vocab_size=vocab_size, special_tokens=(), min_frequency=min_frequency, progress=False)
+    tok = BPETokenizer.train(texts, vocab_size, special_tokens=(), min_frequency=min_frequency, progress=False)
     assert tok.merges == reference_merges(texts, vocab_size - 256, min_frequency)
 
 
@@ -314,6 +314,37 @@ def test_from_pretrained_rejects_malformed_files(tmp_path, vocab, merges, messag
         BPETokenizer.from_pretrained(write_files(tmp_path / "tok", vocab, merges))
 
 
+BYTES = {bytes([byte]): byte for byte in range(256)}
+
+
+@pytest.mark.parametrize(
+    "vocab, merges, special_tokens, message",
+    [
+        ({b"a": 0}, [], {}, "all 256 single bytes; missing 0x00 and 254 more"),
+        (BYTES, [(b"a", b"b")], {}, "needs token b'ab'"),
+        ({**BYTES, b"ab": 258}, [(b"a", b"b")], {}, "without gaps; b'ab' has id 258"),
+        ({**BYTES, b"ab": 256}, [(b"a", b"b")], {"<s>": 256}, "id 256 is used twice"),
+        (BYTES, [], {"": 256}, "non-empty str"),
+    ],
+)
+def test_constructor_rejects_inconsistent_parts(vocab, merges, special_tokens, message):
+    with pytest.raises(ValueError, match=message):
+        BPETokenizer(vocab, merges, special_tokens)
+
+
+def test_constructor_rejects_bad_cache_size():
+    with pytest.raises(ValueError, match="cache_size"):
+        BPETokenizer(BYTES, [], cache_size=-1)
+
+
+def test_save_refuses_a_special_token_spelled_like_a_token(tmp_path):
+    tok = BPETokenizer({**BYTES, b"ab": 256}, [(b"a", b"b")], {"ab": 257})
+    assert tok.encode("ab") == [256] and tok.encode("ab", allowed_special="all") == [257]
+    with pytest.raises(ValueError, match="special token 'ab' is spelled like"):
+        tok.save(tmp_path / "tok")
+    assert not (tmp_path / "tok").exists()
+
+
 def test_from_pretrained_names_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         BPETokenizer.from_pretrained(tmp_path / "nowhere")
@@ -384,7 +415,8 @@ def test_encode_matches_transformers_on_any_text(trained, hf_loaded_ours, text):
 def test_stdlib_corpus_files_are_sorted_python_sources():
     files = stdlib_corpus_files()
     assert files == sorted(files) and len(files) > 100
-    assert all(path.suffix == ".py" and "site-packages" not in path.parts and "test" not in path.parts for path in files)
+    assert all(path.suffix == ".py" for path in files)
+    assert not any({"site-packages", "test"} & set(path.parts) for path in files)
     prefix = stdlib_corpus_files(max_bytes=100_000)
     assert prefix == files[: len(prefix)]
     assert sum(path.stat().st_size for path in prefix[:-1]) < 100_000 <= sum(path.stat().st_size for path in prefix)
