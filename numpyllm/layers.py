@@ -1,0 +1,366 @@
+"""The layers of GPT-2 as forward/backward pairs of plain NumPy functions.
+
+Every layer is a pair, side by side:
+
+    out, cache = x_forward(inputs..., params...)
+    dinputs..., dparams... = x_backward(dout, cache)
+
+The forward saves in ``cache`` exactly what its backward needs; the backward returns
+the gradient of the loss with respect to each array argument of the forward, in the
+forward's argument order. Shapes use GPT-2's letters: B batch, T time, C = n_embd
+channels, V vocabulary, H heads, hd = C / H head size. Everything is computed in the
+dtype of the inputs (float32 or float64); inputs are trusted (the model validates once,
+at its public boundary).
+
+Linear weights have GPT-2's Conv1D layout (in, out), so a linear layer is ``x @ W + b``.
+
+Depends on NumPy and ``numpyllm.attention`` only.
+"""
+
+import math
+
+import numpy as np
+
+from . import attention
+
+__all__ = [
+    "embedding_forward", "embedding_backward",
+    "layernorm_forward", "layernorm_backward",
+    "linear_forward", "linear_backward",
+    "gelu_forward", "gelu_backward",
+    "cross_entropy_forward", "cross_entropy_backward",
+    "qkv_forward", "qkv_backward", "merge_heads", "split_heads",
+    "self_attention_forward", "self_attention_backward",
+    "mlp_forward", "mlp_backward",
+    "block_forward", "block_backward",
+    "LAYERNORM_EPS", "IGNORE_INDEX",
+]
+
+LAYERNORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
+IGNORE_INDEX = -1  # a target equal to this is padding: no loss, no gradient
+
+
+# --------------------------------------------------------------------------- embedding
+
+
+def embedding_forward(idx, wte, wpe):
+    """Token plus position embedding: x[b, t] = wte[idx[b, t]] + wpe[t].
+
+    idx: (B, T) int, wte: (V, C), wpe: (block_size, C) -> x: (B, T, C).
+    """
+    T = idx.shape[1]
+    x = wte[idx] + wpe[:T]  # (B, T, C) + (T, C)
+    return x, (idx, wte.shape, wpe.shape)
+
+
+def embedding_backward(dx, cache):
+    """Gradients of the embedding tables: every use of a row adds its dx to that row.
+
+        dwte[v] = Σ_{b,t : idx[b,t] = v} dx[b, t]        dwpe[t] = Σ_b dx[b, t]
+
+    dx: (B, T, C) -> dwte: (V, C), dwpe: (block_size, C) (rows >= T are zero).
+    """
+    idx, wte_shape, wpe_shape = cache
+    dwte = np.zeros(wte_shape, dtype=dx.dtype)
+    np.add.at(dwte, idx, dx)  # unbuffered: repeated tokens accumulate
+    dwpe = np.zeros(wpe_shape, dtype=dx.dtype)
+    dwpe[: idx.shape[1]] = dx.sum(axis=0)
+    return dwte, dwpe
+
+
+# --------------------------------------------------------------------------- layernorm
+
+
+def layernorm_forward(x, weight, bias, eps=LAYERNORM_EPS):
+    """Layer normalisation over the last axis.
+
+        mean = Σ_c x_c / C        rstd = 1 / sqrt(Σ_c (x_c - mean)² / C + eps)
+        y = (x - mean) · rstd · weight + bias
+
+    x: (..., C), weight, bias: (C,) -> y: (..., C). Saves mean and rstd: (..., 1).
+    """
+    mean = x.mean(axis=-1, keepdims=True)
+    centered = x - mean
+    variance = np.mean(centered * centered, axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(variance + eps)
+    x_hat = centered * rstd
+    y = x_hat * weight + bias
+    return y, (x, weight, mean, rstd)
+
+
+def layernorm_backward(dy, cache):
+    """Backward of layernorm, with x̂ = (x - mean) · rstd and g = dy · weight:
+
+        dx = rstd · (g - mean_c(g) - x̂ · mean_c(g · x̂))
+        dweight = Σ_rows dy · x̂        dbias = Σ_rows dy
+
+    dy: (..., C) -> dx: (..., C), dweight: (C,), dbias: (C,).
+    """
+    x, weight, mean, rstd = cache
+    x_hat = (x - mean) * rstd
+    g = dy * weight
+    dx = g - g.mean(axis=-1, keepdims=True)
+    dx -= x_hat * np.mean(g * x_hat, axis=-1, keepdims=True)
+    dx *= rstd
+    C = x.shape[-1]
+    dweight = (dy * x_hat).reshape(-1, C).sum(axis=0)
+    dbias = dy.reshape(-1, C).sum(axis=0)
+    return dx, dweight, dbias
+
+
+# --------------------------------------------------------------------------- linear
+
+
+def linear_forward(x, weight, bias=None):
+    """Affine map in GPT-2's Conv1D layout: y = x @ weight + bias.
+
+    x: (..., n_in), weight: (n_in, n_out), bias: (n_out,) or None -> y: (..., n_out).
+    The leading axes are flattened so the product is one 2-D matrix multiply.
+    """
+    n_in, n_out = weight.shape
+    y = x.reshape(-1, n_in) @ weight  # (N, n_in) @ (n_in, n_out) -> (N, n_out)
+    if bias is not None:
+        y += bias
+    return y.reshape(*x.shape[:-1], n_out), (x, weight, bias is not None)
+
+
+def linear_backward(dy, cache):
+    """Backward of linear: dx = dy @ weightᵀ, dweight = xᵀ @ dy, dbias = Σ_rows dy.
+
+    dy: (..., n_out) -> dx: (..., n_in), dweight: (n_in, n_out), dbias: (n_out,)
+    (None when the forward had no bias).
+    """
+    x, weight, has_bias = cache
+    n_in, n_out = weight.shape
+    dy_2d = dy.reshape(-1, n_out)
+    dx = (dy_2d @ weight.T).reshape(x.shape)  # (N, n_out) @ (n_out, n_in) -> (N, n_in)
+    dweight = x.reshape(-1, n_in).T @ dy_2d  # (n_in, N) @ (N, n_out) -> (n_in, n_out)
+    dbias = dy_2d.sum(axis=0) if has_bias else None
+    return dx, dweight, dbias
+
+
+# --------------------------------------------------------------------------- GELU
+
+_GELU_SCALE = math.sqrt(2.0 / math.pi)
+_GELU_CUBIC = 0.044715
+
+
+def gelu_forward(x):
+    """GELU, GPT-2's tanh approximation ("gelu_new"), element-wise:
+
+        u = sqrt(2/π) · (x + 0.044715 x³)        y = x · (1 + tanh(u)) / 2
+
+    x: any shape -> y: same shape. Saves x and tanh(u).
+    """
+    u = x * x
+    u *= _GELU_CUBIC
+    u += 1.0
+    u *= x
+    u *= _GELU_SCALE  # u = sqrt(2/π) · x · (1 + 0.044715 x²)
+    tanh_u = np.tanh(u, out=u)
+    y = 1.0 + tanh_u
+    y *= x
+    y *= 0.5
+    return y, (x, tanh_u)
+
+
+def gelu_backward(dy, cache):
+    """Derivative of exactly the tanh form above (not of the erf GELU):
+
+        dy/dx = (1 + tanh u) / 2 + x · (1 - tanh² u) · sqrt(2/π) · (1 + 3 · 0.044715 x²) / 2
+
+    dy: any shape -> dx: same shape.
+    """
+    x, tanh_u = cache
+    du_dx = x * x
+    du_dx *= 3.0 * _GELU_CUBIC
+    du_dx += 1.0
+    du_dx *= _GELU_SCALE  # du/dx = sqrt(2/π) · (1 + 3 · 0.044715 x²)
+    sech2 = 1.0 - tanh_u * tanh_u  # tanh' = 1 - tanh²
+    local = du_dx
+    local *= sech2
+    local *= x
+    local += 1.0 + tanh_u
+    local *= 0.5
+    return dy * local
+
+
+# --------------------------------------------------------------------------- cross-entropy
+
+
+def cross_entropy_forward(logits, targets):
+    """Softmax cross-entropy, fused, averaged over the targets that are not IGNORE_INDEX (-1).
+
+        loss = (1 / N) Σ_{(b,t) : targets[b,t] != -1} [logsumexp(logits[b, t]) - logits[b, t, targets[b, t]]]
+
+    with N the number of such positions (N >= 1; the caller checks).
+    logits: (B, T, V), targets: (B, T) int -> loss: Python float (summed in float64).
+    Saves the softmax probabilities (B, T, V) for the backward.
+    """
+    valid = targets != IGNORE_INDEX  # (B, T)
+    n_valid = int(np.count_nonzero(valid))
+    safe_targets = np.where(valid, targets, 0)  # any in-range index; masked out below
+    probs = logits - logits.max(axis=-1, keepdims=True)  # shifted so exp cannot overflow
+    target_logit = np.take_along_axis(probs, safe_targets[..., None], axis=-1)[..., 0]  # (B, T)
+    np.exp(probs, out=probs)
+    sum_exp = probs.sum(axis=-1, keepdims=True)  # (B, T, 1), >= 1
+    probs /= sum_exp
+    row_loss = np.log(sum_exp[..., 0]) - target_logit  # (B, T)
+    loss = float(row_loss[valid].sum(dtype=np.float64)) / n_valid
+    return loss, (probs, safe_targets, valid, n_valid)
+
+
+def cross_entropy_backward(dloss, cache):
+    """Gradient with the loss's own 1/N scaling:
+
+        dlogits[b, t] = dloss / N · (softmax(logits[b, t]) - onehot(targets[b, t]))   if targets[b, t] != -1
+        dlogits[b, t] = 0                                                               otherwise
+
+    dloss: float (1.0 for the loss itself) -> dlogits: (B, T, V).
+    """
+    probs, safe_targets, valid, n_valid = cache
+    row_scale = (valid * (dloss / n_valid)).astype(probs.dtype)  # (B, T): 0 on ignored positions
+    dlogits = probs * row_scale[..., None]
+    rows = dlogits.reshape(-1, dlogits.shape[-1])  # (B·T, V) view
+    rows[np.arange(rows.shape[0]), safe_targets.ravel()] -= row_scale.ravel()  # one entry per row
+    return dlogits
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def split_heads(x, n_head):
+    """(B, T, C) -> (B, H, T, hd), a view: head h is channels [h·hd, (h+1)·hd) (GPT-2's split)."""
+    B, T, C = x.shape
+    return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    """(B, H, T, hd) -> (B, T, H·hd), a C-contiguous copy; the inverse of split_heads."""
+    B, H, T, hd = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
+
+
+def qkv_forward(x, weight, bias, n_head):
+    """Fused q, k, v projection (GPT-2's c_attn), split into heads.
+
+        [q | k | v] = x @ weight + bias        each (B, T, C), then split_heads
+
+    x: (B, T, C), weight: (C, 3C), bias: (3C,) -> q, k, v: (B, H, T, hd), C-contiguous
+    (so the attention kernel need not copy them). Also usable for new positions only,
+    e.g. decoding with a KV cache.
+    """
+    qkv, cache = linear_forward(x, weight, bias)  # (B, T, 3C)
+    B, T, C3 = qkv.shape
+    heads = qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
+    q, k, v = np.ascontiguousarray(heads)
+    return (q, k, v), cache
+
+
+def qkv_backward(dq, dk, dv, cache):
+    """Backward of qkv_forward: merge the heads back into [dq | dk | dv], then linear_backward.
+
+    dq, dk, dv: (B, H, T, hd) -> dx: (B, T, C), dweight: (C, 3C), dbias: (3C,).
+    """
+    B, H, T, hd = dq.shape
+    dqkv = np.empty((B, T, 3, H, hd), dtype=dq.dtype)
+    heads = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd) view that writes into dqkv
+    heads[0], heads[1], heads[2] = dq, dk, dv
+    return linear_backward(dqkv.reshape(B, T, 3 * H * hd), cache)
+
+
+def self_attention_forward(x, w_attn, b_attn, w_proj, b_proj, n_head, backend="auto"):
+    """Causal multi-head self-attention, GPT-2's:
+
+        q, k, v = heads(x @ w_attn + b_attn)                       (B, H, T, hd) each
+        o = softmax(q kᵀ / sqrt(hd) + causal mask) v               numpyllm.attention
+        y = merge_heads(o) @ w_proj + b_proj
+
+    x: (B, T, C), w_attn: (C, 3C), b_attn: (3C,), w_proj: (C, C), b_proj: (C,) -> y: (B, T, C).
+    The cache keeps q, k, v, o and the row log-sum-exp (B, H, T): no T×T matrix
+    (the NumPy attention backend rebuilds one transiently; the Cython one never does).
+    """
+    (q, k, v), qkv_cache = qkv_forward(x, w_attn, b_attn, n_head)
+    o, lse = attention.forward(q, k, v, causal=True, backend=backend)  # (B, H, T, hd), (B, H, T)
+    y, proj_cache = linear_forward(merge_heads(o), w_proj, b_proj)  # (B, T, C) -> (B, T, C)
+    return y, (qkv_cache, q, k, v, o, lse, proj_cache, backend)
+
+
+def self_attention_backward(dy, cache):
+    """Backward of self_attention_forward, its steps in reverse.
+
+    dy: (B, T, C) -> dx: (B, T, C), dw_attn: (C, 3C), db_attn: (3C,), dw_proj: (C, C), db_proj: (C,).
+    """
+    qkv_cache, q, k, v, o, lse, proj_cache, backend = cache
+    do, dw_proj, db_proj = linear_backward(dy, proj_cache)  # (B, T, C)
+    do = split_heads(do, q.shape[1])  # (B, H, T, hd)
+    dq, dk, dv = attention.backward(do, q, k, v, o, lse, causal=True, backend=backend)
+    dx, dw_attn, db_attn = qkv_backward(dq, dk, dv, qkv_cache)
+    return dx, dw_attn, db_attn, dw_proj, db_proj
+
+
+# --------------------------------------------------------------------------- MLP
+
+
+def mlp_forward(x, w_fc, b_fc, w_proj, b_proj):
+    """GPT-2's MLP: y = gelu(x @ w_fc + b_fc) @ w_proj + b_proj.
+
+    x: (B, T, C), w_fc: (C, 4C), b_fc: (4C,), w_proj: (4C, C), b_proj: (C,) -> y: (B, T, C).
+    """
+    h, fc_cache = linear_forward(x, w_fc, b_fc)  # (B, T, 4C)
+    h, gelu_cache = gelu_forward(h)
+    y, proj_cache = linear_forward(h, w_proj, b_proj)  # (B, T, C)
+    return y, (fc_cache, gelu_cache, proj_cache)
+
+
+def mlp_backward(dy, cache):
+    """Backward of mlp_forward.
+
+    dy: (B, T, C) -> dx: (B, T, C), dw_fc: (C, 4C), db_fc: (4C,), dw_proj: (4C, C), db_proj: (C,).
+    """
+    fc_cache, gelu_cache, proj_cache = cache
+    dh, dw_proj, db_proj = linear_backward(dy, proj_cache)
+    dh = gelu_backward(dh, gelu_cache)
+    dx, dw_fc, db_fc = linear_backward(dh, fc_cache)
+    return dx, dw_fc, db_fc, dw_proj, db_proj
+
+
+# --------------------------------------------------------------------------- transformer block
+
+
+def block_forward(x, params, n_head, backend="auto"):
+    """One pre-LN transformer block:
+
+        x = x + self_attention(layernorm_1(x))
+        x = x + mlp(layernorm_2(x))
+
+    x: (B, T, C) -> (B, T, C). ``params`` maps the block's own names ("ln_1.weight",
+    "attn.c_attn.weight", "mlp.c_fc.bias", ... i.e. GPT-2's without "h.<i>.") to arrays.
+    """
+    p = params
+    h, ln_1 = layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"])
+    h, attn = self_attention_forward(h, p["attn.c_attn.weight"], p["attn.c_attn.bias"],
+                                     p["attn.c_proj.weight"], p["attn.c_proj.bias"], n_head, backend)
+    x = x + h
+    h, ln_2 = layernorm_forward(x, p["ln_2.weight"], p["ln_2.bias"])
+    h, mlp = mlp_forward(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"], p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])
+    x = x + h
+    return x, (ln_1, attn, ln_2, mlp)
+
+
+def block_backward(dx, cache):
+    """Backward of block_forward: each residual branch adds its gradient to the stream's.
+
+    dx: (B, T, C) -> dx: (B, T, C), dparams: dict with the same names as block_forward's params.
+    """
+    ln_1, attn, ln_2, mlp = cache
+    g = {}
+    dh, g["mlp.c_fc.weight"], g["mlp.c_fc.bias"], g["mlp.c_proj.weight"], g["mlp.c_proj.bias"] = (
+        mlp_backward(dx, mlp))
+    dh, g["ln_2.weight"], g["ln_2.bias"] = layernorm_backward(dh, ln_2)
+    dx = dx + dh
+    dh, g["attn.c_attn.weight"], g["attn.c_attn.bias"], g["attn.c_proj.weight"], g["attn.c_proj.bias"] = (
+        self_attention_backward(dx, attn))
+    dh, g["ln_1.weight"], g["ln_1.bias"] = layernorm_backward(dh, ln_1)
+    dx = dx + dh
+    return dx, g
