@@ -5,9 +5,10 @@ regex, tqdm and matplotlib are used when present (see the README).
 """
 
 from . import attention
+from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm
 from .tokenizer import BPETokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "AdamW", "clip_grad_norm", "BPETokenizer"]
+__all__ = ["attention", "GPT", "GPTConfig", "AdamW", "clip_grad_norm", "BPETokenizer"]
