@@ -225,8 +225,8 @@ class BPETokenizer:
         """Validate ``allowed_special`` -> a sorted tuple of special-token strings."""
         if allowed_special == "all":
             return tuple(sorted(self._special_tokens))
-        if isinstance(allowed_special, str):
-            raise TypeError(f"allowed_special must be 'all' or a collection of str, got the str {allowed_special!r}")
+        if isinstance(allowed_special, str) or not hasattr(allowed_special, "__iter__"):
+            raise TypeError(f"allowed_special must be 'all' or a collection of str, got {allowed_special!r}")
         allowed = tuple(sorted(set(allowed_special)))
         unknown = [token for token in allowed if token not in self._special_tokens]
         if unknown:

@@ -222,8 +222,9 @@ def test_encode_rejects_bad_input(trained):
         trained.encode(b"bytes")
     with pytest.raises(ValueError, match="not a special token"):
         trained.encode("x", allowed_special={"<|unknown|>"})
-    with pytest.raises(TypeError, match="allowed_special"):
-        trained.encode("x", allowed_special=EOT)
+    for bad in (EOT, None, 3):
+        with pytest.raises(TypeError, match="allowed_special"):
+            trained.encode("x", allowed_special=bad)
 
 
 def test_decode_of_a_partial_character(trained):
