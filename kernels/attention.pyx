@@ -65,8 +65,8 @@ cdef extern from *:
     int omp_get_max_threads() noexcept nogil
 
 cdef enum:
-    BLOCK_Q = 64   # query rows per tile
-    BLOCK_K = 128  # key/value rows per tile
+    BLOCK_Q = 128   # query rows per tile
+    BLOCK_K = 256  # key/value rows per tile
 
 #: Whether the extension was compiled with OpenMP.
 openmp_enabled = bool(NUMPYLLM_OPENMP)

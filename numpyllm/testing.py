@@ -47,8 +47,8 @@ __all__ = [
     "LAYOUTS",
 ]
 
-#: Sequence lengths that sit on or next to tile edges of typical kernels (and ours: 64, 128).
-EDGE_LENGTHS = (1, 2, 3, 31, 32, 33, 63, 64, 65, 127, 128, 129, 200)
+#: Sequence lengths that sit on or next to tile edges of typical kernels (ours: 128 × 256).
+EDGE_LENGTHS = (1, 2, 3, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257)
 #: Head dimensions, including 1 and sizes that are not a multiple of the SIMD width.
 EDGE_HEAD_DIMS = (1, 2, 3, 7, 8, 16, 32, 33, 64)
 #: Memory layouts an input may have (attention must accept any strides).
@@ -111,7 +111,7 @@ def attention_problems(
     causal=None,
     max_batch=2,
     max_heads=3,
-    max_len=200,
+    max_len=260,
     head_dims=EDGE_HEAD_DIMS,
     max_score=MAX_SCORE,
     layouts=LAYOUTS,
