@@ -128,6 +128,8 @@ class BPETokenizer:
         """
         if isinstance(texts, str):
             texts = (texts,)
+        elif not hasattr(texts, "__iter__"):
+            raise TypeError(f"texts must be a str or an iterable of str, got {type(texts).__name__}")
         if isinstance(special_tokens, str):
             raise TypeError(f"special_tokens must be a sequence of str, not one str ({special_tokens!r})")
         special_tokens = tuple(special_tokens)

@@ -167,6 +167,8 @@ def test_train_rejects_bad_arguments(kwargs, error, message):
 
 
 def test_train_rejects_non_str_texts_and_surrogates():
+    with pytest.raises(TypeError, match="got int"):
+        BPETokenizer.train(42, vocab_size=300)
     with pytest.raises(TypeError, match="item 1 is bytes"):
         BPETokenizer.train(["fine", b"bytes"], vocab_size=300)
     with pytest.raises(ValueError, match="surrogate"):
