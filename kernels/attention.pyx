@@ -42,7 +42,7 @@ cimport cython
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY, exp, log
-from scipy.linalg.cython_blas cimport dgemm, sgemm
+from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
 cdef extern from "fastexp.h" nogil:
     # Vectorizable float32 row operations (see the header); float64 uses libm below.
@@ -91,9 +91,26 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
 
     BLAS is column-major, and a row-major matrix is its column-major transpose, so
     the row-major product C = op(A) op(B) is computed as Cᵀ = op(B)ᵀ op(A)ᵀ.
+    A single row (m == 1, e.g. one decoding query) goes to gemv: gemm would spend
+    its time packing B for a product that uses each element once.
     """
     cdef char transb_cm = b'T' if trans_b else b'N'
     cdef char transa_cm = b'T' if trans_a else b'N'
+    cdef int inc_a = lda if trans_a else 1, one = 1
+    if m == 1:
+        # c (n) = alpha · op(B)ᵀ a + beta · c, op(B)ᵀ being B's column-major view
+        # (n×k, no transpose) when B is not transposed, and its transpose otherwise.
+        if trans_b:
+            if floating is float:
+                sgemv(&transb_cm, &k, &n, &alpha, <float*> b, &ldb, <float*> a, &inc_a, &beta, c, &one)
+            else:
+                dgemv(&transb_cm, &k, &n, &alpha, <double*> b, &ldb, <double*> a, &inc_a, &beta, c, &one)
+        else:
+            if floating is float:
+                sgemv(&transb_cm, &n, &k, &alpha, <float*> b, &ldb, <float*> a, &inc_a, &beta, c, &one)
+            else:
+                dgemv(&transb_cm, &n, &k, &alpha, <double*> b, &ldb, <double*> a, &inc_a, &beta, c, &one)
+        return
     if floating is float:
         sgemm(&transb_cm, &transa_cm, &n, &m, &k, &alpha, <float*> b, &ldb,
               <float*> a, &lda, &beta, c, &ldc)
