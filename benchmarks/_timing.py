@@ -1,0 +1,237 @@
+"""Shared helpers for the benchmarks: timing, peak memory, the machine, markdown tables.
+
+- ``measure(run, setup=...)``: warm-up, then the median of repeated wall-clock times
+  (``time.perf_counter``), with ``setup`` kept outside the timer.
+- ``PeakRSS``: the peak growth of this process's resident memory during a block, read
+  from Linux's ``VmHWM`` after resetting it through ``/proc/self/clear_refs``. Resident
+  memory sees every allocation (NumPy, torch, a C extension's raw ``malloc``), which
+  ``tracemalloc`` does not. ``run_in_fresh_process`` runs such a measurement in a new
+  interpreter, so the parent's heap cannot hide or inflate it.
+- ``machine_info`` / ``format_machine``, ``markdown_table``, ``atomic_write_bytes``.
+
+Depends only on the standard library (and threadpoolctl when present).
+"""
+
+import concurrent.futures
+import ctypes
+import ctypes.util
+import dataclasses
+import gc
+import importlib.metadata
+import math
+import multiprocessing
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+# --------------------------------------------------------------------------- timing
+
+
+@dataclasses.dataclass
+class Timing:
+    """Seconds per call: the median over repeats, and every repeat's value."""
+
+    median: float
+    samples: list
+    calls_per_repeat: int
+
+
+def measure(run, *, repeats, setup=None, min_seconds=0.0, max_calls=10_000):
+    """Time ``run(state)``; ``state = setup()`` is built before the timer starts.
+
+    One warm-up call first (it pays one-time costs: thread pools, lazy imports, page
+    faults). Then ``repeats`` repeats, each timing enough back-to-back calls to last
+    about ``min_seconds`` (so microsecond calls are not lost in timer noise); a
+    repeat's value is its time divided by its call count.
+
+    Returns (Timing, the last call's result).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    make_state = setup if setup is not None else (lambda: None)
+    state = make_state()
+    start = time.perf_counter()
+    result = run(state)
+    warm_up_seconds = time.perf_counter() - start
+    calls = min(max_calls, max(1, math.ceil(min_seconds / max(warm_up_seconds, 1e-9))))
+    samples = []
+    for _ in range(repeats):
+        states = [make_state() for _ in range(calls)]
+        start = time.perf_counter()
+        for state in states:
+            result = run(state)
+        samples.append((time.perf_counter() - start) / calls)
+        del states
+    return Timing(statistics.median(samples), samples, calls), result
+
+
+# --------------------------------------------------------------------------- memory
+
+_CLEAR_REFS = "/proc/self/clear_refs"
+_STATUS = "/proc/self/status"
+
+
+def _status_bytes(field):
+    """A ``kB`` field of /proc/self/status (e.g. VmRSS, VmHWM) in bytes."""
+    with open(_STATUS) as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{_STATUS} has no field {field}")
+
+
+def _malloc_trim():
+    """Hand glibc's freed heap pages back to the kernel, so a later peak is not hidden
+    by memory an earlier call freed but the process still holds."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        trim = getattr(ctypes.CDLL(libc_name), "malloc_trim", None)
+        if trim is not None:
+            trim(0)
+
+
+def peak_rss_unsupported_reason():
+    """None when ``PeakRSS`` works here, else why not (a sentence)."""
+    try:
+        with open(_CLEAR_REFS, "w") as clear_refs:
+            clear_refs.write("5")
+        _status_bytes("VmHWM")
+    except (OSError, RuntimeError) as exc:
+        return f"cannot reset the resident-memory high-water mark ({exc})"
+    return None
+
+
+class PeakRSS:
+    """Peak resident-memory growth inside a ``with`` block, in bytes (``.extra_bytes``).
+
+    On entry: collect garbage, trim the C heap, reset VmHWM to the current resident
+    size (writing "5" to /proc/self/clear_refs) and remember that size. On exit:
+    ``extra_bytes = VmHWM - that size``: the most memory the block held at once beyond
+    what existed before it, including what it returns. Page-granular (4 KiB; 2 MiB for
+    transparent huge pages).
+    """
+
+    def __enter__(self):
+        gc.collect()
+        _malloc_trim()
+        with open(_CLEAR_REFS, "w") as clear_refs:
+            clear_refs.write("5")
+        self.start_bytes = _status_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *exc_info):
+        self.extra_bytes = _status_bytes("VmHWM") - self.start_bytes
+        return False
+
+
+def run_in_fresh_process(function, *args):
+    """``function(*args)`` in a newly spawned Python interpreter; returns its result.
+
+    ``function`` must be importable at module level (spawn pickles it by name).
+    """
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def usable_cores():
+    """Cores this process may run on (the affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(packages=("numpy",)):
+    """What a reader needs to judge a timing: CPU, cores, load, versions, BLAS libraries.
+
+    ``packages`` are looked up by distribution name without importing them. The BLAS
+    list (threadpoolctl) covers libraries already loaded into this process.
+    """
+    versions = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        thread_pools = "threadpoolctl not installed"
+    else:
+        thread_pools = [
+            {key: pool.get(key) for key in ("user_api", "internal_api", "version", "architecture", "num_threads")}
+            for pool in threadpool_info()
+        ]
+    return {
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "versions": versions,
+        "thread_pools": thread_pools,
+    }
+
+
+def format_machine(info):
+    """``machine_info()`` as markdown bullet lines."""
+    versions = ", ".join(f"{name} {version}" for name, version in info["versions"].items())
+    lines = [
+        f"- CPU: {info['cpu']}; {info['logical_cpus']} logical CPUs, {info['usable_cores']} usable; "
+        f"1-min load average {info['load_average_1min']:.2f} (a loaded machine makes timings noisy)",
+        f"- Versions: {versions}",
+    ]
+    pools = info["thread_pools"]
+    if isinstance(pools, str):
+        lines.append(f"- Thread pools: {pools}")
+    else:
+        for pool in pools:
+            described = ", ".join(f"{key} {value}" for key, value in pool.items() if value is not None)
+            lines.append(f"- Thread pool: {described}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def markdown_table(headers, rows):
+    """A markdown table with padded columns; cells are converted with ``str``."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(str(header)), *(len(row[i]) for row in cells)) for i, header in enumerate(headers)]
+
+    def line(values):
+        return "| " + " | ".join(value.ljust(width) for value, width in zip(values, widths)) + " |"
+
+    return "\n".join([line(headers), line(["-" * width for width in widths]), *(line(row) for row in cells)])
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` through a temporary file in the same directory and
+    ``os.replace``, so a reader never sees a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as temp_file:
+            temp_file.write(data)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        os.unlink(temp_path)
+        raise

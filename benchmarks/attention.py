@@ -1,0 +1,649 @@
+"""Attention speed and memory: numpyllm's NumPy reference, its Cython kernel and PyTorch, side by side.
+
+    python -m benchmarks.attention                  # B=1, H=12, d=64, float32, N = 256 ... 4096, causal and not
+    python -m benchmarks.attention --quick          # about 10 seconds
+    python -m benchmarks.attention --decode         # Nq = 1 against a KV cache of Nk keys
+    python -m benchmarks.attention --memory-n 16384 # the kernel's forward + backward memory at one large N
+
+For every problem, each backend's forward and backward are timed one after the other
+in the same run: ``numpy`` and ``cython`` are ``numpyllm.attention.forward/backward``
+with that backend, ``torch`` is ``torch.nn.functional.scaled_dot_product_attention``
+with autograd. Results are checked against the first backend measured (the reference
+when it runs) and the largest relative difference is shown.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import sys
+
+import numpy as np
+
+from numpyllm import attention
+
+from ._timing import (
+    PeakRSS,
+    atomic_write_bytes,
+    format_machine,
+    machine_info,
+    markdown_table,
+    measure,
+    peak_rss_unsupported_reason,
+    run_in_fresh_process,
+    usable_cores,
+)
+
+DEFAULT_SIZES = (256, 512, 1024, 2048, 4096)
+QUICK_SIZES = (256, 512, 1024)
+PASSES = ("forward", "backward")
+WARM_UP_N_CAP = 1024  # memory warm-up calls use N <= this; one-time costs do not depend on N
+
+FLOP_CONVENTION = (
+    "GFLOP/s counts forward FLOPs = 4·B·H·d·P, where P is the number of (query, key) pairs the mask "
+    "lets through (Nq·Nk; Nq·(Nq+1)/2 for causal Nq = Nk, i.e. about half; Nk for causal Nq = 1), "
+    "and backward FLOPs = 2.5 × forward."
+)
+MEMORY_METHOD = (
+    "Peak extra memory is the growth of resident memory (Linux VmHWM, reset by writing 5 to "
+    "/proc/self/clear_refs, after gc and malloc_trim) during one call, minus the call's outputs "
+    "(out + lse forward, dq + dk + dv backward), measured in a freshly spawned Python process per "
+    "backend after a warm-up call (N capped at 1024) so thread pools and BLAS buffers are not counted. "
+    "Resident memory sees every allocation, including the kernel's C-level malloc, which tracemalloc "
+    "would miss. Resolution: a few pages."
+)
+TORCH_METHOD = (
+    "torch: forward with requires_grad inputs (the training forward, which saves what its backward "
+    "needs, as numpyllm's forward does); backward times only .backward() on a graph built outside the "
+    "timer, afresh for every call."
+)
+
+
+# --------------------------------------------------------------------------- problems
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One attention shape: q (batch, heads, n_q, head_dim), k and v (batch, heads, n_k, head_dim)."""
+
+    batch: int
+    heads: int
+    n_q: int
+    n_k: int
+    head_dim: int
+    dtype: str
+    causal: bool
+
+    def visible_pairs(self):
+        """(query, key) pairs the bottom-right causal mask lets through: row i sees
+        min(Nk, i + Nk - Nq + 1) keys, summed over i (all Nq·Nk pairs without the mask)."""
+        if not self.causal:
+            return self.n_q * self.n_k
+        return self.n_q * self.n_k - self.n_q * (self.n_q - 1) // 2
+
+    def flops(self, pass_name):
+        """FLOPs of one call (see FLOP_CONVENTION)."""
+        forward = 4 * self.batch * self.heads * self.head_dim * self.visible_pairs()
+        return forward if pass_name == "forward" else 2.5 * forward
+
+    def output_bytes(self, pass_name):
+        """Bytes a call returns: out (B,H,Nq,d) and lse (B,H,Nq) float64, or dq, dk, dv."""
+        itemsize = np.dtype(self.dtype).itemsize
+        rows_q, rows_k = self.batch * self.heads * self.n_q, self.batch * self.heads * self.n_k
+        if pass_name == "forward":
+            return rows_q * self.head_dim * itemsize + rows_q * 8
+        return (rows_q + 2 * rows_k) * self.head_dim * itemsize
+
+    def score_matrix_bytes(self):
+        """One (B, H, Nq, Nk) score matrix: what an N×N implementation holds, several times."""
+        return self.batch * self.heads * self.n_q * self.n_k * np.dtype(self.dtype).itemsize
+
+    def inputs(self, seed=0):
+        """Standard-normal q, k, v and dout, C-contiguous, in the problem's dtype."""
+        rng = np.random.default_rng(seed)
+        q_shape = (self.batch, self.heads, self.n_q, self.head_dim)
+        kv_shape = (self.batch, self.heads, self.n_k, self.head_dim)
+        shapes = (q_shape, kv_shape, kv_shape, q_shape)
+        return tuple(rng.standard_normal(shape, dtype=np.float64).astype(self.dtype) for shape in shapes)
+
+    def label(self):
+        return f"Nq={self.n_q} Nk={self.n_k} {'causal' if self.causal else 'full'}"
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@dataclasses.dataclass
+class Call:
+    """What to time: ``run(setup())``; ``outputs(result)`` gives NumPy arrays to compare."""
+
+    run: object
+    outputs: object
+    setup: object = None
+
+
+class NumpyllmBackend:
+    """``numpyllm.attention`` with backend "numpy" (the reference) or "cython" (the kernel).
+
+    Threads: the kernel gets ``num_threads=``; the reference's BLAS is limited with
+    threadpoolctl (the kernel pins BLAS to one thread inside itself).
+    """
+
+    def __init__(self, name, threads):
+        self.name = name
+        self.threads = threads
+
+    @contextlib.contextmanager
+    def thread_limit(self):
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            yield
+
+    def _forward(self, problem, q, k, v):
+        return attention.forward(q, k, v, problem.causal, backend=self.name, num_threads=self.threads)
+
+    def call(self, pass_name, problem, arrays):
+        q, k, v, dout = arrays
+        if pass_name == "forward":
+            return Call(run=lambda _: self._forward(problem, q, k, v), outputs=lambda result: [result[0]])
+        out, lse = self._forward(problem, q, k, v)
+        return Call(
+            run=lambda _: attention.backward(
+                dout, q, k, v, out, lse, problem.causal, backend=self.name, num_threads=self.threads
+            ),
+            outputs=list,
+        )
+
+
+def _torch_is_causal(problem):
+    """torch's ``is_causal`` is top-left aligned, numpyllm's bottom-right: they agree for
+    Nq == Nk, and for Nq == 1 bottom-right means "every key", i.e. no mask."""
+    if not problem.causal or problem.n_q == 1:
+        return False
+    if problem.n_q == problem.n_k:
+        return True
+    raise ValueError(f"torch comparison needs Nq == Nk or Nq == 1 for causal attention, got {problem.label()}")
+
+
+class TorchBackend:
+    """``torch.nn.functional.scaled_dot_product_attention`` with autograd (see TORCH_METHOD)."""
+
+    name = "torch"
+
+    def __init__(self, threads):
+        import torch
+
+        self.torch = torch
+        self.threads = threads
+
+    @contextlib.contextmanager
+    def thread_limit(self):
+        previous = self.torch.get_num_threads()
+        self.torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            self.torch.set_num_threads(previous)
+
+    def _graph(self, problem, q, k, v):
+        """Fresh leaf tensors (sharing q, k, v's memory) and the attention output built from them."""
+        leaves = [self.torch.from_numpy(x).requires_grad_() for x in (q, k, v)]
+        out = self.torch.nn.functional.scaled_dot_product_attention(*leaves, is_causal=_torch_is_causal(problem))
+        return leaves, out
+
+    def call(self, pass_name, problem, arrays):
+        q, k, v, dout = arrays
+        if pass_name == "forward":
+            leaves, _ = self._graph(problem, q, k, v)
+            sdpa = self.torch.nn.functional.scaled_dot_product_attention
+            is_causal = _torch_is_causal(problem)
+            return Call(
+                run=lambda _: sdpa(*leaves, is_causal=is_causal), outputs=lambda out: [out.detach().numpy()]
+            )
+        dout_tensor = self.torch.from_numpy(dout)
+
+        def backward(graph):
+            leaves, out = graph
+            out.backward(dout_tensor)
+            return [leaf.grad for leaf in leaves]
+
+        return Call(
+            setup=lambda: self._graph(problem, q, k, v),
+            run=backward,
+            outputs=lambda grads: [grad.numpy() for grad in grads],
+        )
+
+
+def problem_of(record):
+    """The Problem a measurement record (dict) was taken on."""
+    return Problem(**{field.name: record[field.name] for field in dataclasses.fields(Problem)})
+
+
+def make_backend(name, threads):
+    return TorchBackend(threads) if name == "torch" else NumpyllmBackend(name, threads)
+
+
+def max_relative_difference(outputs, reference):
+    """max |a - b| / max |b| over pairs of arrays (the difference relative to the result's scale)."""
+    worst = 0.0
+    for ours, theirs in zip(outputs, reference):
+        theirs = np.asarray(theirs, dtype=np.float64)
+        scale = max(float(np.max(np.abs(theirs))), np.finfo(np.float64).tiny)
+        worst = max(worst, float(np.max(np.abs(np.asarray(ours, dtype=np.float64) - theirs))) / scale)
+    return worst
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def time_problems(problems, backend_names, threads, repeats, min_seconds, progress):
+    """Time every (problem, pass, backend); return one record (dict) per measurement."""
+    backends = [make_backend(name, threads) for name in backend_names]
+    records = []
+    for problem in problems:
+        arrays = problem.inputs()
+        for pass_name in passes_for(problem):
+            reference = None
+            for backend in backends:
+                call = backend.call(pass_name, problem, arrays)
+                with backend.thread_limit():
+                    timing, result = measure(call.run, setup=call.setup, repeats=repeats, min_seconds=min_seconds)
+                outputs = call.outputs(result)
+                if reference is None:
+                    reference = (backend.name, outputs)
+                record = dict(
+                    dataclasses.asdict(problem),
+                    backend=backend.name,
+                    threads=threads,
+                    pass_name=pass_name,
+                    median_ms=timing.median * 1e3,
+                    samples_ms=[seconds * 1e3 for seconds in timing.samples],
+                    calls_per_repeat=timing.calls_per_repeat,
+                    gflops=problem.flops(pass_name) / timing.median / 1e9,
+                    compared_with=reference[0],
+                    max_rel_diff=max_relative_difference(outputs, reference[1]),
+                )
+                records.append(record)
+                progress(
+                    f"{backend.name:>6} {problem.label()} {pass_name} {threads} thr: "
+                    f"{record['median_ms']:.3f} ms (median of {repeats} x {timing.calls_per_repeat} calls)"
+                )
+                del call, result, outputs
+    return records
+
+
+def passes_for(problem):
+    """Decoding (Nq = 1) is inference: forward only. Training shapes: forward and backward."""
+    return ("forward",) if problem.n_q == 1 else PASSES
+
+
+def measure_memory(backend_name, problems, threads):
+    """In this process: peak extra bytes and seconds of one call per (problem, pass).
+
+    Meant for a fresh process (``run_in_fresh_process``). Returns a list (one entry per
+    problem) of {pass_name: (extra_bytes, seconds)}.
+    """
+    import time
+
+    backend = make_backend(backend_name, threads)
+    results = []
+    with backend.thread_limit():
+        for problem in problems:
+            warm_up = dataclasses.replace(
+                problem, n_q=min(problem.n_q, WARM_UP_N_CAP), n_k=min(problem.n_k, WARM_UP_N_CAP)
+            )
+            arrays, warm_up_arrays = problem.inputs(), warm_up.inputs()
+            per_pass = {}
+            for pass_name in passes_for(problem):
+                warm_up_call = backend.call(pass_name, warm_up, warm_up_arrays)
+                warm_up_call.run(warm_up_call.setup() if warm_up_call.setup else None)
+                del warm_up_call
+                call = backend.call(pass_name, problem, arrays)
+                state = call.setup() if call.setup else None
+                with PeakRSS() as peak:
+                    start = time.perf_counter()
+                    result = call.run(state)
+                    seconds = time.perf_counter() - start
+                extra = max(0, peak.extra_bytes - problem.output_bytes(pass_name))
+                per_pass[pass_name] = (extra, seconds)
+                del call, state, result
+            results.append(per_pass)
+    return results
+
+
+def add_memory(records, problems, backend_names, threads, progress):
+    """Measure each backend's memory in its own fresh process; store it in ``records``."""
+    index = {(r["backend"], r["threads"], r["pass_name"], problem_of(r)): r for r in records}
+    for name in backend_names:
+        progress(f"memory: {name} in a fresh process, {len(problems)} problem(s)")
+        per_problem = run_in_fresh_process(measure_memory, name, problems, threads)
+        for problem, per_pass in zip(problems, per_problem):
+            for pass_name, (extra, _) in per_pass.items():
+                index[name, threads, pass_name, problem]["peak_extra_mb"] = extra / 2**20
+
+
+# --------------------------------------------------------------------------- output
+
+
+def fmt(value):
+    """A number with about three significant digits; "—" when absent."""
+    if value is None:
+        return "—"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def _by_row(records):
+    """Group records into table rows keyed (Nq, Nk, causal, pass) -> {backend: record}, in order."""
+    rows = {}
+    for record in records:
+        key = (record["n_q"], record["n_k"], record["causal"], record["pass_name"])
+        rows.setdefault(key, {})[record["backend"]] = record
+    return rows
+
+
+def _ratio(by_backend, numerator, denominator):
+    if numerator in by_backend and denominator in by_backend:
+        return by_backend[numerator]["median_ms"] / by_backend[denominator]["median_ms"]
+    return None
+
+
+RATIOS = (("cython", "torch"), ("numpy", "cython"))
+
+
+def time_table(records, backend_names):
+    """Markdown: medians (ms), the ratios that apply, GFLOP/s, and the check against the reference."""
+    ratios = [pair for pair in RATIOS if set(pair) <= set(backend_names)]
+    headers = ["Nq", "Nk", "causal", "pass"]
+    headers += [f"{name} ms" for name in backend_names]
+    headers += [f"{a}/{b}" for a, b in ratios]
+    headers += [f"{name} GFLOP/s" for name in backend_names]
+    headers += ["max rel diff"]
+    rows = []
+    for (n_q, n_k, causal, pass_name), by_backend in _by_row(records).items():
+        row = [n_q, n_k, "yes" if causal else "no", pass_name]
+        row += [fmt(by_backend[name]["median_ms"]) for name in backend_names]
+        row += [fmt(_ratio(by_backend, a, b)) for a, b in ratios]
+        row += [fmt(by_backend[name]["gflops"]) for name in backend_names]
+        row += [f"{max(record['max_rel_diff'] for record in by_backend.values()):.1e}"]
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
+def memory_table(records, backend_names):
+    """Markdown: peak extra memory (MiB) per backend, next to one score matrix's size."""
+    headers = ["Nq", "Nk", "causal", "pass"] + [f"{name} MiB" for name in backend_names] + ["one Nq×Nk matrix MiB"]
+    rows = []
+    for (n_q, n_k, causal, pass_name), by_backend in _by_row(records).items():
+        row = [n_q, n_k, "yes" if causal else "no", pass_name]
+        row += [fmt(by_backend[name].get("peak_extra_mb")) for name in backend_names]
+        row += [fmt(problem_of(next(iter(by_backend.values()))).score_matrix_bytes() / 2**20)]
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
+def scaling_table(records, thread_counts):
+    """Markdown: each backend's median at each thread count and the speed-up."""
+    low, high = thread_counts
+    headers = ["Nq", "Nk", "causal", "pass", "backend", f"{low} thread ms", f"{high} threads ms", "speed-up"]
+    at = {
+        (r["n_q"], r["n_k"], r["causal"], r["pass_name"], r["backend"], r["threads"]): r["median_ms"]
+        for r in records
+    }
+    rows = []
+    for n_q, n_k, causal, pass_name, backend, threads in at:
+        if threads != low:
+            continue
+        slow, fast = at[n_q, n_k, causal, pass_name, backend, low], at[n_q, n_k, causal, pass_name, backend, high]
+        rows.append([n_q, n_k, "yes" if causal else "no", pass_name, backend, fmt(slow), fmt(fast), fmt(slow / fast)])
+    return markdown_table(headers, rows)
+
+
+def write_plot(path, records, backend_names):
+    """Time and peak extra memory against Nk, one column per mask, one line per backend and pass."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    masks = sorted({record["causal"] for record in records})
+    figure, axes = plt.subplots(2, len(masks), figsize=(6 * len(masks), 8), squeeze=False)
+    for column, causal in enumerate(masks):
+        for color, name in enumerate(backend_names):
+            for pass_name, style in zip(PASSES, ("-", "--")):
+                chosen = [r for r in records if r["backend"] == name and r["causal"] == causal and r["pass_name"] == pass_name]
+                if not chosen:
+                    continue
+                n = [r["n_k"] for r in chosen]
+                line = dict(linestyle=style, marker="o", color=f"C{color}", label=f"{name} {pass_name}")
+                axes[0, column].plot(n, [r["median_ms"] for r in chosen], **line)
+                memory = [r.get("peak_extra_mb") for r in chosen]
+                if None not in memory:
+                    axes[1, column].plot(n, memory, **line)
+        mask = "causal" if causal else "no mask"
+        axes[0, column].set(title=f"time, {mask}", ylabel="median ms", yscale="log")
+        # symlog: the kernel's extra memory is near zero, the reference's grows as N²
+        axes[1, column].set_yscale("symlog", linthresh=0.1)
+        axes[1, column].set(title=f"peak extra memory, {mask}", ylabel="MiB", ylim=(0, None))
+        sizes = sorted({record["n_k"] for record in records})
+        for axis in axes[:, column]:
+            axis.set_xscale("log", base=2)
+            axis.set_xticks(sizes, [str(n) for n in sizes])
+            axis.set_xlabel("Nk (keys)")
+            axis.grid(True, which="both", alpha=0.3)
+        axes[0, column].legend(fontsize="small")  # the memory panel below uses the same lines
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.attention",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(
+            [
+                "Timing: one warm-up call, then the median of --repeats repeats (time.perf_counter); a "
+                "repeat runs enough calls to last ~50 ms (~10 ms with --quick) and reports the time per call.",
+                FLOP_CONVENTION,
+                MEMORY_METHOD,
+                TORCH_METHOD,
+                "Causal is bottom-right aligned (numpyllm's contract). The NumPy reference builds several "
+                "B·H·Nq·Nk score matrices: at large N it needs GBs of memory and seconds per call "
+                "(--no-numpy skips it).",
+            ]
+        ),
+    )
+    mode = parser.add_mutually_exclusive_group()
+    parser.add_argument("--quick", action="store_true", help=f"N in {QUICK_SIZES}, 3 repeats: about 10 seconds")
+    parser.add_argument("--sizes", type=_positive_int, nargs="+", metavar="N", help=f"sequence lengths (default {DEFAULT_SIZES})")
+    parser.add_argument("--causal", choices=("both", "yes", "no"), default="both", help="mask(s) to measure (default both)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--head-dim", type=_positive_int, default=64, metavar="D", help="d (default 64)")
+    parser.add_argument("--batch", type=_positive_int, default=1, metavar="B", help="B (default 1)")
+    parser.add_argument("--heads", type=_positive_int, default=12, metavar="H", help="H (default 12)")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=usable_cores(),
+        metavar="N",
+        help="threads for every backend: the kernel's num_threads=, torch.set_num_threads, the reference's "
+        "BLAS via threadpoolctl (default: the usable cores, %(default)s here)",
+    )
+    parser.add_argument("--repeats", type=_positive_int, metavar="R", help="timed repeats per measurement (default 5; 3 with --quick)")
+    parser.add_argument("--no-torch", action="store_true", help="skip torch even if it is installed")
+    parser.add_argument("--no-numpy", action="store_true", help="skip the slow NumPy reference (large N)")
+    mode.add_argument(
+        "--decode",
+        action="store_true",
+        help="the KV-cache decoding shape: Nq = 1 query against Nk = each size keys, causal, forward only",
+    )
+    mode.add_argument(
+        "--memory-n",
+        type=_positive_int,
+        metavar="N",
+        help="instead of the table: the kernel's peak extra memory (and time) for one forward and one "
+        "backward at Nq = Nk = N with --causal's mask(s), e.g. 16384",
+    )
+    parser.add_argument("--thread-scaling", action="store_true", help="time at 1 and 2 threads and show the speed-up")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw time and memory against N (needs matplotlib)")
+    parser.add_argument("--json", metavar="FILE", help="write every measurement (and the machine) as JSON")
+    return parser
+
+
+def _progress(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def _kernel_missing_reason():
+    try:
+        import numpyllm._attention  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return "numpyllm._attention imported, but a dependency of the kernel did not"
+
+
+def choose_backends(args):
+    """The backends this run measures, and notes to print about the ones left out."""
+    names, notes = [], []
+    if not args.no_numpy:
+        names.append("numpy")
+    if "cython" in attention.available_backends():
+        names.append("cython")
+    else:
+        notes.append(
+            f"The Cython kernel is not built ({_kernel_missing_reason()}); measuring the others. "
+            "Build it with `pip install -e .`."
+        )
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            notes.append("torch is not installed (pip install torch): no PyTorch comparison.")
+        else:
+            names.append("torch")
+    return names, notes
+
+
+def build_problems(args, sizes):
+    masks = {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]
+    shape = dict(batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype)
+    if args.decode:
+        return [Problem(n_q=1, n_k=n, causal=True, **shape) for n in sizes]
+    return [Problem(n_q=n, n_k=n, causal=causal, **shape) for n in sizes for causal in masks]
+
+
+def run_memory_n(args, threads, progress):
+    """--memory-n: the kernel alone, fresh process, one call per pass; prints a table."""
+    if "cython" not in attention.available_backends():
+        print(f"--memory-n measures the Cython kernel, which is not built ({_kernel_missing_reason()}).")
+        return []
+    problems = build_problems(args, [args.memory_n])
+    progress(f"memory: cython at N={args.memory_n} in a fresh process (one forward and one backward per mask)")
+    per_problem = run_in_fresh_process(measure_memory, "cython", problems, threads)
+    records, rows = [], []
+    for problem, per_pass in zip(problems, per_problem):
+        for pass_name, (extra, seconds) in per_pass.items():
+            records.append(
+                dict(dataclasses.asdict(problem), backend="cython", threads=threads, pass_name=pass_name,
+                     peak_extra_mb=extra / 2**20, one_call_ms=seconds * 1e3)
+            )
+            rows.append([problem.n_q, "yes" if problem.causal else "no", pass_name, fmt(extra / 2**20),
+                         fmt(seconds * 1e3), fmt(problem.score_matrix_bytes() / 2**20)])
+    print(markdown_table(
+        ["N", "causal", "pass", "cython peak extra MiB", "time ms (one call)", "one N×N matrix MiB"], rows))
+    return records
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.plot and args.memory_n:
+        raise SystemExit("--plot draws the size sweep; it does not apply to --memory-n")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit("--plot needs matplotlib: pip install matplotlib (or numpyllm[plot])") from None
+    sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    repeats = args.repeats or (3 if args.quick else 5)
+    min_seconds = 0.01 if args.quick else 0.05
+    thread_counts = (1, 2) if args.thread_scaling else (args.threads,)
+    memory_threads = thread_counts[-1]
+    backend_names, notes = choose_backends(args)
+    memory_problem = peak_rss_unsupported_reason()
+
+    print("# Attention benchmark\n")
+    print(format_machine(machine_info(("numpy", "numpyllm", "torch", "threadpoolctl"))))
+    print(f"- numpyllm backends built: {', '.join(attention.available_backends())}")
+    for note in notes:
+        print(f"- {note}")
+    print(
+        f"\nB={args.batch}, H={args.heads}, d={args.head_dim}, {args.dtype}; threads {list(thread_counts)}; "
+        f"median of {repeats} repeats; times in ms.\n\n{FLOP_CONVENTION}\n{TORCH_METHOD}\n"
+        f"max rel diff: the largest max|x - ref| / max|ref| over the outputs (out; dq, dk, dv) against the "
+        f"first backend in the row.\n"
+    )
+    if memory_problem:
+        print(f"Memory is not measured here: {memory_problem}.\n")
+    else:
+        print(f"{MEMORY_METHOD}\n")
+
+    if args.memory_n:
+        if memory_problem:
+            raise SystemExit(f"--memory-n cannot run: {memory_problem}")
+        records = run_memory_n(args, memory_threads, _progress)
+    else:
+        problems = build_problems(args, sizes)
+        records = []
+        for threads in thread_counts:
+            records += time_problems(problems, backend_names, threads, repeats, min_seconds, _progress)
+        if not memory_problem:
+            add_memory(records, problems, backend_names, memory_threads, _progress)
+        for threads in thread_counts:
+            print(f"## Time, {threads} thread{'s' if threads > 1 else ''}\n")
+            print(time_table([r for r in records if r["threads"] == threads], backend_names) + "\n")
+        if not memory_problem:
+            print(f"## Peak extra memory, {memory_threads} thread{'s' if memory_threads > 1 else ''}\n")
+            print(memory_table([r for r in records if r["threads"] == memory_threads], backend_names) + "\n")
+        if args.thread_scaling:
+            print("## Thread scaling\n")
+            print(scaling_table(records, thread_counts) + "\n")
+        if args.plot:
+            write_plot(args.plot, [r for r in records if r["threads"] == memory_threads], backend_names)
+            print(f"Plot written to {args.plot}")
+    if args.json:
+        document = dict(
+            machine=machine_info(("numpy", "numpyllm", "torch", "threadpoolctl")),
+            flop_convention=FLOP_CONVENTION,
+            memory_method=MEMORY_METHOD if not memory_problem else memory_problem,
+            torch_method=TORCH_METHOD,
+            records=records,
+        )
+        atomic_write_bytes(args.json, json.dumps(document, indent=1).encode())
+        print(f"Raw results written to {args.json}")
+    return records
+
+
+if __name__ == "__main__":
+    main()
