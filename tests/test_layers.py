@@ -1,0 +1,216 @@
+"""Every layer's backward equals central finite differences of its forward (float64); forwards
+match their definitions; float32 inputs stay float32."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import log_softmax, ndtr
+
+from finite_differences import assert_gradient_matches
+from numpyllm import attention
+from numpyllm import layers as L
+
+seeds = st.integers(0, 2**32 - 1)
+batch = st.integers(1, 2)
+time = st.integers(1, 5)
+heads = st.integers(1, 3)
+head_size = st.integers(1, 4)
+
+
+def check_pair(forward, backward, arrays, rng):
+    """FD-check backward(dout, cache) against forward(*arrays) for the scalar Σ out · dout.
+
+    ``backward`` returns one gradient per array, in order (as every layer pair does), or
+    a bare array when the forward has one input.
+    """
+    out, cache = forward(*arrays)
+    dout = rng.standard_normal(out.shape)
+    grads = backward(dout, cache)
+    if isinstance(grads, np.ndarray):
+        grads = (grads,)
+    assert len(grads) == len(arrays)
+
+    def objective():
+        return float(np.sum(forward(*arrays)[0] * dout))
+
+    for position, (x, g) in enumerate(zip(arrays, grads)):
+        assert_gradient_matches(objective, x, g, rng, name=f"{forward.__name__} argument {position}")
+
+
+@given(seeds, batch, time, st.integers(1, 4), st.integers(1, 6), st.integers(0, 3))
+def test_embedding_backward_matches_finite_differences(seed, B, T, vocab, C, extra_positions):
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, vocab, (B, T))  # a small vocabulary makes repeated tokens likely
+    wte = rng.standard_normal((vocab, C))
+    wpe = rng.standard_normal((T + extra_positions, C))
+
+    def embedding(wte, wpe):
+        return L.embedding_forward(idx, wte, wpe)
+
+    check_pair(embedding, L.embedding_backward, [wte, wpe], rng)
+
+
+@given(seeds, batch, time, st.integers(1, 8))
+def test_layernorm_backward_matches_finite_differences(seed, B, T, C):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, T, C)) * 3 + rng.standard_normal()
+    check_pair(L.layernorm_forward, L.layernorm_backward, [x, rng.standard_normal(C), rng.standard_normal(C)], rng)
+
+
+@given(seeds, batch, time, st.integers(1, 6), st.integers(1, 6), st.booleans())
+def test_linear_backward_matches_finite_differences(seed, B, T, n_in, n_out, with_bias):
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((B, T, n_in)), rng.standard_normal((n_in, n_out))
+    if with_bias:
+        check_pair(L.linear_forward, L.linear_backward, [x, w, rng.standard_normal(n_out)], rng)
+    else:
+        def linear(x, w):
+            return L.linear_forward(x, w)
+
+        def linear_backward(dy, cache):
+            dx, dw, db = L.linear_backward(dy, cache)
+            assert db is None
+            return dx, dw
+
+        check_pair(linear, linear_backward, [x, w], rng)
+
+
+@given(seeds, st.integers(1, 40))
+def test_gelu_backward_matches_finite_differences(seed, n):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n) * 3  # covers the curved middle and both saturated tails
+    check_pair(L.gelu_forward, L.gelu_backward, [x], rng)
+
+
+def test_gelu_is_the_tanh_approximation_of_x_times_normal_cdf():
+    x = np.linspace(-12, 12, 1201)
+    y, _ = L.gelu_forward(x)
+    exact = x * ndtr(x)  # the erf GELU, x · Φ(x)
+    np.testing.assert_allclose(y, exact, atol=1e-3)  # the tanh form is an approximation...
+    assert np.max(np.abs(y - exact)) > 1e-5  # ...not the erf form itself
+    np.testing.assert_allclose(y[x > 10], x[x > 10], rtol=1e-15)  # and saturates to x, 0
+    np.testing.assert_allclose(y[x < -10], 0, atol=1e-15)
+
+
+def random_targets(rng, B, T, vocab, ignored_fraction):
+    targets = rng.integers(0, vocab, (B, T))
+    targets[rng.random((B, T)) < ignored_fraction] = L.IGNORE_INDEX
+    targets.flat[rng.integers(B * T)] = rng.integers(vocab)  # at least one scored position
+    return targets
+
+
+@given(seeds, batch, time, st.integers(1, 7), st.sampled_from([0.0, 0.5]))
+def test_cross_entropy_backward_matches_finite_differences(seed, B, T, vocab, ignored_fraction):
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((B, T, vocab)) * 4
+    targets = random_targets(rng, B, T, vocab, ignored_fraction)
+    dloss = rng.standard_normal()
+    _, cache = L.cross_entropy_forward(logits, targets)
+    dlogits = L.cross_entropy_backward(dloss, cache)
+    assert_gradient_matches(lambda: L.cross_entropy_forward(logits, targets)[0] * dloss, logits, dlogits, rng,
+                            name="logits", n_entries=20)
+    assert not np.any(dlogits[targets == L.IGNORE_INDEX])  # padding gets no gradient at all
+
+
+@given(seeds, batch, time, st.integers(1, 7), st.sampled_from([0.0, 0.5]))
+def test_cross_entropy_is_mean_negative_log_softmax_over_scored_positions(seed, B, T, vocab, ignored_fraction):
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((B, T, vocab)) * 4
+    targets = random_targets(rng, B, T, vocab, ignored_fraction)
+    loss, _ = L.cross_entropy_forward(logits, targets)
+    scored = targets != L.IGNORE_INDEX
+    expected = -np.mean(log_softmax(logits[scored], axis=-1)[np.arange(scored.sum()), targets[scored]])
+    assert loss == pytest.approx(expected, rel=1e-12)
+
+
+def test_cross_entropy_survives_huge_logits():
+    logits = np.array([[[1e4, 0.0, -1e4]]], dtype=np.float32)
+    loss, cache = L.cross_entropy_forward(logits, np.array([[1]]))
+    assert loss == pytest.approx(1e4, rel=1e-6)
+    assert np.all(np.isfinite(L.cross_entropy_backward(1.0, cache)))
+
+
+@pytest.mark.parametrize("backend", attention.available_backends())
+@given(seed=seeds, B=batch, T=time, H=heads, hd=head_size)
+def test_self_attention_backward_matches_finite_differences(backend, seed, B, T, H, hd):
+    rng = np.random.default_rng(seed)
+    C = H * hd
+    arrays = [rng.standard_normal((B, T, C)), rng.standard_normal((C, 3 * C)) / np.sqrt(C),
+              rng.standard_normal(3 * C), rng.standard_normal((C, C)), rng.standard_normal(C)]
+
+    def self_attention(*arrays):
+        return L.self_attention_forward(*arrays, n_head=H, backend=backend)
+
+    check_pair(self_attention, L.self_attention_backward, arrays, rng)
+
+
+def test_self_attention_is_causal_and_splits_heads_like_gpt2():
+    # Position t's output depends on positions <= t only, and head h reads channels [h·hd, (h+1)·hd).
+    rng = np.random.default_rng(0)
+    B, T, H, hd = 2, 5, 3, 2
+    C = H * hd
+    w_attn, b_attn = rng.standard_normal((C, 3 * C)), rng.standard_normal(3 * C)
+    x = rng.standard_normal((B, T, C))
+    (q, k, v), _ = L.qkv_forward(x, w_attn, b_attn, H)
+    qkv = x @ w_attn + b_attn
+    np.testing.assert_array_equal(k[:, 1], qkv[:, :, C + hd: C + 2 * hd])  # head 1 of k
+    y, _ = L.self_attention_forward(x, w_attn, b_attn, np.eye(C), np.zeros(C), H, backend="numpy")
+    x_changed = x.copy()
+    x_changed[:, 3:] += 1.0
+    y_changed, _ = L.self_attention_forward(x_changed, w_attn, b_attn, np.eye(C), np.zeros(C), H, backend="numpy")
+    np.testing.assert_array_equal(y_changed[:, :3], y[:, :3])
+    assert not np.allclose(y_changed[:, 3:], y[:, 3:])
+
+
+@given(seeds, batch, time, st.integers(1, 4))
+def test_mlp_backward_matches_finite_differences(seed, B, T, C):
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal((B, T, C)), rng.standard_normal((C, 4 * C)), rng.standard_normal(4 * C),
+              rng.standard_normal((4 * C, C)), rng.standard_normal(C)]
+    check_pair(L.mlp_forward, L.mlp_backward, arrays, rng)
+
+
+def block_params(rng, C):
+    shapes = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
+              "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
+              "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (4 * C, C),
+              "mlp.c_proj.bias": (C,)}
+    return {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+
+
+@given(seed=seeds, B=batch, T=time, H=heads, hd=head_size)
+def test_block_backward_matches_finite_differences(seed, B, T, H, hd):
+    rng = np.random.default_rng(seed)
+    x, params = rng.standard_normal((B, T, H * hd)), block_params(rng, H * hd)
+    out, cache = L.block_forward(x, params, H, backend="numpy")
+    dout = rng.standard_normal(out.shape)
+    dx, dparams = L.block_backward(dout, cache)
+    assert dparams.keys() == params.keys()
+
+    def objective():
+        return float(np.sum(L.block_forward(x, params, H, backend="numpy")[0] * dout))
+
+    assert_gradient_matches(objective, x, dx, rng, name="x")
+    for name, p in params.items():
+        assert_gradient_matches(objective, p, dparams[name], rng, name=name)
+
+
+def test_float32_in_float32_out():
+    # Nothing silently promotes to float64: the model computes in its config's dtype.
+    rng = np.random.default_rng(0)
+    B, T, H, hd = 2, 4, 2, 3
+    x = rng.standard_normal((B, T, H * hd)).astype(np.float32)
+    params = {name: p.astype(np.float32) for name, p in block_params(rng, H * hd).items()}
+    for backend in attention.available_backends():
+        out, cache = L.block_forward(x, params, H, backend=backend)
+        dx, dparams = L.block_backward(np.ones_like(out), cache)
+        assert out.dtype == dx.dtype == np.float32
+        assert {g.dtype for g in dparams.values()} == {np.dtype(np.float32)}
+    logits = rng.standard_normal((B, T, 5)).astype(np.float32)
+    _, cache = L.cross_entropy_forward(logits, rng.integers(0, 5, (B, T)))
+    assert L.cross_entropy_backward(1.0, cache).dtype == np.float32
+    wte, wpe = logits[0], rng.standard_normal((T, 5)).astype(np.float32)
+    out, cache = L.embedding_forward(rng.integers(0, T, (B, T)), wte, wpe)
+    assert out.dtype == np.float32
+    assert {g.dtype for g in L.embedding_backward(out, cache)} == {np.dtype(np.float32)}
