@@ -15,8 +15,8 @@ Reading also accepts: names with or without the "transformer." prefix (OpenAI's 
 GPT-2 files on the Hub have none), sharded safetensors (model.safetensors.index.json),
 pytorch_model.bin when torch is installed, float16/bfloat16 tensors (converted), and
 the old non-parameter attention-mask buffers "h.<i>.attn.bias"/"h.<i>.attn.masked_bias"
-(dropped). safetensors is imported inside the functions that need it; this module
-never needs torch except to read pytorch_model.bin.
+(dropped). safetensors is imported inside the functions that need it; torch only to
+read pytorch_model.bin. The expected tensors come from ``numpyllm.model.param_shapes``.
 """
 
 import contextlib
@@ -26,6 +26,8 @@ import re
 import tempfile
 
 import numpy as np
+
+from .model import GPTConfig, param_shapes
 
 __all__ = ["read_checkpoint", "write_checkpoint", "atomic_write", "CONFIG_NAME", "WEIGHTS_NAME"]
 
@@ -78,21 +80,12 @@ def _current_umask():
 # --------------------------------------------------------------------------- config.json
 
 
-def _expected_shapes(config):
-    """{name: shape} of every parameter of a GPT with this config, in the model's order."""
-    from .model import param_shapes
-
-    return dict(param_shapes(config))
-
-
 def config_from_hf(hf_config, dtype=None):
     """Build a ``GPTConfig`` from a parsed GPT-2 config.json, rejecting what numpyllm cannot compute.
 
     dtype: "float32"/"float64" to load as; None takes config.json's "numpyllm_dtype",
     else float32 (Hugging Face's float16/bfloat16 checkpoints are widened).
     """
-    from .model import GPTConfig
-
     model_type = hf_config.get("model_type")
     if model_type != "gpt2":
         raise ValueError(f"config.json has model_type {model_type!r}; numpyllm reads GPT-2 checkpoints ('gpt2')")
@@ -305,7 +298,7 @@ def read_checkpoint(directory, dtype=None):
     if not isinstance(hf_config, dict):
         raise ValueError(f"{config_path} must hold a JSON object, got {type(hf_config).__name__}")
     config = config_from_hf(hf_config, dtype)
-    expected = _expected_shapes(config)
+    expected = dict(param_shapes(config))
     params = _params_from_stored(_read_weights(directory), expected, f"checkpoint {directory!r}")
     return config, {name: np.array(params[name], dtype=config.dtype, order="C") for name in expected}
 
@@ -318,7 +311,7 @@ def write_checkpoint(directory, config, params):
     atomically; the weights are replaced first and config.json last, both after both
     files are fully written, so an interrupted save leaves the previous checkpoint.
     """
-    expected = _expected_shapes(config)
+    expected = dict(param_shapes(config))
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of name -> numpy.ndarray, got {type(params).__name__}")
     _check_param_shapes(params, expected, "params")

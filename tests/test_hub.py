@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from numpyllm import hub
-from numpyllm.model import GPTConfig, param_shapes
+from numpyllm.model import GPT, GPTConfig, param_shapes
 
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
 
@@ -165,14 +165,17 @@ def test_widens_bfloat16(tmp_path):
 
 
 def tiny_transformers_model(torch, transformers, seed=0):
-    """A GPT2LMHeadModel of the TINY shape with random, non-trivial weights (biases and layernorms too)."""
+    """A GPT2LMHeadModel of the TINY shape with random, non-trivial weights (biases and layernorms too).
+
+    Every tensor ~ N(0, 0.3²): large enough that a transposed or misnamed tensor changes the
+    logits, small enough that the logits stay O(1) for the float32 tolerance."""
     hf_config = transformers.GPT2Config(vocab_size=11, n_positions=8, n_embd=8, n_layer=2, n_head=2,
                                         bos_token_id=0, eos_token_id=0)
     model = transformers.GPT2LMHeadModel(hf_config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator))
+            p.copy_(0.3 * torch.randn(p.shape, generator=generator))
     return model.eval()
 
 
@@ -209,6 +212,33 @@ def test_transformers_loads_our_checkpoint(tiny_checkpoint):
     for name, array in params.items():
         np.testing.assert_array_equal(state["transformer." + name].numpy(), array, err_msg=name)
     np.testing.assert_array_equal(state["lm_head.weight"].numpy(), params["wte.weight"])  # tied
+
+
+def test_our_saved_model_gives_the_same_logits_in_transformers(tmp_path):
+    torch = pytest.importorskip("torch", reason="transformers needs torch")
+    transformers = pytest.importorskip("transformers", reason="transformers is the oracle for the logits")
+    ours = GPT(GPTConfig(**TINY), seed=1)
+    rng = np.random.default_rng(1)
+    for p in ours.params.values():  # move biases and layernorms off their 0/1 initial values
+        p += 0.3 * rng.standard_normal(p.shape).astype(p.dtype)
+    ours.save_pretrained(tmp_path)
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    idx = rng.integers(0, TINY["vocab_size"], size=(3, TINY["block_size"]))
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(idx)).logits.numpy()
+    np.testing.assert_allclose(ours(idx), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_transformers_saved_model_gives_the_same_logits_here(tmp_path):
+    torch = pytest.importorskip("torch", reason="transformers needs torch")
+    transformers = pytest.importorskip("transformers", reason="transformers is the oracle for the logits")
+    theirs = tiny_transformers_model(torch, transformers, seed=2)
+    theirs.save_pretrained(tmp_path)
+    ours = GPT.from_pretrained(tmp_path)
+    idx = np.random.default_rng(2).integers(0, TINY["vocab_size"], size=(3, TINY["block_size"]))
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(idx)).logits.numpy()
+    np.testing.assert_allclose(ours(idx), expected, rtol=1e-4, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- errors
