@@ -176,7 +176,10 @@ def block_params(rng, C):
               "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
               "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (4 * C, C),
               "mlp.c_proj.bias": (C,)}
-    return {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+    # Matrices scaled by 1/sqrt(fan_in), as trained weights roughly are: unscaled ones make
+    # near-one-hot attention whose curvature swamps the finite differences' O(step²) error.
+    return {name: rng.standard_normal(shape) / np.sqrt(shape[0] if len(shape) == 2 else 1)
+            for name, shape in shapes.items()}
 
 
 @given(seed=seeds, B=batch, T=time, H=heads, hd=head_size)
