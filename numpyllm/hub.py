@@ -240,9 +240,9 @@ def _check_param_shapes(tensors, expected, source):
     if unexpected:
         raise ValueError(f"{source} has unexpected tensors {unexpected}")
     misshaped = [
-        f"{name}: expected {expected[name]}, got {tuple(tensors[name].shape)}"
+        f"{name}: expected {expected[name]}, got {np.shape(tensors[name])}"
         for name in expected
-        if tuple(tensors[name].shape) != tuple(expected[name])
+        if np.shape(tensors[name]) != tuple(expected[name])
     ]
     if misshaped:
         raise ValueError(f"{source} has tensors of the wrong shape for its config: " + "; ".join(misshaped))
@@ -307,10 +307,15 @@ def write_checkpoint(directory, config, params):
     """Write ``params`` and ``config`` as a GPT-2 checkpoint directory (created if missing).
 
     Writes model.safetensors (tensors "transformer.<name>" in ``config.dtype``, metadata
-    {"format": "pt"} which transformers requires) and config.json. Each file is written
-    atomically; the weights are replaced first and config.json last, both after both
-    files are fully written, so an interrupted save leaves the previous checkpoint.
+    {"format": "pt"} which transformers requires) and config.json. Both files are written
+    completely to temp files first, then renamed into place, weights first: a save that
+    fails or is killed before the renames leaves the previous checkpoint as it was. Only
+    a crash between the two renames leaves the new weights beside the old config.json
+    (for a model of the same shape that is the new checkpoint; otherwise reading it
+    names the mis-shaped tensors).
     """
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
     expected = dict(param_shapes(config))
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of name -> numpy.ndarray, got {type(params).__name__}")

@@ -1,6 +1,7 @@
 """GPT-2 checkpoint directories: exact round trips, transformers/torch interop both ways, clear errors."""
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -144,6 +145,29 @@ def test_reads_unprefixed_names_and_drops_the_mask_buffers(tmp_path):
         tensors[f"h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
     write_raw_checkpoint(tmp_path, gpt2_config_json(), tensors)
     assert_params_equal(hub.read_checkpoint(tmp_path)[1], params)
+
+
+def test_reads_sharded_safetensors(tmp_path):
+    from safetensors.numpy import save_file
+
+    params = random_params(GPTConfig(**TINY))
+    names = list(params)
+    shards = {"model-00001-of-00002.safetensors": names[:10], "model-00002-of-00002.safetensors": names[10:]}
+    write_raw_checkpoint(tmp_path, gpt2_config_json(), {})
+    os.remove(tmp_path / "model.safetensors")
+    for shard, shard_names in shards.items():
+        save_file({"transformer." + n: params[n] for n in shard_names}, tmp_path / shard, metadata={"format": "pt"})
+    weight_map = {"transformer." + n: shard for shard, shard_names in shards.items() for n in shard_names}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert_params_equal(hub.read_checkpoint(tmp_path)[1], params)
+
+
+def test_pytorch_model_bin_without_torch_says_what_to_install(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text(json.dumps(gpt2_config_json()))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    with pytest.raises(ImportError, match=r"pytorch_model.bin is a PyTorch file .*\(pip install torch\)"):
+        hub.read_checkpoint(tmp_path)
 
 
 def test_widens_float16(tmp_path):
@@ -303,3 +327,5 @@ def test_write_rejects_params_that_do_not_fit_the_config(tmp_path):
     with pytest.raises(ValueError, match=r"h.0.attn.c_attn.weight: expected \(8, 24\), got \(24, 8\)"):
         hub.write_checkpoint(tmp_path, config, params)
     assert os.listdir(tmp_path) == []  # nothing written
+    with pytest.raises(TypeError, match=r"config must be a GPTConfig, got dict"):
+        hub.write_checkpoint(tmp_path, TINY, random_params(config))
