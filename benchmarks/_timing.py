@@ -5,8 +5,8 @@
 - ``PeakRSS``: the peak growth of this process's resident memory during a block, read
   from Linux's ``VmHWM`` after resetting it through ``/proc/self/clear_refs``. Resident
   memory sees every allocation (NumPy, torch, a C extension's raw ``malloc``), which
-  ``tracemalloc`` does not. ``run_in_fresh_process`` runs such a measurement in a new
-  interpreter, so the parent's heap cannot hide or inflate it.
+  ``tracemalloc`` does not. ``run_in_fresh_process`` runs such a measurement in a fresh
+  child process, so the parent's heap cannot hide or inflate it.
 - ``machine_info`` / ``format_machine``, ``markdown_table``, ``atomic_write_bytes``.
 
 Depends only on the standard library (and threadpoolctl when present).
@@ -126,12 +126,16 @@ class PeakRSS:
         return False
 
 
-def run_in_fresh_process(function, *args):
-    """``function(*args)`` in a newly spawned Python interpreter; returns its result.
+def run_in_fresh_process(function, *args, preload=()):
+    """``function(*args)`` in a new child process with a heap of its own; returns its result.
 
-    ``function`` must be importable at module level (spawn pickles it by name).
+    The child is forked from a multiprocessing "forkserver", a clean process that has
+    only imported ``preload`` (module names, e.g. ("numpy", "torch")), so each child
+    starts without the parent's heap and without paying those imports again.
+    ``function`` must be importable at module level (it is pickled by name).
     """
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(preload))  # takes effect when the server first starts
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(function, *args).result()
 

@@ -18,6 +18,7 @@ import dataclasses
 import io
 import json
 import sys
+import time
 
 import numpy as np
 
@@ -48,8 +49,9 @@ FLOP_CONVENTION = (
 MEMORY_METHOD = (
     "Peak extra memory is the growth of resident memory (Linux VmHWM, reset by writing 5 to "
     "/proc/self/clear_refs, after gc and malloc_trim) during one call, minus the call's outputs "
-    "(out + lse forward, dq + dk + dv backward), measured in a freshly spawned Python process per "
-    "backend after a warm-up call (N capped at 1024) so thread pools and BLAS buffers are not counted. "
+    "(out + lse forward, dq + dk + dv backward). Each backend and problem gets a fresh child process "
+    "(forked from a clean multiprocessing forkserver that has only imported the modules) and one "
+    "warm-up call (N capped at 1024) first, so thread pools and BLAS buffers are not counted. "
     "Resident memory sees every allocation, including the kernel's C-level malloc, which tracemalloc "
     "would miss. Resolution: a few pages."
 )
@@ -279,49 +281,51 @@ def passes_for(problem):
     return ("forward",) if problem.n_q == 1 else PASSES
 
 
-def measure_memory(backend_name, problems, threads):
-    """In this process: peak extra bytes and seconds of one call per (problem, pass).
+def measure_memory(backend_name, problem, threads):
+    """In this process: {pass_name: (peak extra bytes, seconds)} of one call per pass.
 
-    Meant for a fresh process (``run_in_fresh_process``). Returns a list (one entry per
-    problem) of {pass_name: (extra_bytes, seconds)}.
+    Meant for a fresh process (``run_in_fresh_process``): one per backend and problem.
     """
-    import time
-
     backend = make_backend(backend_name, threads)
-    results = []
+    warm_up = dataclasses.replace(problem, n_q=min(problem.n_q, WARM_UP_N_CAP), n_k=min(problem.n_k, WARM_UP_N_CAP))
+    arrays, warm_up_arrays = problem.inputs(), warm_up.inputs()
+    per_pass = {}
     with backend.thread_limit():
-        for problem in problems:
-            warm_up = dataclasses.replace(
-                problem, n_q=min(problem.n_q, WARM_UP_N_CAP), n_k=min(problem.n_k, WARM_UP_N_CAP)
-            )
-            arrays, warm_up_arrays = problem.inputs(), warm_up.inputs()
-            per_pass = {}
-            for pass_name in passes_for(problem):
-                warm_up_call = backend.call(pass_name, warm_up, warm_up_arrays)
-                warm_up_call.run(warm_up_call.setup() if warm_up_call.setup else None)
-                del warm_up_call
-                call = backend.call(pass_name, problem, arrays)
-                state = call.setup() if call.setup else None
-                with PeakRSS() as peak:
-                    start = time.perf_counter()
-                    result = call.run(state)
-                    seconds = time.perf_counter() - start
-                extra = max(0, peak.extra_bytes - problem.output_bytes(pass_name))
-                per_pass[pass_name] = (extra, seconds)
-                del call, state, result
-            results.append(per_pass)
-    return results
+        for pass_name in passes_for(problem):
+            warm_up_call = backend.call(pass_name, warm_up, warm_up_arrays)
+            warm_up_call.run(warm_up_call.setup() if warm_up_call.setup else None)
+            del warm_up_call
+            call = backend.call(pass_name, problem, arrays)
+            state = call.setup() if call.setup else None
+            with PeakRSS() as peak:
+                start = time.perf_counter()
+                result = call.run(state)
+                seconds = time.perf_counter() - start
+            per_pass[pass_name] = (max(0, peak.extra_bytes - problem.output_bytes(pass_name)), seconds)
+            del call, state, result
+    return per_pass
+
+
+def memory_in_fresh_process(backend_name, problem, threads, all_backends):
+    """``measure_memory`` in a fresh child process.
+
+    The children fork from one clean server that imports, once per run, what any of
+    ``all_backends`` (this run's backends) needs, so a child costs milliseconds.
+    """
+    preload = ["numpy", "numpyllm.attention", __spec__.name if __spec__ else __name__]
+    if "torch" in all_backends:
+        preload.append("torch")
+    return run_in_fresh_process(measure_memory, backend_name, problem, threads, preload=preload)
 
 
 def add_memory(records, problems, backend_names, threads, progress):
-    """Measure each backend's memory in its own fresh process; store it in ``records``."""
+    """Measure each backend's memory, one fresh process per problem; store it in ``records``."""
     index = {(r["backend"], r["threads"], r["pass_name"], problem_of(r)): r for r in records}
-    for name in backend_names:
-        progress(f"memory: {name} in a fresh process, {len(problems)} problem(s)")
-        per_problem = run_in_fresh_process(measure_memory, name, problems, threads)
-        for problem, per_pass in zip(problems, per_problem):
-            for pass_name, (extra, _) in per_pass.items():
+    for problem in problems:
+        for name in backend_names:
+            for pass_name, (extra, _) in memory_in_fresh_process(name, problem, threads, backend_names).items():
                 index[name, threads, pass_name, problem]["peak_extra_mb"] = extra / 2**20
+                progress(f"{name:>6} {problem.label()} {pass_name}: peak extra memory {extra / 2**20:.2f} MiB")
 
 
 # --------------------------------------------------------------------------- output
@@ -559,12 +563,10 @@ def run_memory_n(args, threads, progress):
     if "cython" not in attention.available_backends():
         print(f"--memory-n measures the Cython kernel, which is not built ({_kernel_missing_reason()}).")
         return []
-    problems = build_problems(args, [args.memory_n])
-    progress(f"memory: cython at N={args.memory_n} in a fresh process (one forward and one backward per mask)")
-    per_problem = run_in_fresh_process(measure_memory, "cython", problems, threads)
     records, rows = [], []
-    for problem, per_pass in zip(problems, per_problem):
-        for pass_name, (extra, seconds) in per_pass.items():
+    for problem in build_problems(args, [args.memory_n]):
+        progress(f"memory: cython {problem.label()}, one forward and one backward in a fresh process")
+        for pass_name, (extra, seconds) in memory_in_fresh_process("cython", problem, threads, ("cython",)).items():
             records.append(
                 dict(dataclasses.asdict(problem), backend="cython", threads=threads, pass_name=pass_name,
                      peak_extra_mb=extra / 2**20, one_call_ms=seconds * 1e3)

@@ -1,0 +1,142 @@
+"""Smoke tests of the benchmarks: they run on tiny sizes and print the tables they promise.
+
+No timing is asserted here (speed is measured by the benchmarks, not tested); what is
+checked is the shape of the output, that the backends' results agree, and that the
+memory method sees what it claims to see.
+"""
+
+import ctypes
+import ctypes.util
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmarks import attention as bench
+from benchmarks._timing import PeakRSS, peak_rss_unsupported_reason
+from numpyllm import attention
+
+
+def markdown_tables(text):
+    """{"## heading": (header cells, [row cells, ...])} for each markdown table under a heading."""
+    tables, heading = {}, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:]
+        elif line.startswith("|") and heading is not None:
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            if heading not in tables:
+                tables[heading] = (cells, [])
+            elif not set("".join(cells)) <= {"-"}:
+                tables[heading][1].append(cells)
+    return tables
+
+
+def expected_backends():
+    names = ["numpy"]
+    if "cython" in attention.available_backends():
+        names.append("cython")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return names
+    return names + ["torch"]
+
+
+def test_attention_benchmark_prints_a_row_per_problem_and_pass(capsys, tmp_path):
+    json_path = tmp_path / "results.json"
+    records = bench.main(["--sizes", "32", "--repeats", "1", "--json", str(json_path)])
+    output = capsys.readouterr().out
+    backends = expected_backends()
+
+    tables = markdown_tables(output)
+    headers, rows = next(table for heading, table in tables.items() if heading.startswith("Time"))
+    assert headers[:4] == ["Nq", "Nk", "causal", "pass"]
+    for name in backends:
+        assert f"{name} ms" in headers and f"{name} GFLOP/s" in headers
+    assert ("cython/torch" in headers) == ({"cython", "torch"} <= set(backends))
+    assert ("numpy/cython" in headers) == ("cython" in backends)
+    expected_rows = [["32", "32", mask, pass_name] for mask in ("no", "yes") for pass_name in ("forward", "backward")]
+    assert [row[:4] for row in rows] == expected_rows
+    for row in rows:
+        assert len(row) == len(headers)
+        times = [float(row[headers.index(f"{name} ms")]) for name in backends]
+        assert all(t > 0 for t in times)
+        assert float(row[headers.index("max rel diff")]) < 1e-4  # every backend computed the same thing
+
+    memory_headers, memory_rows = next(table for heading, table in tables.items() if heading.startswith("Peak"))
+    assert [row[:4] for row in memory_rows] == expected_rows
+    for row in memory_rows:
+        assert all(float(row[memory_headers.index(f"{name} MiB")]) >= 0 for name in backends)
+
+    saved = json.loads(json_path.read_text())
+    assert len(saved["records"]) == len(records) == len(backends) * len(expected_rows)
+    assert "VmHWM" in saved["memory_method"] and "FLOPs" in saved["flop_convention"]
+
+
+def test_decode_mode_times_one_query_forward_only(capsys):
+    bench.main(["--decode", "--sizes", "16", "40", "--repeats", "1", "--no-torch"])
+    headers, rows = next(iter(markdown_tables(capsys.readouterr().out).values()))
+    assert [row[:4] for row in rows] == [["1", "16", "yes", "forward"], ["1", "40", "yes", "forward"]]
+
+
+def test_missing_kernel_is_reported_and_the_rest_still_runs(capsys, monkeypatch):
+    monkeypatch.setattr(attention, "available_backends", lambda: ("numpy",))
+    bench.main(["--sizes", "16", "--causal", "no", "--repeats", "1", "--no-torch"])
+    output = capsys.readouterr().out
+    assert "Cython kernel is not built" in output
+    headers, rows = next(iter(markdown_tables(output).values()))
+    assert "numpy ms" in headers and "cython ms" not in headers and len(rows) == 2
+
+
+def test_thread_scaling_table_pairs_one_and_two_threads(capsys):
+    bench.main(["--thread-scaling", "--sizes", "16", "--causal", "yes", "--repeats", "1", "--no-torch"])
+    headers, rows = markdown_tables(capsys.readouterr().out)["Thread scaling"]
+    assert headers[5:] == ["1 thread ms", "2 threads ms", "speed-up"]
+    without_torch = [name for name in expected_backends() if name != "torch"]
+    assert [row[3:5] for row in rows] == [[p, name] for p in ("forward", "backward") for name in without_torch]
+
+
+@pytest.mark.skipif("cython" not in attention.available_backends(), reason="the Cython kernel is not built")
+def test_memory_n_reports_the_kernel_forward_and_backward(capsys):
+    records = bench.main(["--memory-n", "64", "--causal", "yes"])
+    assert [(r["backend"], r["pass_name"], r["n_q"]) for r in records] == [
+        ("cython", "forward", 64),
+        ("cython", "backward", 64),
+    ]
+    assert "cython peak extra MiB" in capsys.readouterr().out
+
+
+def test_bad_size_is_rejected_with_the_value(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--sizes", "0"])
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
+
+
+@given(n_q=st.integers(1, 40), extra_keys=st.integers(0, 40), causal=st.booleans())
+def test_visible_pairs_count_the_bottom_right_mask(n_q, extra_keys, causal):
+    problem = bench.Problem(1, 1, n_q, n_q + extra_keys, 8, "float32", causal)
+    mask = np.tri(n_q, n_q + extra_keys, k=extra_keys, dtype=bool) if causal else np.ones((n_q, n_q + extra_keys))
+    assert problem.visible_pairs() == int(mask.sum())
+
+
+@pytest.mark.skipif(peak_rss_unsupported_reason() is not None, reason="needs Linux's /proc/self/clear_refs")
+def test_peak_rss_sees_c_malloc_and_resets_between_blocks():
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    size = 64 * 2**20
+
+    def touch_and_free():
+        pointer = libc.malloc(size)
+        ctypes.memset(pointer, 1, size)  # raw C memory: invisible to tracemalloc
+        libc.free(pointer)
+
+    with PeakRSS() as peak:
+        touch_and_free()
+    assert peak.extra_bytes >= 0.9 * size
+    with PeakRSS() as idle:
+        pass  # the 64 MiB peak above must not carry over
+    assert idle.extra_bytes < 4 * 2**20
