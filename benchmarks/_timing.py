@@ -179,8 +179,12 @@ def machine_info(packages=("numpy",)):
     except ImportError:
         thread_pools = "threadpoolctl not installed"
     else:
+        keys = ("user_api", "internal_api", "version", "architecture", "num_threads")
         thread_pools = [
-            {key: pool.get(key) for key in ("user_api", "internal_api", "version", "architecture", "num_threads")}
+            {
+                "library": os.path.join(*pool["filepath"].split(os.sep)[-2:]),  # e.g. numpy.libs/libopenblas...
+                **{key: pool.get(key) for key in keys},
+            }
             for pool in threadpool_info()
         ]
     return {

@@ -17,11 +17,14 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import sys
+import textwrap
 import time
 
 import numpy as np
 
+import numpyllm
 from numpyllm import attention
 
 from ._timing import (
@@ -39,6 +42,7 @@ from ._timing import (
 DEFAULT_SIZES = (256, 512, 1024, 2048, 4096)
 QUICK_SIZES = (256, 512, 1024)
 PASSES = ("forward", "backward")
+PACKAGES = ("numpy", "scipy", "torch", "threadpoolctl")  # versions printed with the machine
 WARM_UP_N_CAP = 1024  # memory warm-up calls use N <= this; one-time costs do not depend on N
 
 FLOP_CONVENTION = (
@@ -189,33 +193,31 @@ class TorchBackend:
         finally:
             self.torch.set_num_threads(previous)
 
-    def _graph(self, problem, q, k, v):
-        """Fresh leaf tensors (sharing q, k, v's memory) and the attention output built from them."""
-        leaves = [self.torch.from_numpy(x).requires_grad_() for x in (q, k, v)]
-        out = self.torch.nn.functional.scaled_dot_product_attention(*leaves, is_causal=_torch_is_causal(problem))
-        return leaves, out
-
     def call(self, pass_name, problem, arrays):
         q, k, v, dout = arrays
+        sdpa = self.torch.nn.functional.scaled_dot_product_attention
+        is_causal = _torch_is_causal(problem)
+
+        def leaves():
+            """Fresh leaf tensors sharing q, k, v's memory, with no gradient yet."""
+            return [self.torch.from_numpy(x).requires_grad_() for x in (q, k, v)]
+
         if pass_name == "forward":
-            leaves, _ = self._graph(problem, q, k, v)
-            sdpa = self.torch.nn.functional.scaled_dot_product_attention
-            is_causal = _torch_is_causal(problem)
-            return Call(
-                run=lambda _: sdpa(*leaves, is_causal=is_causal), outputs=lambda out: [out.detach().numpy()]
-            )
+            inputs = leaves()
+            return Call(run=lambda _: sdpa(*inputs, is_causal=is_causal), outputs=lambda out: [out.detach().numpy()])
+
+        def graph():
+            inputs = leaves()
+            return inputs, sdpa(*inputs, is_causal=is_causal)
+
         dout_tensor = self.torch.from_numpy(dout)
 
-        def backward(graph):
-            leaves, out = graph
+        def backward(graph_state):
+            inputs, out = graph_state
             out.backward(dout_tensor)
-            return [leaf.grad for leaf in leaves]
+            return [tensor.grad for tensor in inputs]
 
-        return Call(
-            setup=lambda: self._graph(problem, q, k, v),
-            run=backward,
-            outputs=lambda grads: [grad.numpy() for grad in grads],
-        )
+        return Call(setup=graph, run=backward, outputs=lambda grads: [grad.numpy() for grad in grads])
 
 
 def problem_of(record):
@@ -467,7 +469,8 @@ def build_parser():
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(
-            [
+            textwrap.fill(paragraph, width=90, break_on_hyphens=False)
+            for paragraph in [
                 "Timing: one warm-up call, then the median of --repeats repeats (time.perf_counter); a "
                 "repeat runs enough calls to last ~50 ms (~10 ms with --quick) and reports the time per call.",
                 FLOP_CONVENTION,
@@ -476,6 +479,8 @@ def build_parser():
                 "Causal is bottom-right aligned (numpyllm's contract). The NumPy reference builds several "
                 "B·H·Nq·Nk score matrices: at large N it needs GBs of memory and seconds per call "
                 "(--no-numpy skips it).",
+                "Backends: numpy always (unless --no-numpy); cython when numpyllm's kernel is built (if "
+                "not, the output says so and the others still run); torch when it imports (unless --no-torch).",
             ]
         ),
     )
@@ -501,7 +506,8 @@ def build_parser():
     mode.add_argument(
         "--decode",
         action="store_true",
-        help="the KV-cache decoding shape: Nq = 1 query against Nk = each size keys, causal, forward only",
+        help="the KV-cache decoding shape: one query (Nq = 1) against Nk = each of --sizes keys, causal, "
+        "forward only (generation does not run the backward)",
     )
     mode.add_argument(
         "--memory-n",
@@ -510,7 +516,8 @@ def build_parser():
         help="instead of the table: the kernel's peak extra memory (and time) for one forward and one "
         "backward at Nq = Nk = N with --causal's mask(s), e.g. 16384",
     )
-    parser.add_argument("--thread-scaling", action="store_true", help="time at 1 and 2 threads and show the speed-up")
+    parser.add_argument("--thread-scaling", action="store_true", help="time at 1 and at 2 threads (instead of --threads) and show the speed-up; memory is "
+        "measured at 2")
     parser.add_argument("--plot", metavar="FILE.png", help="draw time and memory against N (needs matplotlib)")
     parser.add_argument("--json", metavar="FILE", help="write every measurement (and the machine) as JSON")
     return parser
@@ -596,8 +603,9 @@ def main(argv=None):
     memory_problem = peak_rss_unsupported_reason()
 
     print("# Attention benchmark\n")
-    print(format_machine(machine_info(("numpy", "numpyllm", "torch", "threadpoolctl"))))
-    print(f"- numpyllm backends built: {', '.join(attention.available_backends())}")
+    print(format_machine(machine_info(PACKAGES)))
+    print(f"- numpyllm {numpyllm.__version__} from {os.path.dirname(numpyllm.__file__)}; "
+          f"backends built: {', '.join(attention.available_backends())}")
     for note in notes:
         print(f"- {note}")
     print(
@@ -636,7 +644,7 @@ def main(argv=None):
             print(f"Plot written to {args.plot}")
     if args.json:
         document = dict(
-            machine=machine_info(("numpy", "numpyllm", "torch", "threadpoolctl")),
+            machine=machine_info(PACKAGES),
             flop_convention=FLOP_CONVENTION,
             memory_method=MEMORY_METHOD if not memory_problem else memory_problem,
             torch_method=TORCH_METHOD,
