@@ -248,6 +248,19 @@ class GPT:
         dlogits = cross_entropy_backward(1.0, cross_entropy)
         return loss, self._backward(dlogits, caches)
 
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
+                 stop_tokens=None):
+        """Continue the prompts idx (B, T) by up to max_new_tokens tokens -> int64 (B, T + new).
+
+        KV-cached; temperature 0 is greedy; top_k / top_p restrict the sampling; the same
+        seed gives the same tokens; a row that samples one of ``stop_tokens`` stops growing
+        (padded with that token) and generation ends when all rows have. See
+        ``numpyllm.generation.generate`` for the details.
+        """
+        from .generation import generate
+
+        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens)
+
     # ------------------------------------------------------------------ checkpoints
 
     @classmethod
