@@ -1,0 +1,393 @@
+"""Continue a prompt with a trained GPT, streaming the text as it is produced.
+
+    python -m numpyllm generate --model DIR --prompt "The quick brown fox"
+
+DIR is a checkpoint directory (numpyllm's, or a Hugging Face GPT-2 one) that also holds
+the tokenizer's vocab.json and merges.txt. The prompt and its continuation are written
+to stdout as they are decoded (then one newline), and nothing else is; --verbose adds
+timings on stderr. The same --seed gives the same text. Special-token text in the
+prompt (e.g. "<|endoftext|>") becomes the special token.
+
+The library side (``GPT.generate`` delegates here):
+
+- ``KVCache`` and ``Decoder``: the model's forward run on a few positions at a time
+  against cached keys and values, composed from the same layer functions as
+  ``GPT.__call__`` (``numpyllm.layers``) and ``numpyllm.attention``.
+- ``generate`` / ``iter_tokens``: prefill the prompt once, then one position per token.
+- ``sample_logits``: temperature, top-k and top-p (nucleus) sampling.
+- ``StreamDecoder``: token ids -> text, holding back a UTF-8 character split across tokens.
+
+Depends on NumPy only; the command line loads the checkpoint via ``numpyllm.hub``.
+"""
+
+import codecs
+import math
+import numbers
+import sys
+import time
+
+import numpy as np
+
+from . import attention
+from .layers import embedding_forward, layernorm_forward, linear_forward, merge_heads, mlp_forward, qkv_forward
+
+__all__ = ["KVCache", "Decoder", "generate", "iter_tokens", "sample_logits", "StreamDecoder",
+           "add_arguments", "main"]
+
+
+# --------------------------------------------------------------------------- the cached forward
+
+
+class KVCache:
+    """Keys and values of every layer for the positions processed so far, preallocated.
+
+    keys, values: (n_layer, B, H, capacity, hd) in the model's dtype; positions
+    [0, length) are filled. Attention reads ``keys[layer, :, :, :length]``, a view, so a
+    step writes one position and copies nothing else.
+    """
+
+    def __init__(self, config, batch_size, capacity):
+        shape = (config.n_layer, batch_size, config.n_head, capacity, config.n_embd // config.n_head)
+        self.keys = np.empty(shape, dtype=config.dtype)
+        self.values = np.empty(shape, dtype=config.dtype)
+        self.length = 0
+
+    @property
+    def capacity(self):
+        return self.keys.shape[3]
+
+
+def _layer_params(model):
+    """Per block, the tensors in the order the cached forward uses them (looked up once)."""
+    names = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+             "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+             "mlp.c_proj.weight", "mlp.c_proj.bias")
+    return [tuple(model.params[f"h.{i}.{name}"] for name in names) for i in range(model.config.n_layer)]
+
+
+class Decoder:
+    """GPT's forward over new positions only, keeping every layer's keys and values.
+
+    ``prefill(idx)`` empties the cache and runs the prompt idx (B, T) at positions
+    0..T-1; ``step(idx)`` runs idx (B, T_new) (usually T_new = 1) at the next positions.
+    Both return the logits of the last position, (B, vocab_size), equal to
+    ``model(all ids so far)[:, -1]`` up to rounding. Inputs are trusted (``generate``
+    validates them). The positions may not exceed ``capacity`` <= block_size.
+
+    attention_backend: for multi-position calls (the prefill) the model's; for single
+    positions "auto" becomes "numpy", which measures several times faster than the
+    compiled kernel there (its per-call set-up outweighs a 1 × T product).
+    """
+
+    def __init__(self, model, batch_size, capacity):
+        config = model.config
+        if not 1 <= capacity <= config.block_size:
+            raise ValueError(f"capacity must be in [1, block_size={config.block_size}], got {capacity}")
+        self.model = model
+        self.cache = KVCache(config, batch_size, capacity)
+        self._layers = _layer_params(model)
+        self._prefill_backend = model.attention_backend
+        self._step_backend = "numpy" if model.attention_backend == "auto" else model.attention_backend
+
+    def prefill(self, idx):
+        self.cache.length = 0
+        return self._forward(idx, self._prefill_backend)
+
+    def step(self, idx):
+        return self._forward(idx, self._step_backend if idx.shape[1] == 1 else self._prefill_backend)
+
+    def _forward(self, idx, backend):
+        """idx (B, T_new) at positions [length, length + T_new) -> logits (B, V) of the last one."""
+        p, cache, n_head = self.model.params, self.cache, self.model.config.n_head
+        start = cache.length
+        end = start + idx.shape[1]
+        if end > cache.capacity:
+            raise ValueError(f"the cache holds {cache.capacity} positions; {end} were asked for")
+        x, _ = embedding_forward(idx, p["wte.weight"], p["wpe.weight"][start:])  # (B, T_new, C)
+        for layer, (ln_1_w, ln_1_b, attn_w, attn_b, attn_proj_w, attn_proj_b,
+                    ln_2_w, ln_2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b) in enumerate(self._layers):
+            h, _ = layernorm_forward(x, ln_1_w, ln_1_b)
+            (q, k, v), _ = qkv_forward(h, attn_w, attn_b, n_head)  # (B, H, T_new, hd) each
+            keys, values = cache.keys[layer], cache.values[layer]  # (B, H, capacity, hd)
+            keys[:, :, start:end] = k
+            values[:, :, start:end] = v
+            # bottom-right causal: new position i sees every cached key and new keys up to i
+            o, _ = attention.forward(q, keys[:, :, :end], values[:, :, :end], causal=True, backend=backend)
+            h, _ = linear_forward(merge_heads(o), attn_proj_w, attn_proj_b)  # (B, T_new, C)
+            x += h
+            h, _ = layernorm_forward(x, ln_2_w, ln_2_b)
+            h, _ = mlp_forward(h, fc_w, fc_b, mlp_proj_w, mlp_proj_b)
+            x += h
+        cache.length = end
+        x, _ = layernorm_forward(x[:, -1], p["ln_f.weight"], p["ln_f.bias"])  # (B, C)
+        logits, _ = linear_forward(x, p["wte.weight"].T)  # tied head: (B, C) @ (C, V)
+        return logits
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_sampling(temperature, top_k, top_p):
+    """Validate the sampler settings; return (temperature, top_k, top_p) as float/int/float or None."""
+    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a real number >= 0, got {type(temperature).__name__}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None:
+        if not _is_int(top_k):
+            raise TypeError(f"top_k must be an int >= 1 or None, got {type(top_k).__name__}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        top_k = int(top_k)
+    if top_p is not None:
+        if isinstance(top_p, (bool, np.bool_)) or not isinstance(top_p, numbers.Real):
+            raise TypeError(f"top_p must be a real number in (0, 1] or None, got {type(top_p).__name__}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+        top_p = float(top_p)
+    return float(temperature), top_k, top_p
+
+
+def _check_ids(ids, name, vocab_size):
+    """Validate token ids: an int array whose entries lie in [0, vocab_size)."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        bad = ids[(ids < 0) | (ids >= vocab_size)].flat[0]
+        raise ValueError(f"{name} has token id {bad}, outside the vocabulary [0, {vocab_size})")
+    return ids
+
+
+def _check_generate_args(model, idx, max_new_tokens, seed, stop_tokens):
+    """Validate generate's arguments other than the sampler's; return (idx, stop_tokens array)."""
+    vocab_size = model.config.vocab_size
+    idx = _check_ids(idx, "idx", vocab_size)
+    if idx.ndim != 2:
+        raise ValueError(f"idx must be 2-D (B, T): a batch of equal-length prompts, got shape {idx.shape}")
+    if idx.shape[0] < 1 or idx.shape[1] < 1:
+        raise ValueError(f"idx must hold at least one prompt of at least one token, got shape {idx.shape}")
+    if not _is_int(max_new_tokens):
+        raise TypeError(f"max_new_tokens must be an int >= 0, got {type(max_new_tokens).__name__}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if seed is not None:
+        if not _is_int(seed):
+            raise TypeError(f"seed must be an int >= 0 or None, got {type(seed).__name__}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0 or None, got {seed}")
+    if stop_tokens is not None:
+        stop_tokens = _check_ids(np.atleast_1d(stop_tokens), "stop_tokens", vocab_size).ravel()
+        if stop_tokens.size == 0:
+            stop_tokens = None
+    return idx.astype(np.int64, copy=False), stop_tokens
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
+    """Draw one token per row of ``logits`` (B, V) -> ids (B,) int64.
+
+    - temperature 0: the argmax (greedy; the first on ties). Otherwise sample from
+      softmax(logits / temperature), restricted by:
+    - top_k: the tokens whose logit is >= the k-th largest (ties at the k-th are kept);
+    - top_p: after top_k, the smallest set of most probable tokens whose probability
+      sums to >= top_p (always at least the most probable one);
+    and renormalised over what remains.
+
+    rng: a numpy Generator (default: a fresh unseeded one).
+    """
+    temperature, top_k, top_p = _check_sampling(temperature, top_k, top_p)
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.dtype.kind != "f":
+        raise ValueError(f"logits must be a 2-D float array (B, V), got {logits.dtype} {logits.shape}")
+    return _sample(logits, temperature, top_k, top_p, np.random.default_rng() if rng is None else rng)
+
+
+def _sample(logits, temperature, top_k, top_p, rng):
+    """sample_logits on trusted arguments."""
+    if temperature == 0:
+        return logits.argmax(axis=-1)
+    scores = logits.astype(np.float64) / temperature  # (B, V), float64 so the cumulative sums are exact enough
+    B, V = scores.shape
+    if top_k is not None and top_k < V:
+        kth_largest = np.partition(scores, V - top_k, axis=-1)[:, V - top_k, None]  # (B, 1)
+        scores[scores < kth_largest] = -np.inf
+    probs = np.exp(scores - scores.max(axis=-1, keepdims=True))  # unnormalised: the draw below rescales
+    if top_p is not None and top_p < 1:
+        order = np.argsort(-probs, axis=-1, kind="stable")  # most probable first
+        sorted_probs = np.take_along_axis(probs, order, axis=-1)
+        cumulative = np.cumsum(sorted_probs, axis=-1)
+        mass_before = (cumulative - sorted_probs) / cumulative[:, -1:]  # 0 for the most probable token
+        np.put_along_axis(probs, order, np.where(mass_before < top_p, sorted_probs, 0.0), axis=-1)
+    # inverse CDF: the first token whose cumulative mass exceeds u · total. Tokens of
+    # probability 0 add nothing to the cumulative sum, so they are never the first.
+    cumulative = np.cumsum(probs, axis=-1)
+    threshold = rng.random(B) * cumulative[:, -1]
+    tokens = np.count_nonzero(cumulative <= threshold[:, None], axis=-1)
+    last_allowed = V - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)  # guards u · total rounding up to total
+    return np.minimum(tokens, last_allowed)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def iter_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
+                stop_tokens=None):
+    """Yield each new column of tokens, (B,) int64, as soon as it is sampled.
+
+    Arguments as for ``generate``; they are validated before the first token is asked
+    for. Stops after max_new_tokens columns, or once every row has produced a stop token.
+    """
+    idx, stop_tokens = _check_generate_args(model, idx, max_new_tokens, seed, stop_tokens)
+    sampling = _check_sampling(temperature, top_k, top_p)
+    return _decode(model, idx, max_new_tokens, sampling, np.random.default_rng(seed), stop_tokens)
+
+
+def _decode(model, idx, max_new_tokens, sampling, rng, stop_tokens):
+    """iter_tokens on validated arguments."""
+    if max_new_tokens == 0:
+        return
+    B, T = idx.shape
+    block_size = model.config.block_size
+    sequence = np.empty((B, T + max_new_tokens), dtype=np.int64)  # kept for re-prefills past block_size
+    sequence[:, :T] = idx
+    decoder = Decoder(model, B, min(block_size, T + max_new_tokens - 1))
+    logits = decoder.prefill(idx[:, -decoder.cache.capacity:])
+    finished = np.zeros(B, dtype=bool)
+    for length in range(T, T + max_new_tokens):
+        tokens = _sample(logits, *sampling, rng)
+        if stop_tokens is not None:
+            tokens[finished] = sequence[finished, length - 1]  # a stopped row repeats its stop token
+            finished |= np.isin(tokens, stop_tokens)
+        sequence[:, length] = tokens
+        yield tokens
+        if finished.all() or length + 1 == T + max_new_tokens:
+            return
+        if decoder.cache.length < decoder.cache.capacity:
+            logits = decoder.step(sequence[:, length: length + 1])
+        else:
+            # Full: the model sees the last block_size tokens. Positions are learned and
+            # absolute, so sliding the window changes every cached key: run it afresh.
+            logits = decoder.prefill(sequence[:, length + 1 - decoder.cache.capacity: length + 1])
+
+
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_tokens=None):
+    """Continue each prompt in idx by up to max_new_tokens tokens; see ``GPT.generate``.
+
+    Parameters
+    ----------
+    model : GPT
+    idx : int array (B, T), T >= 1: a batch of equal-length prompts, ids in [0, vocab_size).
+        Prompts longer than block_size are conditioned on their last block_size tokens.
+    max_new_tokens : int >= 0
+    temperature : float >= 0; 0 is greedy (argmax), otherwise logits are divided by it.
+    top_k : int >= 1 or None; top_p : float in (0, 1] or None; see ``sample_logits``.
+    seed : int >= 0 or None; the same seed, model and arguments give the same tokens.
+    stop_tokens : int, sequence of ints, or None. A row that samples one of these stops
+        growing: its later positions repeat that stop token. Generation ends when every
+        row has stopped, so the result may have fewer than max_new_tokens new columns.
+
+    Returns
+    -------
+    int64 array (B, T + n), the prompts followed by n <= max_new_tokens new tokens.
+
+    The prompt is processed once (prefill) into a preallocated KV cache; each new token
+    then runs the blocks on its single position. Once the sequence holds block_size
+    tokens, each further token is predicted from the last block_size tokens, which are
+    cropped out and prefilled anew (as costly as decoding without a cache).
+    """
+    columns = list(iter_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens))
+    idx = np.asarray(idx, dtype=np.int64)
+    return np.concatenate([idx, np.stack(columns, axis=1)], axis=1) if columns else idx.copy()
+
+
+# --------------------------------------------------------------------------- streaming text
+
+
+class StreamDecoder:
+    """Token ids in, text out, a few tokens at a time.
+
+    A UTF-8 character may be split across tokens; its bytes are held back until the
+    last one arrives, so ``push(a) + push(b) + ... + finish()`` equals
+    ``tokenizer.decode(a + b + ...)`` (invalid bytes become U+FFFD in both).
+    """
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, ids):
+        """Decode more ids; returns the text that is now complete (possibly "")."""
+        return self._utf8.decode(self._tokenizer.decode_bytes(ids))
+
+    def finish(self):
+        """The text of any bytes still held back (an incomplete character -> U+FFFD)."""
+        return self._utf8.decode(b"", final=True)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, metavar="DIR",
+                        help="checkpoint directory with config.json, the weights, vocab.json and merges.txt")
+    parser.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue (not empty)")
+    parser.add_argument("--max-new-tokens", type=int, default=100, metavar="N", help="default: %(default)s")
+    parser.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                        help="0 is greedy; default: %(default)s")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K", help="sample from the K most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P",
+                        help="sample from the smallest set of tokens with total probability >= P, in (0, 1]")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help="same seed, same text")
+    parser.add_argument("--verbose", action="store_true", help="report timings (tokens/s) on stderr")
+
+
+def main(args):
+    from .model import GPT
+    from .tokenizer import BPETokenizer
+
+    # check what needs no files first, so a typo fails before a large model loads
+    _check_sampling(args.temperature, args.top_k, args.top_p)
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if not args.prompt:
+        raise ValueError("--prompt must not be empty: the model needs at least one token to continue")
+
+    start = time.perf_counter()
+    model = GPT.from_pretrained(args.model)
+    tokenizer = BPETokenizer.from_pretrained(args.model)
+    prompt = tokenizer.encode(args.prompt, allowed_special="all")
+    loaded = time.perf_counter()
+
+    text = StreamDecoder(tokenizer)
+    tokens = iter_tokens(model, np.array([prompt]), args.max_new_tokens, args.temperature, args.top_k,
+                         args.top_p, args.seed)
+    out = sys.stdout
+    out.write(text.push(prompt))
+    out.flush()
+    n_new = 0
+    for column in tokens:
+        if n_new == 0:
+            first = time.perf_counter()
+        n_new += 1
+        out.write(text.push(column))
+        out.flush()
+    out.write(text.finish() + "\n")
+    out.flush()
+    done = time.perf_counter()
+
+    if args.verbose:
+        print(f"loaded {args.model} in {loaded - start:.2f} s; prompt: {len(prompt)} tokens", file=sys.stderr)
+        if n_new:
+            rate = f"{(n_new - 1) / (done - first):.1f} tokens/s after the first" if n_new > 1 else ""
+            print(f"generated {n_new} tokens in {done - loaded:.2f} s "
+                  f"(prefill + first token {first - loaded:.3f} s; {rate})", file=sys.stderr)
+    return 0
