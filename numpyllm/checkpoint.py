@@ -1,0 +1,130 @@
+"""Training checkpoints: a model directory plus everything a run needs to resume exactly.
+
+A run directory RUN holds its latest checkpoint in RUN/checkpoint/:
+
+    config.json, model.safetensors   the model, GPT-2's Hugging Face format (GPT.from_pretrained,
+                                     transformers.GPT2LMHeadModel.from_pretrained)
+    vocab.json, merges.txt           the tokenizer (BPETokenizer.from_pretrained, GPT2TokenizerFast)
+    optimizer.npz                    AdamW's step count, hyper-parameters and moments
+    trainer_state.json               the step, the data sampler's RNG state, the training config
+
+A save never alters a complete checkpoint before its replacement is complete:
+
+    1. write every file into RUN/checkpoint.tmp/ (each fsynced)
+    2. rename RUN/checkpoint     -> RUN/checkpoint.old
+    3. rename RUN/checkpoint.tmp -> RUN/checkpoint
+    4. delete RUN/checkpoint.old
+
+A crash during 1 leaves RUN/checkpoint/ as it was. POSIX cannot swap two non-empty
+directories in one call, so between 2 and 3 only RUN/checkpoint.old/ exists:
+``find_checkpoint`` then returns it and the next save moves it back first. Needs only
+NumPy and what the model, tokenizer and optimizer use to save themselves.
+"""
+
+import json
+import os
+import shutil
+
+from .hub import CONFIG_NAME, atomic_write
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "save_checkpoint",
+    "find_checkpoint",
+    "read_trainer_state",
+    "model_directory",
+    "OPTIMIZER_FILE",
+    "TRAINER_STATE_FILE",
+]
+
+CHECKPOINT_DIR = "checkpoint"
+OPTIMIZER_FILE = "optimizer.npz"
+TRAINER_STATE_FILE = "trainer_state.json"
+_TMP_SUFFIX = ".tmp"
+_OLD_SUFFIX = ".old"
+
+
+def _fsync_directory(path):
+    """Make renames inside ``path`` durable (POSIX; Windows cannot open a directory)."""
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_checkpoint(run_dir, model, tokenizer, optimizer, trainer_state):
+    """Write a complete checkpoint into ``run_dir``/checkpoint, replacing the previous one.
+
+    model: a GPT (``save_pretrained``); tokenizer: a BPETokenizer (``save``); optimizer:
+    an AdamW (``save``); trainer_state: a JSON-able dict (the step, the sampler state,
+    the training configuration). See the module docstring for the crash-safe sequence.
+    Returns the checkpoint's path.
+    """
+    run_dir = os.fspath(run_dir)
+    final = os.path.join(run_dir, CHECKPOINT_DIR)
+    tmp, old = final + _TMP_SUFFIX, final + _OLD_SUFFIX
+    if not os.path.isdir(final) and os.path.isdir(old):  # a previous save died between its renames
+        os.rename(old, final)
+    shutil.rmtree(tmp, ignore_errors=True)  # what a previous save left half-written
+    shutil.rmtree(old, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save(tmp)
+        optimizer.save(os.path.join(tmp, OPTIMIZER_FILE))
+        with atomic_write(os.path.join(tmp, TRAINER_STATE_FILE), "w") as f:
+            json.dump(trainer_state, f, indent=2)
+            f.write("\n")
+        _fsync_directory(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.isdir(final):
+        os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_directory(run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(run_dir):
+    """The path of ``run_dir``'s latest complete checkpoint, or None when it has none."""
+    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + _OLD_SUFFIX):
+        path = os.path.join(os.fspath(run_dir), name)
+        if os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)):
+            return path
+    return None
+
+
+def read_trainer_state(checkpoint_dir):
+    """The dict ``save_checkpoint`` stored as trainer_state.json in ``checkpoint_dir``."""
+    path = os.path.join(os.fspath(checkpoint_dir), TRAINER_STATE_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(state).__name__}")
+    return state
+
+
+def model_directory(path):
+    """``path`` itself when it holds a model (config.json), else the checkpoint of the run ``path``.
+
+    Lets ``--model`` name either a model directory or a training run's directory.
+    Raises FileNotFoundError when ``path`` is neither.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, CONFIG_NAME)):
+        return path
+    checkpoint = find_checkpoint(path)
+    if checkpoint is None:
+        what = "directory" if os.path.isdir(path) else "path"
+        raise FileNotFoundError(
+            f"model {what} {path!r} has no {CONFIG_NAME} and no training checkpoint "
+            f"({CHECKPOINT_DIR}/{TRAINER_STATE_FILE})"
+        )
+    return checkpoint

@@ -1,0 +1,85 @@
+"""Evaluate a model on text: the mean next-token cross-entropy and its perplexity.
+
+The files are encoded with the model's tokenizer (documents joined by <|endoftext|>)
+and cut into non-overlapping windows of the model's block size, so every token but
+the first is predicted exactly once, with as much context as its window gives. Prints
+
+    loss X perplexity Y
+
+with X the mean loss in nats per token and Y = exp(X). --model takes a model directory
+(config.json + model.safetensors + vocab.json + merges.txt, e.g. Hugging Face GPT-2's)
+or a training run's --out directory (its latest checkpoint).
+"""
+
+import math
+import sys
+
+import numpy as np
+
+from .layers import cross_entropy_forward
+
+__all__ = ["add_arguments", "main", "mean_loss", "evaluate_tokens"]
+
+_LOGITS_BUDGET = 1 << 24  # default batch: about this many logits per forward pass
+
+
+def mean_loss(model, batches):
+    """The mean cross-entropy over every target of ``batches``, an iterable of (x, y) (b, t) arrays.
+
+    Each batch's mean loss is weighted by its number of targets, so batches of different
+    sizes average correctly. Forward passes only. Returns (loss, number of targets).
+    """
+    total, count = 0.0, 0
+    for x, y in batches:
+        loss, _ = cross_entropy_forward(model(x), y)
+        total += loss * y.size
+        count += y.size
+    if count == 0:
+        raise ValueError("no batches to evaluate")
+    return total / count, count
+
+
+def evaluate_tokens(model, tokens, batch_size=None):
+    """(mean loss, number of targets) of ``model`` on the 1-D ``tokens`` (see the module docstring)."""
+    from .data import sequential_batches
+
+    block_size = model.config.block_size
+    if batch_size is None:
+        batch_size = max(1, _LOGITS_BUDGET // (block_size * model.config.vocab_size))
+    return mean_loss(model, sequential_batches(tokens, block_size, batch_size))
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, metavar="DIR",
+                        help="a model directory (config.json, model.safetensors, vocab.json, merges.txt) "
+                             "or a training run's --out directory")
+    parser.add_argument("--data", required=True, nargs="+", metavar="FILE", help="text file(s) to score")
+    parser.add_argument("--tokenizer", metavar="DIR",
+                        help="directory with vocab.json and merges.txt (default: the model directory)")
+    parser.add_argument("--batch-size", type=int, metavar="N",
+                        help="windows per forward pass (default: as many as keep ~16M logits)")
+    parser.add_argument("--attention-backend", choices=("auto", "numpy", "cython"), default="auto",
+                        help="attention implementation (default: auto = the compiled kernel when built)")
+
+
+def main(args):
+    from .checkpoint import model_directory
+    from .data import document_ids, text_files
+    from .corpus import read_texts
+    from .model import GPT
+    from .tokenizer import BPETokenizer
+
+    files = text_files(args.data)
+    directory = model_directory(args.model)
+    tokenizer = BPETokenizer.from_pretrained(args.tokenizer or directory)
+    model = GPT.from_pretrained(directory, attention_backend=args.attention_backend)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.vocab_size}")
+    chunks = list(document_ids(read_texts(files), tokenizer))
+    tokens = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
+    if tokens.size < 2:
+        raise ValueError(f"--data has {tokens.size} token(s); scoring needs at least 2")
+    loss, count = evaluate_tokens(model, tokens, args.batch_size)
+    print(f"scored {count} tokens of {len(files)} file(s) with {directory}", file=sys.stderr)
+    print(f"loss {loss:.4f} perplexity {math.exp(loss):.4f}")
+    return 0

@@ -1,0 +1,483 @@
+"""Train a GPT on text files; checkpoints resume exactly and load in eval and generate.
+
+With no --data the corpus is the Python standard library's own .py source files, found
+on this machine at run time (site-packages and test directories left out): nothing is
+downloaded. The tiny preset uses the first 3 MB of it (--corpus-bytes).
+
+A byte-level BPE is trained on the corpus (unless --tokenizer or --init brings one),
+the corpus is encoded once into OUT/tokens.npy (read memory-mapped), its last
+--val-fraction is held out for validation, and the model trains on random windows with
+AdamW, linear warmup then cosine decay of the learning rate, and global-norm gradient
+clipping. A preset sets every option; any option given overrides it.
+
+OUT (--out, default runs/PRESET) receives
+  checkpoint/   every --checkpoint-interval steps and at the end: the model in Hugging
+                Face GPT-2 format, its tokenizer, the optimizer and data-sampler state
+  tokens.npy    the encoded corpus
+  log.csv       one row per step: train loss, validation loss and perplexity, lr, ...
+  loss.png      train and validation loss against step (when matplotlib is installed)
+
+--resume continues OUT's checkpoint so that the result is bit-identical to a run never
+stopped. Ctrl-C finishes the current step, saves a checkpoint and exits (status 130).
+A non-finite loss stops the run and keeps the last good checkpoint. Then:
+  python -m numpyllm eval --model OUT --data FILE
+  python -m numpyllm generate --model OUT/checkpoint --prompt TEXT
+"""
+
+import dataclasses
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+
+__all__ = ["TrainConfig", "PRESETS", "add_arguments", "main", "train"]
+
+
+def _option(default, help, **argparse_kwargs):
+    return dataclasses.field(default=default, metadata=dict(help=help, **argparse_kwargs))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run; the defaults are the tiny preset. Each field is a --flag."""
+
+    # data and tokenizer
+    data: tuple = _option(None, "text files to train on (default: this Python's standard library "
+                                "source files, no download)", nargs="+", metavar="FILE")
+    corpus_bytes: int = _option(3_000_000, "use the first N bytes of the default corpus (0: all of it)")
+    tokenizer: str = _option(None, "directory with vocab.json + merges.txt to use instead of training "
+                                   "a BPE on the corpus", metavar="DIR")
+    vocab_size: int = _option(2048, "vocabulary size of the BPE trained on the corpus")
+    init: str = _option(None, "fine-tune from this model: a numpyllm run or checkpoint directory, or "
+                              "a Hugging Face GPT-2 directory (config.json + model.safetensors)", metavar="DIR")
+    val_fraction: float = _option(0.1, "fraction of the tokens (the last ones) held out for validation")
+    # model
+    n_layer: int = _option(2, "transformer blocks")
+    n_head: int = _option(4, "attention heads per block")
+    n_embd: int = _option(128, "embedding width (a multiple of --n-head)")
+    block_size: int = _option(128, "context length: tokens per training window")
+    dtype: str = _option("float32", "parameter and compute dtype", choices=("float32", "float64"))
+    attention_backend: str = _option("auto", "attention implementation (auto: the compiled kernel "
+                                             "when built)", choices=("auto", "numpy", "cython"))
+    # optimisation
+    batch_size: int = _option(16, "windows per step")
+    max_steps: int = _option(300, "optimizer steps in all")
+    lr: float = _option(2e-3, "peak learning rate")
+    min_lr: float = _option(None, "final learning rate of the cosine decay (default: --lr / 10)")
+    warmup_steps: int = _option(20, "steps of linear warmup")
+    weight_decay: float = _option(0.1, "AdamW decoupled weight decay (2-D weights only)")
+    beta1: float = _option(0.9, "AdamW first-moment decay")
+    beta2: float = _option(0.95, "AdamW second-moment decay")
+    grad_clip: float = _option(1.0, "clip the global gradient norm to this (0: no clipping)")
+    # bookkeeping
+    eval_interval: int = _option(50, "validate every N steps (and at the end)")
+    eval_steps: int = _option(8, "validation batches per evaluation (the same windows each time)")
+    checkpoint_interval: int = _option(100, "save a checkpoint every N steps (and at the end)")
+    log_interval: int = _option(10, "print a line every N steps when there is no progress bar")
+    seed: int = _option(0, "seeds the initial weights and the training batches")
+
+
+PRESETS = {
+    "tiny": TrainConfig(),
+    "small": TrainConfig(
+        corpus_bytes=0, vocab_size=8192, n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=32,
+        max_steps=5000, lr=1e-3, warmup_steps=100, eval_interval=250, eval_steps=20, checkpoint_interval=500,
+    ),
+    "gpt2": TrainConfig(  # the 124M shape; a BPE that big wants far more text than the stdlib: see --tokenizer
+        corpus_bytes=0, vocab_size=50257, n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=8,
+        max_steps=20000, lr=6e-4, warmup_steps=700, eval_interval=500, eval_steps=20, checkpoint_interval=1000,
+    ),
+}
+
+# Options a --resume may change: they alter neither the model nor the batches already drawn.
+_RESUMABLE = ("max_steps", "eval_interval", "eval_steps", "checkpoint_interval", "log_interval",
+              "attention_backend")
+_SHAPE_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd")  # come from the checkpoint with --init
+_POSITIVE_INTS = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_steps",
+                  "eval_interval", "eval_steps", "checkpoint_interval", "log_interval")
+_NON_NEGATIVE_INTS = ("corpus_bytes", "warmup_steps", "seed")
+_TOKENS_FILE, _LOG_FILE, _PLOT_FILE = "tokens.npy", "log.csv", "loss.png"
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def check_config(config):
+    """Raise ValueError naming the flag of the first setting out of range."""
+    for name in _POSITIVE_INTS + _NON_NEGATIVE_INTS:
+        value, low = getattr(config, name), 1 if name in _POSITIVE_INTS else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{_flag(name)} must be an int >= {low}, got {value!r}")
+    checks = {
+        "lr": config.lr > 0,
+        "min_lr": config.min_lr is None or 0 <= config.min_lr <= config.lr,
+        "weight_decay": config.weight_decay >= 0,
+        "beta1": 0 <= config.beta1 < 1,
+        "beta2": 0 <= config.beta2 < 1,
+        "grad_clip": config.grad_clip >= 0,
+        "val_fraction": 0 < config.val_fraction < 1,
+    }
+    rules = {"lr": "> 0", "min_lr": "in [0, --lr]", "weight_decay": ">= 0", "beta1": "in [0, 1)",
+             "beta2": "in [0, 1)", "grad_clip": ">= 0 (0: no clipping)", "val_fraction": "in (0, 1)"}
+    for name, ok in checks.items():
+        if not ok:
+            raise ValueError(f"{_flag(name)} must be {rules[name]}, got {getattr(config, name)!r}")
+    if config.warmup_steps > config.max_steps:
+        raise ValueError(f"--warmup-steps ({config.warmup_steps}) must be <= --max-steps ({config.max_steps})")
+    if config.n_embd % config.n_head:
+        raise ValueError(f"--n-embd ({config.n_embd}) must be a multiple of --n-head ({config.n_head})")
+
+
+def make_config(preset="tiny", **overrides):
+    """The preset's TrainConfig with ``overrides`` (field=value) applied, checked."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    config = dataclasses.replace(PRESETS[preset], **overrides)
+    check_config(config)
+    return config
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser):
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                        help="starting values of every option: tiny (about a minute on 2 cores), small, "
+                             "gpt2 (the 124M shape) (default: tiny)")
+    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/PRESET)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the checkpoint in --out exactly; may change only "
+                             + ", ".join(_flag(name) for name in _RESUMABLE))
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar: print a line every --log-interval steps "
+                             "(the default when stderr is not a terminal)")
+    types = {int: int, float: float, str: str, tuple: str}
+    for field in dataclasses.fields(TrainConfig):
+        kwargs = dict(field.metadata)
+        kwargs.setdefault("type", types[field.type])
+        kwargs.setdefault("metavar", "N" if kwargs["type"] in (int, float) else None)
+        if "choices" in kwargs:
+            kwargs.pop("metavar")
+        preset_value = PRESETS["tiny"].__dict__[field.name]
+        kwargs["help"] += "" if preset_value is None else f" (tiny: {preset_value})"
+        parser.add_argument(_flag(field.name), default=None, **kwargs)
+
+
+def main(args):
+    overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
+                 if getattr(args, field.name) is not None}
+    if "data" in overrides:
+        overrides["data"] = tuple(overrides["data"])
+    out = args.out or os.path.join("runs", args.preset)
+    progress = not args.no_progress and sys.stderr.isatty()
+    try:
+        return train(out, args.preset, overrides, resume=args.resume, progress=progress)
+    except KeyboardInterrupt:
+        print("numpyllm train: interrupted", file=sys.stderr)
+        return 130
+
+
+# --------------------------------------------------------------------------- setting up a run
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop trains and what a checkpoint saves."""
+
+    out: str
+    config: TrainConfig
+    model: object
+    tokenizer: object
+    optimizer: object
+    step: int = 0
+    elapsed_seconds: float = 0.0
+    sampler_state: dict = None
+
+    def save(self, sampler):
+        from .checkpoint import save_checkpoint
+
+        trainer_state = {
+            "step": self.step,
+            "elapsed_seconds": self.elapsed_seconds,
+            "sampler_state": sampler.state,
+            "train_config": dataclasses.asdict(self.config),
+        }
+        return save_checkpoint(self.out, self.model, self.tokenizer, self.optimizer, trainer_state)
+
+
+def _prepare_out_dir(out):
+    """Create ``out`` and prove it writable, with one clear error otherwise."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise OSError(f"--out {out!r} is not a writable directory: {error.strerror or error}") from None
+
+
+def _optimizer(model, config):
+    from .optim import AdamW
+
+    return AdamW(model.params, lr=config.lr, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
+
+
+def _encode_corpus(out, config, tokenizer, progress):
+    """Encode the run's text files into OUT/tokens.npy; return the file's path."""
+    from tqdm.auto import tqdm
+
+    from .corpus import read_texts
+    from .data import document_ids, text_files, write_tokens
+
+    files = text_files(config.data, config.corpus_bytes or None)
+    path = os.path.join(out, _TOKENS_FILE)
+    started = time.perf_counter()
+    texts = read_texts(tqdm(files, desc="encoding", unit=" files", disable=not progress, leave=False))
+    count = write_tokens(path, document_ids(texts, tokenizer), tokenizer.vocab_size)
+    if count == 0:
+        raise ValueError(f"the corpus has no text: {len(files)} file(s), all empty"
+                         + (f" ({', '.join(map(str, config.data))})" if config.data else ""))
+    print(f"encoded {count:,} tokens from {len(files)} files into {path} "
+          f"({time.perf_counter() - started:.1f} s)")
+    return path
+
+
+def _corpus_description(config):
+    if config.data:
+        return f"{len(config.data)} file(s): " + ", ".join(config.data[:3]) + (" ..." if len(config.data) > 3 else "")
+    size = f"the first {config.corpus_bytes:,} bytes" if config.corpus_bytes else "all"
+    return f"the Python standard library's source files ({size})"
+
+
+def _new_run(out, config, progress):
+    """Fresh run: tokenizer (given, from --init, or trained), model (new or --init), optimizer."""
+    from .checkpoint import model_directory
+    from .corpus import read_texts
+    from .data import text_files
+    from .model import GPT, GPTConfig
+    from .tokenizer import BPETokenizer
+
+    init_dir = model_directory(config.init) if config.init else None
+    tokenizer_dir = config.tokenizer or init_dir
+    if tokenizer_dir is not None:
+        tokenizer = BPETokenizer.from_pretrained(tokenizer_dir)
+    else:
+        files = text_files(config.data, config.corpus_bytes or None)
+        started = time.perf_counter()
+        tokenizer = BPETokenizer.train(read_texts(files), config.vocab_size, progress=progress)
+        print(f"trained a BPE tokenizer of {tokenizer.vocab_size} tokens on {len(files)} files "
+              f"({time.perf_counter() - started:.1f} s)")
+    if init_dir is not None:
+        model = GPT.from_pretrained(init_dir, attention_backend=config.attention_backend, dtype=config.dtype)
+        if config.block_size > model.config.block_size:
+            raise ValueError(f"--block-size {config.block_size} exceeds the --init model's {model.config.block_size}")
+        config = dataclasses.replace(config, **{name: getattr(model.config, name) for name in _SHAPE_FIELDS})
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the --init model only "
+                             f"{model.config.vocab_size}; pass the model's own --tokenizer")
+    else:
+        config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
+        model_config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=config.block_size,
+                                 n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                                 dtype=config.dtype)
+        model = GPT(model_config, seed=config.seed, attention_backend=config.attention_backend)
+    _encode_corpus(out, config, tokenizer, progress)
+    return _Run(out, config, model, tokenizer, _optimizer(model, config))
+
+
+def _resumed_run(out, overrides, progress):
+    """The run saved in OUT's checkpoint, with the few options a resume may change."""
+    from .checkpoint import OPTIMIZER_FILE, find_checkpoint, read_trainer_state
+    from .model import GPT
+    from .tokenizer import BPETokenizer
+
+    checkpoint = find_checkpoint(out)
+    if checkpoint is None:
+        raise FileNotFoundError(f"--resume: --out {out!r} has no training checkpoint to continue")
+    fixed = sorted(set(overrides) - set(_RESUMABLE))
+    if fixed:
+        raise ValueError(f"--resume continues the saved configuration; {', '.join(map(_flag, fixed))} cannot "
+                         f"change (only {', '.join(map(_flag, _RESUMABLE))} can)")
+    state = read_trainer_state(checkpoint)
+    try:
+        saved = dict(state["train_config"])
+        saved["data"] = tuple(saved["data"]) if saved["data"] is not None else None
+        config = TrainConfig(**{**saved, **overrides})
+        step, elapsed, sampler_state = state["step"], state["elapsed_seconds"], state["sampler_state"]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{checkpoint} has a trainer state this version cannot read ({error})") from None
+    check_config(config)
+    if step >= config.max_steps:
+        raise ValueError(f"the checkpoint is at step {step} and --max-steps is {config.max_steps}; "
+                         "pass a larger --max-steps to train further")
+    model = GPT.from_pretrained(checkpoint, attention_backend=config.attention_backend, dtype=config.dtype)
+    tokenizer = BPETokenizer.from_pretrained(checkpoint)
+    optimizer = _optimizer(model, config)
+    optimizer.load(os.path.join(checkpoint, OPTIMIZER_FILE))
+    if not os.path.isfile(os.path.join(out, _TOKENS_FILE)):
+        _encode_corpus(out, config, tokenizer, progress)
+    print(f"resuming {checkpoint} at step {step}")
+    return _Run(out, config, model, tokenizer, optimizer, step, elapsed, sampler_state)
+
+
+def _print_config(config, out):
+    """The settings, one per line (nanoGPT style), before any work starts."""
+    print(f"numpyllm train -> {out}")
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(config, field.name)
+        shown = _corpus_description(config) if field.name == "data" else value
+        print(f"  {field.name:<20} = {shown}")
+
+
+def _print_summary(run, train_tokens, val_tokens):
+    from .attention import available_backends
+
+    model = run.model
+    backend = model.attention_backend
+    if backend == "auto":
+        backend = "auto -> " + ("cython" if "cython" in available_backends() else "numpy")
+    print(f"model: {model.num_params:,} parameters ({model.config.n_layer} layers, {model.config.n_embd} wide, "
+          f"vocab {model.config.vocab_size}), {model.config.dtype}, attention {backend}; "
+          f"tokens: {len(train_tokens):,} train, {len(val_tokens):,} validation")
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _StopOnInterrupt:
+    """While active, Ctrl-C (SIGINT) asks the loop to stop after the current step instead of
+    raising mid-update, so the saved checkpoint is consistent. A second Ctrl-C raises as usual."""
+
+    def __enter__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step to save a checkpoint (press again to quit without saving)",
+              file=sys.stderr)
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _perplexity(loss):
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
+    """Run (or with ``resume`` continue) a training run in ``out``; return the exit status.
+
+    0: finished max_steps. 130: stopped by Ctrl-C after saving a checkpoint. 1: stopped
+    by a non-finite loss or gradient, the last good checkpoint kept. Bad settings and
+    files raise ValueError / OSError (``python -m numpyllm`` prints them as one line).
+    """
+    from tqdm.auto import tqdm
+
+    from .checkpoint import find_checkpoint
+    from .data import BatchSampler, load_tokens, split_tokens
+    from .evaluate import mean_loss
+    from .optim import clip_grad_norm
+    from .runlog import RunLog, plot_losses, read_log
+    from .schedule import lr_at
+
+    out = os.fspath(out)
+    overrides = dict(overrides or {})
+    _prepare_out_dir(out)
+    if resume:
+        run = _resumed_run(out, overrides, progress)
+        _print_config(run.config, out)
+    else:
+        config = make_config(preset, **overrides)
+        existing = find_checkpoint(out)
+        if existing is not None:
+            raise ValueError(f"--out {out!r} already holds a training checkpoint ({existing}); "
+                             "pass --resume to continue it, or choose another --out")
+        _print_config(config, out)
+        run = _new_run(out, config, progress)
+    config = run.config
+    train_tokens, val_tokens = split_tokens(load_tokens(os.path.join(out, _TOKENS_FILE)),
+                                            config.val_fraction, config.block_size + 1)
+    sampler = BatchSampler(train_tokens, config.batch_size, config.block_size, seed=config.seed)
+    if run.sampler_state is not None:
+        sampler.state = run.sampler_state
+    # The same validation windows at every evaluation, from their own generator.
+    val_sampler = BatchSampler(val_tokens, config.batch_size, config.block_size, seed=config.seed + 1)
+    val_batches = [val_sampler.sample() for _ in range(config.eval_steps)]
+    schedule = dict(max_lr=config.lr, min_lr=config.lr / 10 if config.min_lr is None else config.min_lr,
+                    warmup_steps=config.warmup_steps, max_steps=config.max_steps)
+    _print_summary(run, train_tokens, val_tokens)
+
+    log = RunLog(os.path.join(out, _LOG_FILE), keep_until_step=run.step if resume else None)
+    bar = tqdm(total=config.max_steps, initial=run.step, unit="step", dynamic_ncols=True, disable=not progress)
+    saved_step = run.step if resume else None
+
+    def validate():
+        loss, _ = mean_loss(run.model, val_batches)
+        bar.write(f"step {run.step}: val loss {loss:.4f}, perplexity {_perplexity(loss):.2f}")
+        return {"val_loss": loss, "val_perplexity": _perplexity(loss)}
+
+    status = 0
+    loop_started = time.perf_counter() - run.elapsed_seconds
+    try:
+        with _StopOnInterrupt() as interrupt:
+            if not resume:
+                log.write(step=0, elapsed_seconds=0.0, **validate())
+            while run.step < config.max_steps and not interrupt.requested:
+                step_started = time.perf_counter()
+                lr = lr_at(run.step, **schedule)
+                x, y = sampler.sample()
+                loss, grads = run.model.loss_and_grads(x, y)
+                grad_norm = clip_grad_norm(grads, config.grad_clip or math.inf)
+                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                    kept = (f"the last good checkpoint (step {saved_step}) is in {os.path.join(out, 'checkpoint')}"
+                            if saved_step is not None else "no checkpoint had been saved yet")
+                    bar.write(f"numpyllm train: error: loss {loss}, gradient norm {grad_norm} at step "
+                              f"{run.step + 1}; stopped without saving: {kept}. Try a lower --lr.", file=sys.stderr)
+                    status = 1
+                    break
+                run.optimizer.step(grads, lr=lr)
+                run.step += 1
+                tokens_per_second = x.size / (time.perf_counter() - step_started)
+                run.elapsed_seconds = time.perf_counter() - loop_started
+                row = dict(step=run.step, train_loss=loss, lr=lr, grad_norm=grad_norm,
+                           tokens_per_second=tokens_per_second, elapsed_seconds=run.elapsed_seconds)
+                if run.step % config.eval_interval == 0 or run.step == config.max_steps:
+                    row.update(validate())
+                log.write(**row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_second:,.0f}", refresh=False)
+                if not progress and run.step % config.log_interval == 0:
+                    print(f"step {run.step}/{config.max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
+                          f"grad norm {grad_norm:.3f} | {tokens_per_second:,.0f} tok/s", flush=True)
+                if run.step % config.checkpoint_interval == 0 or run.step == config.max_steps:
+                    run.save(sampler)
+                    saved_step = run.step
+            if interrupt.requested:
+                if saved_step != run.step:
+                    run.save(sampler)
+                bar.write(f"stopped at step {run.step}; checkpoint saved in {os.path.join(out, 'checkpoint')}; "
+                          f"continue with --resume --out {out}")
+                status = 130
+    finally:
+        bar.close()
+        log.close()
+        plotted = plot_losses(log.path, os.path.join(out, _PLOT_FILE))
+    if status == 0:
+        summary = f"done: {run.step} steps in {run.elapsed_seconds:.0f} s"
+        val_losses = [row["val_loss"] for row in read_log(log.path) if row["val_loss"] is not None]
+        if len(val_losses) >= 2:
+            summary += f"; val loss {val_losses[0]:.3f} -> {val_losses[-1]:.3f}"
+        print(summary)
+        print(f"checkpoint: {os.path.join(out, 'checkpoint')}; log: {log.path}"
+              + (f"; plot: {os.path.join(out, _PLOT_FILE)}" if plotted else " (pip install matplotlib for a plot)"))
+    return status
