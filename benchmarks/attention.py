@@ -204,7 +204,9 @@ class TorchBackend:
 
         if pass_name == "forward":
             inputs = leaves()
-            return Call(run=lambda _: sdpa(*inputs, is_causal=is_causal), outputs=lambda out: [out.detach().numpy()])
+            return Call(
+                run=lambda _: sdpa(*inputs, is_causal=is_causal), outputs=lambda out: [out.detach().numpy()]
+            )
 
         def graph():
             inputs = leaves()
@@ -251,8 +253,8 @@ def time_problems(problems, backend_names, threads, repeats, min_seconds, progre
         for pass_name in passes_for(problem):
             reference = None
             for backend in backends:
-                call = backend.call(pass_name, problem, arrays)
                 with backend.thread_limit():
+                    call = backend.call(pass_name, problem, arrays)
                     timing, result = measure(call.run, setup=call.setup, repeats=repeats, min_seconds=min_seconds)
                 outputs = call.outputs(result)
                 if reference is None:
@@ -289,7 +291,9 @@ def measure_memory(backend_name, problem, threads):
     Meant for a fresh process (``run_in_fresh_process``): one per backend and problem.
     """
     backend = make_backend(backend_name, threads)
-    warm_up = dataclasses.replace(problem, n_q=min(problem.n_q, WARM_UP_N_CAP), n_k=min(problem.n_k, WARM_UP_N_CAP))
+    warm_up = dataclasses.replace(
+        problem, n_q=min(problem.n_q, WARM_UP_N_CAP), n_k=min(problem.n_k, WARM_UP_N_CAP)
+    )
     arrays, warm_up_arrays = problem.inputs(), warm_up.inputs()
     per_pass = {}
     with backend.thread_limit():
@@ -314,7 +318,8 @@ def memory_in_fresh_process(backend_name, problem, threads, all_backends):
     The children fork from one clean server that imports, once per run, what any of
     ``all_backends`` (this run's backends) needs, so a child costs milliseconds.
     """
-    preload = ["numpy", "numpyllm.attention", __spec__.name if __spec__ else __name__]
+    # Not this module itself: under `python -m` the child imports it as __main__.
+    preload = ["numpy", "numpyllm.attention"]
     if "torch" in all_backends:
         preload.append("torch")
     return run_in_fresh_process(measure_memory, backend_name, problem, threads, preload=preload)
@@ -325,7 +330,8 @@ def add_memory(records, problems, backend_names, threads, progress):
     index = {(r["backend"], r["threads"], r["pass_name"], problem_of(r)): r for r in records}
     for problem in problems:
         for name in backend_names:
-            for pass_name, (extra, _) in memory_in_fresh_process(name, problem, threads, backend_names).items():
+            per_pass = memory_in_fresh_process(name, problem, threads, backend_names)
+            for pass_name, (extra, _) in per_pass.items():
                 index[name, threads, pass_name, problem]["peak_extra_mb"] = extra / 2**20
                 progress(f"{name:>6} {problem.label()} {pass_name}: peak extra memory {extra / 2**20:.2f} MiB")
 
@@ -405,7 +411,8 @@ def scaling_table(records, thread_counts):
     for n_q, n_k, causal, pass_name, backend, threads in at:
         if threads != low:
             continue
-        slow, fast = at[n_q, n_k, causal, pass_name, backend, low], at[n_q, n_k, causal, pass_name, backend, high]
+        slow = at[n_q, n_k, causal, pass_name, backend, low]
+        fast = at[n_q, n_k, causal, pass_name, backend, high]
         rows.append([n_q, n_k, "yes" if causal else "no", pass_name, backend, fmt(slow), fmt(fast), fmt(slow / fast)])
     return markdown_table(headers, rows)
 
@@ -422,7 +429,9 @@ def write_plot(path, records, backend_names):
     for column, causal in enumerate(masks):
         for color, name in enumerate(backend_names):
             for pass_name, style in zip(PASSES, ("-", "--")):
-                chosen = [r for r in records if r["backend"] == name and r["causal"] == causal and r["pass_name"] == pass_name]
+                chosen = [
+                    r for r in records if (r["backend"], r["causal"], r["pass_name"]) == (name, causal, pass_name)
+                ]
                 if not chosen:
                     continue
                 n = [r["n_k"] for r in chosen]
@@ -471,55 +480,48 @@ def build_parser():
         epilog="\n\n".join(
             textwrap.fill(paragraph, width=90, break_on_hyphens=False)
             for paragraph in [
-                "Timing: one warm-up call, then the median of --repeats repeats (time.perf_counter); a "
-                "repeat runs enough calls to last ~50 ms (~10 ms with --quick) and reports the time per call.",
+                "Timing: one warm-up call, then the median of --repeats repeats (time.perf_counter); "
+                "a repeat runs enough calls to last ~50 ms (~10 ms with --quick) and reports the "
+                "time per call.",
                 FLOP_CONVENTION,
                 MEMORY_METHOD,
                 TORCH_METHOD,
-                "Causal is bottom-right aligned (numpyllm's contract). The NumPy reference builds several "
-                "B·H·Nq·Nk score matrices: at large N it needs GBs of memory and seconds per call "
-                "(--no-numpy skips it).",
-                "Backends: numpy always (unless --no-numpy); cython when numpyllm's kernel is built (if "
-                "not, the output says so and the others still run); torch when it imports (unless --no-torch).",
+                "Causal is bottom-right aligned (numpyllm's contract). The NumPy reference builds "
+                "several B·H·Nq·Nk score matrices: at large N it needs GBs of memory and seconds "
+                "per call (--no-numpy skips it).",
+                "Backends: numpy always (unless --no-numpy); cython when numpyllm's kernel is built "
+                "(if not, the output says so and the others still run); torch when it imports "
+                "(unless --no-torch).",
             ]
         ),
     )
+    add = parser.add_argument
+    add("--quick", action="store_true", help=f"N in {QUICK_SIZES}, 3 repeats: about 10 seconds")
+    add("--sizes", type=_positive_int, nargs="+", metavar="N",
+        help=f"sequence lengths (default {DEFAULT_SIZES})")
+    add("--causal", choices=("both", "yes", "no"), default="both", help="mask(s) to measure (default both)")
+    add("--dtype", choices=("float32", "float64"), default="float32")
+    add("--head-dim", type=_positive_int, default=64, metavar="D", help="d (default 64)")
+    add("--batch", type=_positive_int, default=1, metavar="B", help="B (default 1)")
+    add("--heads", type=_positive_int, default=12, metavar="H", help="H (default 12)")
+    add("--threads", type=_positive_int, default=usable_cores(), metavar="N",
+        help="threads for every backend: the kernel's num_threads=, torch.set_num_threads, the "
+        "reference's BLAS via threadpoolctl (default: the usable cores, %(default)s here)")
+    add("--repeats", type=_positive_int, metavar="R",
+        help="timed repeats per measurement (default 5; 3 with --quick)")
+    add("--no-torch", action="store_true", help="skip torch even if it is installed")
+    add("--no-numpy", action="store_true", help="skip the slow NumPy reference (large N)")
+    add("--thread-scaling", action="store_true",
+        help="time at 1 and at 2 threads (instead of --threads) and show the speed-up; memory is measured at 2")
+    add("--plot", metavar="FILE.png", help="draw time and memory against N (needs matplotlib)")
+    add("--json", metavar="FILE", help="write every measurement (and the machine) as JSON")
     mode = parser.add_mutually_exclusive_group()
-    parser.add_argument("--quick", action="store_true", help=f"N in {QUICK_SIZES}, 3 repeats: about 10 seconds")
-    parser.add_argument("--sizes", type=_positive_int, nargs="+", metavar="N", help=f"sequence lengths (default {DEFAULT_SIZES})")
-    parser.add_argument("--causal", choices=("both", "yes", "no"), default="both", help="mask(s) to measure (default both)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--head-dim", type=_positive_int, default=64, metavar="D", help="d (default 64)")
-    parser.add_argument("--batch", type=_positive_int, default=1, metavar="B", help="B (default 1)")
-    parser.add_argument("--heads", type=_positive_int, default=12, metavar="H", help="H (default 12)")
-    parser.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=usable_cores(),
-        metavar="N",
-        help="threads for every backend: the kernel's num_threads=, torch.set_num_threads, the reference's "
-        "BLAS via threadpoolctl (default: the usable cores, %(default)s here)",
-    )
-    parser.add_argument("--repeats", type=_positive_int, metavar="R", help="timed repeats per measurement (default 5; 3 with --quick)")
-    parser.add_argument("--no-torch", action="store_true", help="skip torch even if it is installed")
-    parser.add_argument("--no-numpy", action="store_true", help="skip the slow NumPy reference (large N)")
-    mode.add_argument(
-        "--decode",
-        action="store_true",
-        help="the KV-cache decoding shape: one query (Nq = 1) against Nk = each of --sizes keys, causal, "
-        "forward only (generation does not run the backward)",
-    )
-    mode.add_argument(
-        "--memory-n",
-        type=_positive_int,
-        metavar="N",
-        help="instead of the table: the kernel's peak extra memory (and time) for one forward and one "
-        "backward at Nq = Nk = N with --causal's mask(s), e.g. 16384",
-    )
-    parser.add_argument("--thread-scaling", action="store_true", help="time at 1 and at 2 threads (instead of --threads) and show the speed-up; memory is "
-        "measured at 2")
-    parser.add_argument("--plot", metavar="FILE.png", help="draw time and memory against N (needs matplotlib)")
-    parser.add_argument("--json", metavar="FILE", help="write every measurement (and the machine) as JSON")
+    mode.add_argument("--decode", action="store_true",
+                      help="the KV-cache decoding shape: one query (Nq = 1) against Nk = each of --sizes keys, "
+                      "causal, forward only (generation does not run the backward)")
+    mode.add_argument("--memory-n", type=_positive_int, metavar="N",
+                      help="instead of the tables: the kernel's peak extra memory (and time) for one forward "
+                      "and one backward at Nq = Nk = N with --causal's mask(s), e.g. 16384")
     return parser
 
 
@@ -566,22 +568,52 @@ def build_problems(args, sizes):
 
 
 def run_memory_n(args, threads, progress):
-    """--memory-n: the kernel alone, fresh process, one call per pass; prints a table."""
+    """--memory-n: the kernel alone, a fresh process per mask, one call per pass; prints a table."""
     if "cython" not in attention.available_backends():
         print(f"--memory-n measures the Cython kernel, which is not built ({_kernel_missing_reason()}).")
         return []
     records, rows = [], []
     for problem in build_problems(args, [args.memory_n]):
         progress(f"memory: cython {problem.label()}, one forward and one backward in a fresh process")
-        for pass_name, (extra, seconds) in memory_in_fresh_process("cython", problem, threads, ("cython",)).items():
-            records.append(
-                dict(dataclasses.asdict(problem), backend="cython", threads=threads, pass_name=pass_name,
-                     peak_extra_mb=extra / 2**20, one_call_ms=seconds * 1e3)
-            )
-            rows.append([problem.n_q, "yes" if problem.causal else "no", pass_name, fmt(extra / 2**20),
-                         fmt(seconds * 1e3), fmt(problem.score_matrix_bytes() / 2**20)])
-    print(markdown_table(
-        ["N", "causal", "pass", "cython peak extra MiB", "time ms (one call)", "one N×N matrix MiB"], rows))
+        per_pass = memory_in_fresh_process("cython", problem, threads, ("cython",))
+        for pass_name, (extra, seconds) in per_pass.items():
+            extra_mb, one_call_ms = extra / 2**20, seconds * 1e3
+            records.append(dict(dataclasses.asdict(problem), backend="cython", threads=threads,
+                                pass_name=pass_name, peak_extra_mb=extra_mb, one_call_ms=one_call_ms))
+            rows.append([problem.n_q, "yes" if problem.causal else "no", pass_name, fmt(extra_mb),
+                         fmt(one_call_ms), fmt(problem.score_matrix_bytes() / 2**20)])
+    headers = ["N", "causal", "pass", "cython peak extra MiB", "time ms (one call)", "one N×N matrix MiB"]
+    print(f"## Peak extra memory of the kernel at N = {args.memory_n}\n\n{markdown_table(headers, rows)}\n")
+    return records
+
+
+def run_sweep(args, backend_names, thread_counts, measure_memory_here, progress):
+    """The size sweep (or --decode): prints time, memory and thread-scaling tables; returns records."""
+    problems = build_problems(args, args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
+    repeats = args.repeats or (3 if args.quick else 5)
+    min_seconds = 0.01 if args.quick else 0.05
+    memory_threads = thread_counts[-1]
+    records = []
+    for threads in thread_counts:
+        records += time_problems(problems, backend_names, threads, repeats, min_seconds, progress)
+    if measure_memory_here:
+        add_memory(records, problems, backend_names, memory_threads, progress)
+
+    def plural(threads):
+        return f"{threads} thread{'s' if threads > 1 else ''}"
+
+    print(f"Median of {repeats} repeats.\n")
+    for threads in thread_counts:
+        chosen = [r for r in records if r["threads"] == threads]
+        print(f"## Time, {plural(threads)}\n\n{time_table(chosen, backend_names)}\n")
+    main_records = [r for r in records if r["threads"] == memory_threads]
+    if measure_memory_here:
+        print(f"## Peak extra memory, {plural(memory_threads)}\n\n{memory_table(main_records, backend_names)}\n")
+    if args.thread_scaling:
+        print(f"## Thread scaling\n\n{scaling_table(records, thread_counts)}\n")
+    if args.plot:
+        write_plot(args.plot, main_records, backend_names)
+        print(f"Plot written to {args.plot}")
     return records
 
 
@@ -594,62 +626,33 @@ def main(argv=None):
             import matplotlib  # noqa: F401
         except ImportError:
             raise SystemExit("--plot needs matplotlib: pip install matplotlib (or numpyllm[plot])") from None
-    sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    repeats = args.repeats or (3 if args.quick else 5)
-    min_seconds = 0.01 if args.quick else 0.05
     thread_counts = (1, 2) if args.thread_scaling else (args.threads,)
-    memory_threads = thread_counts[-1]
     backend_names, notes = choose_backends(args)
-    memory_problem = peak_rss_unsupported_reason()
+    memory_unsupported = peak_rss_unsupported_reason()
+    if args.memory_n and memory_unsupported:
+        raise SystemExit(f"--memory-n cannot run here: {memory_unsupported}")
 
+    machine = machine_info(PACKAGES)
     print("# Attention benchmark\n")
-    print(format_machine(machine_info(PACKAGES)))
+    print(format_machine(machine))
     print(f"- numpyllm {numpyllm.__version__} from {os.path.dirname(numpyllm.__file__)}; "
           f"backends built: {', '.join(attention.available_backends())}")
     for note in notes:
         print(f"- {note}")
-    print(
-        f"\nB={args.batch}, H={args.heads}, d={args.head_dim}, {args.dtype}; threads {list(thread_counts)}; "
-        f"median of {repeats} repeats; times in ms.\n\n{FLOP_CONVENTION}\n{TORCH_METHOD}\n"
-        f"max rel diff: the largest max|x - ref| / max|ref| over the outputs (out; dq, dk, dv) against the "
-        f"first backend in the row.\n"
-    )
-    if memory_problem:
-        print(f"Memory is not measured here: {memory_problem}.\n")
-    else:
-        print(f"{MEMORY_METHOD}\n")
+    print(f"\nB={args.batch}, H={args.heads}, d={args.head_dim}, {args.dtype}; "
+          f"threads {', '.join(map(str, thread_counts))}; times in ms.\n")
+    print(f"{FLOP_CONVENTION}\n\n{TORCH_METHOD}\n\n"
+          "max rel diff: the largest max|x - ref| / max|ref| over the results (out; dq, dk, dv), "
+          "ref being the first backend in the row.\n")
+    print(f"Memory is not measured here: {memory_unsupported}.\n" if memory_unsupported else f"{MEMORY_METHOD}\n")
 
     if args.memory_n:
-        if memory_problem:
-            raise SystemExit(f"--memory-n cannot run: {memory_problem}")
-        records = run_memory_n(args, memory_threads, _progress)
+        records = run_memory_n(args, thread_counts[-1], _progress)
     else:
-        problems = build_problems(args, sizes)
-        records = []
-        for threads in thread_counts:
-            records += time_problems(problems, backend_names, threads, repeats, min_seconds, _progress)
-        if not memory_problem:
-            add_memory(records, problems, backend_names, memory_threads, _progress)
-        for threads in thread_counts:
-            print(f"## Time, {threads} thread{'s' if threads > 1 else ''}\n")
-            print(time_table([r for r in records if r["threads"] == threads], backend_names) + "\n")
-        if not memory_problem:
-            print(f"## Peak extra memory, {memory_threads} thread{'s' if memory_threads > 1 else ''}\n")
-            print(memory_table([r for r in records if r["threads"] == memory_threads], backend_names) + "\n")
-        if args.thread_scaling:
-            print("## Thread scaling\n")
-            print(scaling_table(records, thread_counts) + "\n")
-        if args.plot:
-            write_plot(args.plot, [r for r in records if r["threads"] == memory_threads], backend_names)
-            print(f"Plot written to {args.plot}")
+        records = run_sweep(args, backend_names, thread_counts, not memory_unsupported, _progress)
     if args.json:
-        document = dict(
-            machine=machine_info(PACKAGES),
-            flop_convention=FLOP_CONVENTION,
-            memory_method=MEMORY_METHOD if not memory_problem else memory_problem,
-            torch_method=TORCH_METHOD,
-            records=records,
-        )
+        document = dict(machine=machine, flop_convention=FLOP_CONVENTION, torch_method=TORCH_METHOD,
+                        memory_method=memory_unsupported or MEMORY_METHOD, records=records)
         atomic_write_bytes(args.json, json.dumps(document, indent=1).encode())
         print(f"Raw results written to {args.json}")
     return records
