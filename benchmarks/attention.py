@@ -382,7 +382,8 @@ def time_table(records, backend_names):
         row += [fmt(by_backend[name]["median_ms"]) for name in backend_names]
         row += [fmt(_ratio(by_backend, a, b)) for a, b in ratios]
         row += [fmt(by_backend[name]["gflops"]) for name in backend_names]
-        row += [f"{max(record['max_rel_diff'] for record in by_backend.values()):.1e}"]
+        compared = [record["max_rel_diff"] for record in by_backend.values() if record["compared_with"] != record["backend"]]
+        row += [f"{max(compared):.1e}" if compared else "—"]  # "—": one backend, nothing to compare with
         rows.append(row)
     return markdown_table(headers, rows)
 

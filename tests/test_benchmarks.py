@@ -140,3 +140,12 @@ def test_peak_rss_sees_c_malloc_and_resets_between_blocks():
     with PeakRSS() as idle:
         pass  # the 64 MiB peak above must not carry over
     assert idle.extra_bytes < 4 * 2**20
+
+
+def test_without_a_resettable_peak_memory_the_tables_say_so(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "peak_rss_unsupported_reason", lambda: "no /proc here")
+    bench.main(["--sizes", "16", "--causal", "no", "--repeats", "1", "--no-torch"])
+    output = capsys.readouterr().out
+    assert "Memory is not measured here: no /proc here." in output
+    headings = list(markdown_tables(output))
+    assert len(headings) == 1 and headings[0].startswith("Time")  # no memory table
