@@ -453,6 +453,11 @@ def write_plot(path, records, backend_names):
             axis.set_xlabel("Nk (keys)")
             axis.grid(True, which="both", alpha=0.3)
         axes[0, column].legend(fontsize="small")  # the memory panel below uses the same lines
+    first = records[0]
+    figure.suptitle(
+        f"attention, B={first['batch']} H={first['heads']} d={first['head_dim']} {first['dtype']}, "
+        f"{first['threads']} thread(s); solid forward, dashed backward"
+    )
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)

@@ -149,3 +149,10 @@ def test_without_a_resettable_peak_memory_the_tables_say_so(capsys, monkeypatch)
     assert "Memory is not measured here: no /proc here." in output
     headings = list(markdown_tables(output))
     assert len(headings) == 1 and headings[0].startswith("Time")  # no memory table
+
+
+def test_plot_is_written_as_a_png(tmp_path):
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the plot extra)")
+    path = tmp_path / "attention.png"
+    bench.main(["--sizes", "16", "32", "--repeats", "1", "--no-torch", "--plot", str(path)])
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
