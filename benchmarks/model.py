@@ -1,0 +1,204 @@
+"""GPT training speed: numpyllm beside transformers + torch on the same weights, in one run.
+
+    python -m benchmarks.model              # 6 layers, 6 heads, n_embd 384, vocab 4096, B=8, T=256, float32
+    python -m benchmarks.model --quick      # fewer repeats, Cython attention only
+    python -m benchmarks.model --profile    # then cProfile one numpyllm training step: where the time goes
+
+Rows: numpyllm with each attention backend, and transformers' GPT2LMHeadModel (its
+default SDPA attention) in torch. Each gets the same float32 weights, batch and targets.
+"forward+backward" is the loss and every parameter gradient; "training step" adds
+AdamW (lr 3e-4, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on 2-D tensors only,
+the same rule for both). Measurements interleave the rows round by round, so machine
+load hits all of them alike; the first round is a warm-up; the table shows medians.
+"""
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+
+import numpy as np
+
+import numpyllm
+from numpyllm import GPT, GPTConfig, attention
+
+from ._timing import format_machine, machine_info, markdown_table, usable_cores
+
+PACKAGES = ("numpy", "torch", "transformers", "threadpoolctl")
+ADAMW = dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+
+
+def numpyllm_runner(config, backend, flat_params, idx, targets):
+    """(forward+backward, training step) callables for a numpyllm GPT with these weights."""
+    model = GPT(config, attention_backend=backend)
+    model.flat_params[:] = flat_params
+    optimizer = numpyllm.AdamW(model.params, **ADAMW)
+
+    def forward_backward():
+        return model.loss_and_grads(idx, targets)[0]
+
+    def training_step():
+        loss, grads = model.loss_and_grads(idx, targets)
+        optimizer.step(grads)
+        return loss
+
+    return forward_backward, training_step
+
+
+def torch_runner(config, params, idx, targets):
+    """The same two callables for transformers' GPT2LMHeadModel holding ``params``."""
+    import torch
+    import transformers
+
+    hf_config = transformers.GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+        n_layer=config.n_layer, n_head=config.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(hf_config).train()
+    model.load_state_dict({"transformer." + name: torch.from_numpy(p.copy()) for name, p in params.items()},
+                          strict=False)  # lm_head.weight is tied to wte
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": ADAMW["weight_decay"]},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=ADAMW["lr"], betas=ADAMW["betas"], eps=ADAMW["eps"])
+    idx_t, targets_t = torch.from_numpy(idx), torch.from_numpy(targets).reshape(-1)
+
+    def forward_backward():
+        model.zero_grad(set_to_none=True)
+        logits = model(idx_t).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, config.vocab_size), targets_t, ignore_index=-1)
+        loss.backward()
+        return loss.item()
+
+    def training_step():
+        loss = forward_backward()
+        optimizer.step()
+        return loss
+
+    return forward_backward, training_step
+
+
+def make_runners(args, config, idx, targets):
+    """{row name: (forward_backward, training_step)}, and notes on rows left out."""
+    reference = GPT(config, seed=0)
+    runners, notes = {}, []
+    backends = [b for b in ("cython", "numpy") if b in attention.available_backends()]
+    if "cython" not in backends:
+        notes.append("numpyllm's Cython attention kernel is not built: numpy attention only")
+    if args.quick and "cython" in backends:
+        backends = ["cython"]
+    for backend in backends:
+        runners[f"numpyllm ({backend} attention)"] = numpyllm_runner(
+            config, backend, reference.flat_params, idx, targets)
+    try:
+        runners["transformers + torch"] = torch_runner(config, reference.params, idx, targets)
+    except ImportError as error:
+        notes.append(f"torch/transformers not importable ({error}): no torch row")
+    return runners, notes
+
+
+def time_rounds(runners, rounds, threads):
+    """Median seconds of each (row, measurement) over ``rounds`` interleaved rounds after one warm-up,
+    and each row's first loss (before any optimizer step)."""
+    from threadpoolctl import threadpool_limits
+
+    samples = {(name, kind): [] for name in runners for kind in (0, 1)}
+    first_loss = {}
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for round_index in range(rounds + 1):
+            for name, calls in runners.items():
+                for kind, call in enumerate(calls):
+                    start = time.perf_counter()
+                    loss = call()
+                    seconds = time.perf_counter() - start
+                    first_loss.setdefault(name, loss)
+                    if round_index > 0:
+                        samples[name, kind].append(seconds)
+    return {key: float(np.median(values)) for key, values in samples.items()}, first_loss
+
+
+def profile_step(runners, threads, top):
+    """cProfile one numpyllm training step (the first numpyllm row); the top functions by own time."""
+    from threadpoolctl import threadpool_limits
+
+    name, (_, training_step) = next((n, r) for n, r in runners.items() if n.startswith("numpyllm"))
+    profiler = cProfile.Profile()
+    with threadpool_limits(limits=threads, user_api="blas"):
+        training_step()  # warm-up
+        start = time.perf_counter()
+        profiler.runcall(training_step)
+        total = time.perf_counter() - start
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    rows = []
+    for (filename, line, function), (_, calls, own, cumulative, _) in stats.stats.items():
+        where = f"{filename.rsplit('/', 1)[-1]}:{line} {function}" if line else function
+        rows.append((own, cumulative, calls, where))
+    rows.sort(reverse=True)
+    table = [(where, calls, f"{own * 1e3:.0f}", f"{100 * own / total:.1f}", f"{cumulative * 1e3:.0f}")
+             for own, cumulative, calls, where in rows[:top]]
+    print(f"\n## Profile of one training step: {name}, {total * 1e3:.0f} ms under cProfile\n")
+    print("Own time excludes callees; NumPy operators (@, +, *) run inside the Python function that "
+          "uses them and count as its own time.\n")
+    print(markdown_table(["function", "calls", "own ms", "own %", "cumulative ms"], table))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--quick", action="store_true", help="2 timed rounds and numpyllm with the Cython kernel only")
+    add("--rounds", type=int, help="timed rounds after the warm-up (default 5; 2 with --quick)")
+    add("--threads", type=int, default=usable_cores(),
+        help="BLAS threads (threadpoolctl) and torch.set_num_threads (default: usable cores, %(default)s)")
+    add("--batch", type=int, default=8, help="B (default 8)")
+    add("--seq", type=int, default=256, help="T, also block_size (default 256)")
+    add("--n-layer", type=int, default=6)
+    add("--n-head", type=int, default=6)
+    add("--n-embd", type=int, default=384)
+    add("--vocab", type=int, default=4096)
+    add("--profile", action="store_true", help="also cProfile one numpyllm training step")
+    add("--top", type=int, default=20, help="functions listed by --profile (default 20)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    rounds = args.rounds or (2 if args.quick else 5)
+    config = GPTConfig(vocab_size=args.vocab, block_size=args.seq, n_layer=args.n_layer, n_head=args.n_head,
+                       n_embd=args.n_embd)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, config.vocab_size, (args.batch, args.seq))
+    targets = rng.integers(0, config.vocab_size, (args.batch, args.seq))
+    runners, notes = make_runners(args, config, idx, targets)
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        pass
+
+    print("# GPT training-step benchmark\n")
+    print(format_machine(machine_info(PACKAGES)))
+    for note in notes:
+        print(f"- {note}")
+    print(f"\nn_layer={config.n_layer}, n_head={config.n_head}, n_embd={config.n_embd}, "
+          f"vocab={config.vocab_size}, B={args.batch}, T={args.seq}, float32, {GPT(config).num_params:,} "
+          f"parameters; {args.threads} threads; median of {rounds} interleaved rounds after a warm-up.\n")
+    medians, first_loss = time_rounds(runners, rounds, args.threads)
+    tokens = args.batch * args.seq
+    torch_step = medians.get(("transformers + torch", 1))
+    rows = []
+    for name in runners:
+        fb, step = medians[name, 0], medians[name, 1]
+        rows.append([name, f"{fb * 1e3:.0f}", f"{tokens / fb:.0f}", f"{step * 1e3:.0f}", f"{tokens / step:.0f}",
+                     f"{torch_step / step:.2f}" if torch_step else "-", f"{first_loss[name]:.6f}"])
+    print(markdown_table(["implementation", "fwd+bwd ms", "fwd+bwd tok/s", "train step ms", "train step tok/s",
+                          "speed vs torch (step)", "first loss"], rows))
+    if args.profile:
+        profile_step(runners, args.threads, args.top)
+
+
+if __name__ == "__main__":
+    main()
