@@ -33,6 +33,8 @@ import tempfile
 import threading
 import time
 
+import numpy as np
+
 __all__ = ["TrainConfig", "PRESETS", "add_arguments", "main", "train"]
 
 
@@ -233,6 +235,8 @@ def _encode_corpus(out, config, tokenizer, progress):
     from .data import document_ids, text_files, write_tokens
 
     files = text_files(config.data, config.corpus_bytes or None)
+    # A seeded shuffle, so the held-out tail is a random sample of the files, not the last ones by name.
+    files = [files[i] for i in np.random.default_rng(config.seed).permutation(len(files))]
     path = os.path.join(out, _TOKENS_FILE)
     started = time.perf_counter()
     texts = read_texts(tqdm(files, desc="encoding", unit=" files", disable=not progress, leave=False))
@@ -398,6 +402,10 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
         _print_config(run.config, out)
     else:
         config = make_config(preset, **overrides)
+        shape = [_flag(name) for name in _SHAPE_FIELDS if name in overrides]
+        if config.init and shape:
+            raise ValueError(f"{', '.join(shape)} cannot be combined with --init: the model's shape comes "
+                             "from the checkpoint it starts from")
         existing = find_checkpoint(out)
         if existing is not None:
             raise ValueError(f"--out {out!r} already holds a training checkpoint ({existing}); "
