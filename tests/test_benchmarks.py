@@ -47,7 +47,7 @@ def expected_backends():
 
 def test_attention_benchmark_prints_a_row_per_problem_and_pass(capsys, tmp_path):
     json_path = tmp_path / "results.json"
-    records = bench.main(["--sizes", "32", "--repeats", "1", "--json", str(json_path)])
+    records = bench.main(["--quick", "--sizes", "32", "--repeats", "1", "--json", str(json_path)])
     output = capsys.readouterr().out
     backends = expected_backends()
 
@@ -77,14 +77,14 @@ def test_attention_benchmark_prints_a_row_per_problem_and_pass(capsys, tmp_path)
 
 
 def test_decode_mode_times_one_query_forward_only(capsys):
-    bench.main(["--decode", "--sizes", "16", "40", "--repeats", "1", "--no-torch"])
+    bench.main(["--quick", "--decode", "--sizes", "16", "40", "--repeats", "1", "--no-torch"])
     headers, rows = next(iter(markdown_tables(capsys.readouterr().out).values()))
     assert [row[:4] for row in rows] == [["1", "16", "yes", "forward"], ["1", "40", "yes", "forward"]]
 
 
 def test_missing_kernel_is_reported_and_the_rest_still_runs(capsys, monkeypatch):
     monkeypatch.setattr(attention, "available_backends", lambda: ("numpy",))
-    bench.main(["--sizes", "16", "--causal", "no", "--repeats", "1", "--no-torch"])
+    bench.main(["--quick", "--sizes", "16", "--causal", "no", "--repeats", "1", "--no-torch"])
     output = capsys.readouterr().out
     assert "Cython kernel is not built" in output
     headers, rows = next(iter(markdown_tables(output).values()))
@@ -92,7 +92,7 @@ def test_missing_kernel_is_reported_and_the_rest_still_runs(capsys, monkeypatch)
 
 
 def test_thread_scaling_table_pairs_one_and_two_threads(capsys):
-    bench.main(["--thread-scaling", "--sizes", "16", "--causal", "yes", "--repeats", "1", "--no-torch"])
+    bench.main(["--quick", "--thread-scaling", "--sizes", "16", "--causal", "yes", "--repeats", "1", "--no-torch"])
     headers, rows = markdown_tables(capsys.readouterr().out)["Thread scaling"]
     assert headers[5:] == ["1 thread ms", "2 threads ms", "speed-up"]
     without_torch = [name for name in expected_backends() if name != "torch"]
@@ -144,7 +144,7 @@ def test_peak_rss_sees_c_malloc_and_resets_between_blocks():
 
 def test_without_a_resettable_peak_memory_the_tables_say_so(capsys, monkeypatch):
     monkeypatch.setattr(bench, "peak_rss_unsupported_reason", lambda: "no /proc here")
-    bench.main(["--sizes", "16", "--causal", "no", "--repeats", "1", "--no-torch"])
+    bench.main(["--quick", "--sizes", "16", "--causal", "no", "--repeats", "1", "--no-torch"])
     output = capsys.readouterr().out
     assert "Memory is not measured here: no /proc here." in output
     headings = list(markdown_tables(output))
@@ -154,5 +154,5 @@ def test_without_a_resettable_peak_memory_the_tables_say_so(capsys, monkeypatch)
 def test_plot_is_written_as_a_png(tmp_path):
     pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the plot extra)")
     path = tmp_path / "attention.png"
-    bench.main(["--sizes", "16", "32", "--repeats", "1", "--no-torch", "--plot", str(path)])
+    bench.main(["--quick", "--sizes", "16", "--causal", "no", "--repeats", "1", "--no-torch", "--plot", str(path)])
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
