@@ -5,10 +5,11 @@ on this machine at run time (site-packages and test directories left out): nothi
 downloaded. The tiny preset uses the first 3 MB of it (--corpus-bytes).
 
 A byte-level BPE is trained on the corpus (unless --tokenizer or --init brings one),
-the corpus is encoded once into OUT/tokens.npy (read memory-mapped), its last
---val-fraction is held out for validation, and the model trains on random windows with
-AdamW, linear warmup then cosine decay of the learning rate, and global-norm gradient
-clipping. A preset sets every option; any option given overrides it.
+the files, shuffled by --seed, are encoded once into OUT/tokens.npy (read
+memory-mapped), the last --val-fraction of the tokens is held out for validation, and
+the model trains on random windows with AdamW, linear warmup then cosine decay of the
+learning rate, and global-norm gradient clipping. A preset sets every option; any
+option given overrides it.
 
 OUT (--out, default runs/PRESET) receives
   checkpoint/   every --checkpoint-interval steps and at the end: the model in Hugging
@@ -55,7 +56,7 @@ class TrainConfig:
     vocab_size: int = _option(2048, "vocabulary size of the BPE trained on the corpus")
     init: str = _option(None, "fine-tune from this model: a numpyllm run or checkpoint directory, or "
                               "a Hugging Face GPT-2 directory (config.json + model.safetensors)", metavar="DIR")
-    val_fraction: float = _option(0.1, "fraction of the tokens (the last ones) held out for validation")
+    val_fraction: float = _option(0.1, "fraction of the tokens held out for validation")
     # model
     n_layer: int = _option(2, "transformer blocks")
     n_head: int = _option(4, "attention heads per block")
@@ -66,8 +67,8 @@ class TrainConfig:
                                              "when built)", choices=("auto", "numpy", "cython"))
     # optimisation
     batch_size: int = _option(16, "windows per step")
-    max_steps: int = _option(300, "optimizer steps in all")
-    lr: float = _option(2e-3, "peak learning rate")
+    max_steps: int = _option(400, "optimizer steps in all")
+    lr: float = _option(3e-3, "peak learning rate")
     min_lr: float = _option(None, "final learning rate of the cosine decay (default: --lr / 10)")
     warmup_steps: int = _option(20, "steps of linear warmup")
     weight_decay: float = _option(0.1, "AdamW decoupled weight decay (2-D weights only)")
@@ -147,7 +148,7 @@ def make_config(preset="tiny", **overrides):
 
 
 def add_arguments(parser):
-    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+    parser.add_argument("--preset", default="tiny", choices=list(PRESETS),
                         help="starting values of every option: tiny (about a minute on 2 cores), small, "
                              "gpt2 (the 124M shape) (default: tiny)")
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/PRESET)")
@@ -161,7 +162,7 @@ def add_arguments(parser):
     for field in dataclasses.fields(TrainConfig):
         kwargs = dict(field.metadata)
         kwargs.setdefault("type", types[field.type])
-        kwargs.setdefault("metavar", "N" if kwargs["type"] in (int, float) else None)
+        kwargs.setdefault("metavar", {int: "N", float: "X"}.get(kwargs["type"]))
         if "choices" in kwargs:
             kwargs.pop("metavar")
         preset_value = PRESETS["tiny"].__dict__[field.name]
@@ -388,7 +389,7 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
     from tqdm.auto import tqdm
 
     from .checkpoint import find_checkpoint
-    from .data import BatchSampler, load_tokens, split_tokens
+    from .data import BatchSampler, load_tokens, split_tokens, text_files
     from .evaluate import mean_loss
     from .optim import clip_grad_norm
     from .runlog import RunLog, plot_losses, read_log
@@ -410,6 +411,8 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
         if existing is not None:
             raise ValueError(f"--out {out!r} already holds a training checkpoint ({existing}); "
                              "pass --resume to continue it, or choose another --out")
+        if config.data:
+            text_files(config.data)  # a missing file fails now, before any output
         _print_config(config, out)
         run = _new_run(out, config, progress)
     config = run.config
@@ -462,8 +465,8 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
                 if run.step % config.eval_interval == 0 or run.step == config.max_steps:
                     row.update(validate())
                 log.write(**row)
-                bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_second:,.0f}", refresh=False)
+                bar.update(1)
                 if not progress and run.step % config.log_interval == 0:
                     print(f"step {run.step}/{config.max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
                           f"grad norm {grad_norm:.3f} | {tokens_per_second:,.0f} tok/s", flush=True)
