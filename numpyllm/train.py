@@ -173,8 +173,8 @@ def add_arguments(parser):
 def main(args):
     overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
                  if getattr(args, field.name) is not None}
-    if "data" in overrides:
-        overrides["data"] = tuple(overrides["data"])
+    if "data" in overrides:  # absolute, so a resume from another directory can re-read them
+        overrides["data"] = tuple(os.path.abspath(path) for path in overrides["data"])
     out = args.out or os.path.join("runs", args.preset)
     progress = not args.no_progress and sys.stderr.isatty()
     try:

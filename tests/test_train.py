@@ -19,9 +19,10 @@ from numpyllm.checkpoint import (
     read_trainer_state,
     save_checkpoint,
 )
+from numpyllm.model import param_shapes
 from numpyllm.runlog import read_log
 from numpyllm.schedule import lr_at
-from numpyllm.train import make_config, train
+from numpyllm.train import PRESETS, make_config, train
 
 from tiny_run import tiny_overrides, write_corpus
 
@@ -145,6 +146,18 @@ def test_init_fine_tunes_from_a_trained_checkpoint(tmp_path, corpus):
     assert _val_losses(tmp_path / "tuned")[0] == _val_losses(tmp_path / "base")[20]
     with pytest.raises(ValueError, match="--n-layer cannot be combined with --init"):
         train(tmp_path / "other", overrides={**fine_tune, "n_layer": 2})
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_presets_pass_the_config_checks(preset):
+    assert make_config(preset) == PRESETS[preset]
+
+
+def test_gpt2_preset_is_the_124m_shape():
+    config = PRESETS["gpt2"]
+    shape = GPTConfig(vocab_size=config.vocab_size, block_size=config.block_size, n_layer=config.n_layer,
+                      n_head=config.n_head, n_embd=config.n_embd)
+    assert sum(math.prod(size) for _, size in param_shapes(shape)) == 124_439_808  # GPT-2 small, tied head
 
 
 def test_bad_settings_and_run_directories_are_named(tmp_path, corpus):
