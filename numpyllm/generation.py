@@ -127,8 +127,16 @@ class Decoder:
 # --------------------------------------------------------------------------- validation
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+def _check_int(value, name, minimum, optional=False):
+    """An int >= minimum (or None when optional), else TypeError/ValueError naming ``name``."""
+    expected = f">= {minimum}" + (" or None" if optional else "")
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int {expected}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {expected}, got {value}")
+    return int(value)
 
 
 def _check_sampling(temperature, top_k, top_p):
@@ -137,12 +145,7 @@ def _check_sampling(temperature, top_k, top_p):
         raise TypeError(f"temperature must be a real number >= 0, got {type(temperature).__name__}")
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None:
-        if not _is_int(top_k):
-            raise TypeError(f"top_k must be an int >= 1 or None, got {type(top_k).__name__}")
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-        top_k = int(top_k)
+    top_k = _check_int(top_k, "top_k", 1, optional=True)
     if top_p is not None:
         if isinstance(top_p, (bool, np.bool_)) or not isinstance(top_p, numbers.Real):
             raise TypeError(f"top_p must be a real number in (0, 1] or None, got {type(top_p).__name__}")
@@ -171,15 +174,8 @@ def _check_generate_args(model, idx, max_new_tokens, seed, stop_tokens):
         raise ValueError(f"idx must be 2-D (B, T): a batch of equal-length prompts, got shape {idx.shape}")
     if idx.shape[0] < 1 or idx.shape[1] < 1:
         raise ValueError(f"idx must hold at least one prompt of at least one token, got shape {idx.shape}")
-    if not _is_int(max_new_tokens):
-        raise TypeError(f"max_new_tokens must be an int >= 0, got {type(max_new_tokens).__name__}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if seed is not None:
-        if not _is_int(seed):
-            raise TypeError(f"seed must be an int >= 0 or None, got {type(seed).__name__}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0 or None, got {seed}")
+    _check_int(max_new_tokens, "max_new_tokens", 0)
+    _check_int(seed, "seed", 0, optional=True)
     if stop_tokens is not None:
         stop_tokens = _check_ids(np.atleast_1d(stop_tokens), "stop_tokens", vocab_size).ravel()
         if stop_tokens.size == 0:
@@ -354,10 +350,8 @@ def main(args):
 
     # check what needs no files first, so a typo fails before a large model loads
     _check_sampling(args.temperature, args.top_k, args.top_p)
-    if args.max_new_tokens < 0:
-        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if args.seed is not None and args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    _check_int(args.max_new_tokens, "--max-new-tokens", 0)
+    _check_int(args.seed, "--seed", 0, optional=True)
     if not args.prompt:
         raise ValueError("--prompt must not be empty: the model needs at least one token to continue")
 
@@ -387,7 +381,7 @@ def main(args):
     if args.verbose:
         print(f"loaded {args.model} in {loaded - start:.2f} s; prompt: {len(prompt)} tokens", file=sys.stderr)
         if n_new:
-            rate = f"{(n_new - 1) / (done - first):.1f} tokens/s after the first" if n_new > 1 else ""
-            print(f"generated {n_new} tokens in {done - loaded:.2f} s "
-                  f"(prefill + first token {first - loaded:.3f} s; {rate})", file=sys.stderr)
+            rate = f", then {(n_new - 1) / (done - first):.1f} tokens/s" if n_new > 1 else ""
+            print(f"generated {n_new} tokens in {done - loaded:.2f} s: the first after "
+                  f"{first - loaded:.3f} s (prefill){rate}", file=sys.stderr)
     return 0
