@@ -144,6 +144,24 @@ def profile_step(runners, threads, top):
     print(markdown_table(["function", "calls", "own ms", "own %", "cumulative ms"], table))
 
 
+def openblas_kernel_note():
+    """A hint when NumPy's OpenBLAS runs AVX2 ("Haswell") kernels on a CPU with AVX-512 (e.g. AMD
+    Zen 4, which OpenBLAS 0.3.31 does not recognise), else None. Matrix products are most of a step."""
+    from threadpoolctl import threadpool_info
+
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            has_avx512 = " avx512f " in next(line for line in cpuinfo if line.startswith("flags")) + " "
+    except (OSError, StopIteration):
+        return None
+    numpy_blas = [pool for pool in threadpool_info() if pool.get("internal_api") == "openblas"
+                  and "numpy" in pool["filepath"]]
+    if has_avx512 and numpy_blas and numpy_blas[0].get("architecture") == "Haswell":
+        return ("NumPy's OpenBLAS uses its Haswell (AVX2) kernels on this AVX-512 CPU; "
+                "OPENBLAS_CORETYPE=SkylakeX in the environment selects the AVX-512 ones")
+    return None
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m benchmarks.model", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,6 +190,7 @@ def main(argv=None):
     idx = rng.integers(0, config.vocab_size, (args.batch, args.seq))
     targets = rng.integers(0, config.vocab_size, (args.batch, args.seq))
     runners, notes = make_runners(args, config, idx, targets)
+    notes += [note for note in [openblas_kernel_note()] if note]
     try:
         import torch
 
