@@ -358,6 +358,9 @@ def main(args):
     start = time.perf_counter()
     model = GPT.from_pretrained(args.model)
     tokenizer = BPETokenizer.from_pretrained(args.model)
+    if model.config.vocab_size > tokenizer.vocab_size:
+        raise ValueError(f"the model in {args.model} has vocab_size {model.config.vocab_size} but its tokenizer "
+                         f"only {tokenizer.vocab_size} ids: sampled ids could not be decoded")
     prompt = tokenizer.encode(args.prompt, allowed_special="all")
     loaded = time.perf_counter()
 

@@ -274,7 +274,7 @@ def test_cli_bad_input_is_one_line(model_dir, capsys, extra, message):
     assert re.search(message, err)
 
 
-def test_cli_missing_model_and_out_of_vocabulary_prompt(model_dir, tmp_path, capsys):
+def test_cli_missing_model_and_vocabulary_mismatches(model_dir, tmp_path, capsys):
     status, out, err = run_cli(capsys, "--model", str(tmp_path / "nowhere"), "--prompt", "hi")
     assert status == 2 and out == "" and err.count("\n") == 1 and "does not exist" in err
     small = tmp_path / "small"  # a model whose vocabulary is smaller than its tokenizer's
@@ -283,4 +283,10 @@ def test_cli_missing_model_and_out_of_vocabulary_prompt(model_dir, tmp_path, cap
     status, out, err = run_cli(capsys, "--model", str(small), "--prompt", "AB~")  # "~" is byte 126
     assert status == 2 and out == "" and err.count("\n") == 1
     assert "idx has token id 126, outside the vocabulary [0, 100)" in err
+    large = tmp_path / "large"  # a model that could sample ids its tokenizer cannot decode
+    random_model(dtype="float32", vocab_size=300).save_pretrained(large)
+    byte_tokenizer().save(large)
+    status, out, err = run_cli(capsys, "--model", str(large), "--prompt", "hi")
+    assert status == 2 and out == "" and err.count("\n") == 1
+    assert "has vocab_size 300 but its tokenizer only 257 ids" in err
 
