@@ -136,10 +136,15 @@ def check_config(config):
 
 
 def make_config(preset="tiny", **overrides):
-    """The preset's TrainConfig with ``overrides`` (field=value) applied, checked."""
+    """The preset's TrainConfig with ``overrides`` (field=value) applied, checked.
+
+    The preset's warmup is cut to max_steps unless warmup_steps is overridden too.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     config = dataclasses.replace(PRESETS[preset], **overrides)
+    if "warmup_steps" not in overrides:  # a short run given by --max-steps alone still works
+        config = dataclasses.replace(config, warmup_steps=min(config.warmup_steps, config.max_steps))
     check_config(config)
     return config
 

@@ -165,6 +165,9 @@ def test_bad_settings_and_run_directories_are_named(tmp_path, corpus):
         make_config("huge")
     with pytest.raises(ValueError, match="--lr must be > 0, got -1.0"):
         make_config(lr=-1.0)
+    assert make_config(max_steps=5).warmup_steps == 5
+    with pytest.raises(ValueError, match="--warmup-steps \\(6\\) must be <= --max-steps \\(5\\)"):
+        make_config(max_steps=5, warmup_steps=6)
     with pytest.raises(ValueError, match="--n-embd \\(15\\) must be a multiple of --n-head \\(4\\)"):
         make_config(n_embd=15)
     with pytest.raises(FileNotFoundError, match="no training checkpoint"):
