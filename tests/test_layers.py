@@ -3,7 +3,7 @@ match their definitions; float32 inputs stay float32."""
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scipy.special import log_softmax, ndtr
 
