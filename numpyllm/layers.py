@@ -154,37 +154,26 @@ def gelu_forward(x):
 
     x: any shape -> y: same shape. Saves x and tanh(u).
     """
-    u = x * x
-    u *= _GELU_CUBIC
-    u += 1.0
-    u *= x
-    u *= _GELU_SCALE  # u = sqrt(2/π) · x · (1 + 0.044715 x²)
+    u = _GELU_SCALE * (x + _GELU_CUBIC * x * x * x)
     tanh_u = np.tanh(u, out=u)
-    y = 1.0 + tanh_u
-    y *= x
-    y *= 0.5
+    y = 0.5 * x * (1.0 + tanh_u)
     return y, (x, tanh_u)
 
 
 def gelu_backward(dy, cache):
-    """Derivative of exactly the tanh form above (not of the erf GELU):
+    """Derivative of exactly the tanh form above (not of the erf GELU), with tanh' = 1 - tanh²:
 
-        dy/dx = (1 + tanh u) / 2 + x · (1 - tanh² u) · sqrt(2/π) · (1 + 3 · 0.044715 x²) / 2
+        du/dx = sqrt(2/π) · (1 + 3 · 0.044715 x²)
+        dx = dy · [(1 + tanh u) + x · (1 - tanh² u) · du/dx] / 2
 
     dy: any shape -> dx: same shape.
     """
     x, tanh_u = cache
-    du_dx = x * x
-    du_dx *= 3.0 * _GELU_CUBIC
-    du_dx += 1.0
-    du_dx *= _GELU_SCALE  # du/dx = sqrt(2/π) · (1 + 3 · 0.044715 x²)
-    sech2 = 1.0 - tanh_u * tanh_u  # tanh' = 1 - tanh²
-    local = du_dx
-    local *= sech2
-    local *= x
-    local += 1.0 + tanh_u
-    local *= 0.5
-    return dy * local
+    du_dx = _GELU_SCALE * (1.0 + 3.0 * _GELU_CUBIC * x * x)
+    dx = x * (1.0 - tanh_u * tanh_u) * du_dx
+    dx += 1.0 + tanh_u
+    dx *= 0.5 * dy
+    return dx
 
 
 # --------------------------------------------------------------------------- cross-entropy
