@@ -2,28 +2,30 @@
 
     python -m benchmarks.generate                 # 6 layers, 6 heads, 384 wide, vocab 4096, block 128
     python -m benchmarks.generate --threads 1     # BLAS / torch threads (default 2)
-    python -m benchmarks.generate --quick         # 2 layers, 3 repeats
+    python -m benchmarks.generate --quick         # 2 layers, 3 rounds
 
 Both generate greedily (temperature 0 / do_sample=False) ``--new-tokens`` tokens from the
 same random ``--prompt-tokens``-token prompt with the same float32 weights (numpyllm's
 initialisation, handed to transformers through ``save_pretrained``). Each row is the
-median over repeats of one whole ``generate`` call (prefill included) in the same run;
-tokens/s = new tokens / that median. The numpyllm rows differ only in the attention
-backend: "auto" (the default: the compiled kernel for the prefill when built, the NumPy
-reference for single-position steps, which measured faster there), all-"numpy", and
-all-"cython". The last column says whether a row's tokens equal the first row's.
+median over interleaved rounds of one whole ``generate`` call (prefill included) in the
+same run; tokens/s = new tokens / that median. The numpyllm rows differ only in the attention
+backend: "auto" (the default: the NumPy reference for calls with few scores, i.e. every
+step here and this short prompt, see ``numpyllm.generation.Decoder``; the compiled
+kernel for larger ones), all-"numpy", and all-"cython". The last column says whether a row's tokens equal the first row's.
 """
 
 import argparse
 import contextlib
+import statistics
 import sys
 import tempfile
+import time
 
 import numpy as np
 
 from numpyllm import GPT, GPTConfig, attention
 
-from ._timing import format_machine, machine_info, markdown_table, measure
+from ._timing import format_machine, machine_info, markdown_table
 
 FULL = dict(vocab_size=4096, block_size=128, n_layer=6, n_head=6, n_embd=384)
 QUICK = dict(FULL, n_layer=2)
@@ -32,7 +34,7 @@ QUICK = dict(FULL, n_layer=2)
 def numpyllm_runner(model, backend, prompt, new_tokens):
     """A greedy numpyllm generate with the given attention backend (the model is shared)."""
 
-    def run(_):
+    def run():
         model.attention_backend = backend
         return model.generate(prompt, new_tokens, temperature=0)
 
@@ -46,11 +48,13 @@ def transformers_runner(directory, prompt, new_tokens):
         import transformers
     except ImportError:
         return None
+    transformers.logging.set_verbosity_error()  # its note on GPT-2's default bos/eos ids, not ours to fix
+    transformers.logging.disable_progress_bar()
     model = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
     ids = torch.from_numpy(prompt)
     mask = torch.ones_like(ids)
 
-    def run(_):
+    def run():
         with torch.no_grad():
             out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                  do_sample=False, pad_token_id=0)
@@ -59,33 +63,40 @@ def transformers_runner(directory, prompt, new_tokens):
     return run
 
 
-def run_benchmark(config, prompt_tokens, new_tokens, repeats):
-    """[(name, Timing, tokens)] for each implementation, measured one after the other."""
+def run_benchmark(config, prompt_tokens, new_tokens, rounds):
+    """[(name, median seconds per generate call, tokens)] for each implementation.
+
+    The rows are timed in interleaved rounds (each row once per round, after one warm-up
+    round), so a change in the machine's load between rounds hits every row alike.
+    """
     model = GPT(config, seed=0)
     prompt = np.random.default_rng(0).integers(0, config.vocab_size, size=(1, prompt_tokens))
-    runners = []
-    backends = ["auto", "numpy"] + (["cython"] if "cython" in attention.available_backends() else [])
-    for backend in backends:
-        runners.append((f"numpyllm (attention {backend})", numpyllm_runner(model, backend, prompt, new_tokens)))
+    runners = {}
+    for backend in ["auto", "numpy"] + (["cython"] if "cython" in attention.available_backends() else []):
+        runners[f"numpyllm (attention {backend})"] = numpyllm_runner(model, backend, prompt, new_tokens)
     with tempfile.TemporaryDirectory() as directory:
         model.save_pretrained(directory)
         hf = transformers_runner(directory, prompt, new_tokens)
     if hf is not None:
-        runners.append(("transformers GPT2LMHeadModel", hf))
-    results = []
-    for name, run in runners:
-        timing, tokens = measure(run, repeats=repeats)
-        results.append((name, timing, tokens))
-    return results
+        runners["transformers GPT2LMHeadModel"] = hf
+    seconds = {name: [] for name in runners}
+    tokens = {}
+    for round_index in range(rounds + 1):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            tokens[name] = run()
+            if round_index > 0:
+                seconds[name].append(time.perf_counter() - start)
+    return [(name, statistics.median(seconds[name]), tokens[name]) for name in runners]
 
 
 def format_results(results, new_tokens):
-    reference_seconds = next((t.median for name, t, _ in results if name.startswith("transformers")), None)
+    reference_seconds = next((seconds for name, seconds, _ in results if name.startswith("transformers")), None)
     first_tokens = results[0][2]
     rows = []
-    for name, timing, tokens in results:
-        speedup = f"{reference_seconds / timing.median:.2f}×" if reference_seconds else "n/a"
-        rows.append([name, f"{new_tokens / timing.median:.0f}", f"{1e3 * timing.median / new_tokens:.2f}",
+    for name, seconds, tokens in results:
+        speedup = f"{reference_seconds / seconds:.2f}×" if reference_seconds else "n/a"
+        rows.append([name, f"{new_tokens / seconds:.0f}", f"{1e3 * seconds / new_tokens:.2f}",
                      speedup, "yes" if np.array_equal(tokens, first_tokens) else "NO"])
     return markdown_table(["implementation", "tokens/s", "ms/token", "vs transformers", "same tokens"], rows)
 
@@ -116,22 +127,22 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="BLAS, OpenMP and torch threads (default 2)")
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="2 layers, 3 repeats")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (default 7)")
+    parser.add_argument("--quick", action="store_true", help="2 layers, 3 rounds")
     args = parser.parse_args(argv)
     config = GPTConfig(**(QUICK if args.quick else FULL))
-    repeats = 3 if args.quick else args.repeats
+    rounds = 3 if args.quick else args.rounds
     if args.prompt_tokens + args.new_tokens > config.block_size:
         parser.error(f"--prompt-tokens + --new-tokens must be <= block_size {config.block_size} "
                      "(transformers cannot generate past it)")
 
     with limited_threads(args.threads):
-        results = run_benchmark(config, args.prompt_tokens, args.new_tokens, repeats)
+        results = run_benchmark(config, args.prompt_tokens, args.new_tokens, rounds)
         info = machine_info(packages=("numpy", "torch", "transformers"))
     print(f"## Greedy generation: {args.new_tokens} new tokens from a {args.prompt_tokens}-token prompt\n")
     print(f"Model: {config.n_layer} layers, {config.n_head} heads, n_embd {config.n_embd}, "
           f"vocab {config.vocab_size}, block {config.block_size}, float32; {args.threads} threads; "
-          f"median of {repeats} generate calls (prefill included).\n")
+          f"median of {rounds} interleaved rounds of one generate call each (prefill included).\n")
     print(format_results(results, args.new_tokens))
     print()
     print(format_machine(info))

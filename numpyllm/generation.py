@@ -57,6 +57,24 @@ class KVCache:
         return self.keys.shape[3]
 
 
+SMALL_SCORES = 1 << 16  # 256 KiB of float32 scores: "auto" attention uses the reference up to this
+
+
+_blas = []  # [threadpoolctl.ThreadpoolController or None], built on first use
+
+
+def _blas_controller():
+    """A threadpoolctl controller of the loaded BLAS libraries, or None without threadpoolctl."""
+    if not _blas:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas.append(None)
+        else:
+            _blas.append(ThreadpoolController())
+    return _blas[0]
+
+
 def _layer_params(model):
     """Per block, the tensors in the order the cached forward uses them (looked up once)."""
     names = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
@@ -74,9 +92,11 @@ class Decoder:
     ``model(all ids so far)[:, -1]`` up to rounding. Inputs are trusted (``generate``
     validates them). The positions may not exceed ``capacity`` <= block_size.
 
-    attention_backend: for multi-position calls (the prefill) the model's; for single
-    positions "auto" becomes "numpy", which measures several times faster than the
-    compiled kernel there (its per-call set-up outweighs a 1 × T product).
+    Attention uses the model's backend, except that "auto" picks the NumPy reference
+    for calls with at most SMALL_SCORES (query, key) scores (B·H·T_new·T): every
+    decoding step and short prompts. There the reference costs tens of microseconds
+    on one thread, while each kernel call starts its OpenMP team and pins BLAS, which
+    measured 60 µs to 12 ms per call on a busy 2-core machine.
     """
 
     def __init__(self, model, batch_size, capacity):
@@ -86,23 +106,32 @@ class Decoder:
         self.model = model
         self.cache = KVCache(config, batch_size, capacity)
         self._layers = _layer_params(model)
-        self._prefill_backend = model.attention_backend
-        self._step_backend = "numpy" if model.attention_backend == "auto" else model.attention_backend
+        self._n_heads = batch_size * config.n_head  # B·H
 
     def prefill(self, idx):
         self.cache.length = 0
-        return self._forward(idx, self._prefill_backend)
+        return self._forward(idx)
 
     def step(self, idx):
-        return self._forward(idx, self._step_backend if idx.shape[1] == 1 else self._prefill_backend)
+        blas = _blas_controller()
+        if idx.size > 1 or blas is None:
+            return self._forward(idx)
+        # One row times each weight matrix streams the weights from memory; a second BLAS
+        # thread barely helps there, and on a busy machine a descheduled worker stalls
+        # every product (measured: 100-460 tokens/s with 2 threads, 420 with 1).
+        with blas.limit(limits=1, user_api="blas"):
+            return self._forward(idx)
 
-    def _forward(self, idx, backend):
+    def _forward(self, idx):
         """idx (B, T_new) at positions [length, length + T_new) -> logits (B, V) of the last one."""
         p, cache, n_head = self.model.params, self.cache, self.model.config.n_head
         start = cache.length
         end = start + idx.shape[1]
         if end > cache.capacity:
             raise ValueError(f"the cache holds {cache.capacity} positions; {end} were asked for")
+        backend = self.model.attention_backend
+        if backend == "auto" and self._n_heads * idx.shape[1] * end <= SMALL_SCORES:
+            backend = "numpy"
         x, _ = embedding_forward(idx, p["wte.weight"], p["wpe.weight"][start:])  # (B, T_new, C)
         for layer, (ln_1_w, ln_1_b, attn_w, attn_b, attn_proj_w, attn_proj_b,
                     ln_2_w, ln_2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b) in enumerate(self._layers):
@@ -111,8 +140,10 @@ class Decoder:
             keys, values = cache.keys[layer], cache.values[layer]  # (B, H, capacity, hd)
             keys[:, :, start:end] = k
             values[:, :, start:end] = v
-            # bottom-right causal: new position i sees every cached key and new keys up to i
-            o, _ = attention.forward(q, keys[:, :, :end], values[:, :, :end], causal=True, backend=backend)
+            # bottom-right causal: new position i sees every cached key and new keys up to i;
+            # a single new position sees every key, so it needs no mask (saves building one)
+            o, _ = attention.forward(q, keys[:, :, :end], values[:, :, :end], causal=idx.shape[1] > 1,
+                                     backend=backend)
             h, _ = linear_forward(merge_heads(o), attn_proj_w, attn_proj_b)  # (B, T_new, C)
             x += h
             h, _ = layernorm_forward(x, ln_2_w, ln_2_b)
