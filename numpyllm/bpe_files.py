@@ -13,9 +13,9 @@ In memory a token is ``bytes``. Depends only on the standard library.
 """
 
 import json
-import os
 import pathlib
-import tempfile
+
+from .fileio import atomic_write
 
 __all__ = ["byte_to_unicode", "read_gpt2_files", "write_gpt2_files"]
 
@@ -157,18 +157,7 @@ def write_gpt2_files(directory, vocab, merges, special_tokens):
     lines = [MERGES_HEADER] + [f"{_token_to_text(left)} {_token_to_text(right)}" for left, right in merges]
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomic(directory / VOCAB_FILE, json.dumps(entries, ensure_ascii=False, indent=0) + "\n")
-    _write_atomic(directory / MERGES_FILE, "\n".join(lines) + "\n")
-
-
-def _write_atomic(path, text):
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    handle, temp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-        os.chmod(temp_path, 0o644)  # mkstemp creates 0600; tokenizer files are meant to be shared
-        os.replace(temp_path, path)
-    except BaseException:
-        os.unlink(temp_path)
-        raise
+    with atomic_write(directory / VOCAB_FILE, "w") as f:
+        f.write(json.dumps(entries, ensure_ascii=False, indent=0) + "\n")
+    with atomic_write(directory / MERGES_FILE, "w") as f:
+        f.write("\n".join(lines) + "\n")

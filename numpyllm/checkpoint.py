@@ -25,7 +25,8 @@ import json
 import os
 import shutil
 
-from .hub import CONFIG_NAME, atomic_write
+from .fileio import atomic_write
+from .hub import CONFIG_NAME
 
 __all__ = [
     "CHECKPOINT_DIR",

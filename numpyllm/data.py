@@ -22,7 +22,7 @@ import tempfile
 import numpy as np
 
 from .corpus import stdlib_corpus_files
-from .hub import atomic_write
+from .fileio import atomic_write
 
 __all__ = [
     "SEPARATOR_TOKEN",

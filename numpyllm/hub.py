@@ -1,4 +1,4 @@
-"""Checkpoints in the Hugging Face GPT-2 directory format, and atomic file writes.
+"""Checkpoints in the Hugging Face GPT-2 directory format.
 
 A checkpoint directory holds
 
@@ -19,17 +19,16 @@ the old non-parameter attention-mask buffers "h.<i>.attn.bias"/"h.<i>.attn.maske
 read pytorch_model.bin. The expected tensors come from ``numpyllm.model.param_shapes``.
 """
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 
 import numpy as np
 
+from .fileio import atomic_write
 from .model import GPTConfig, param_shapes
 
-__all__ = ["read_checkpoint", "write_checkpoint", "atomic_write", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["read_checkpoint", "write_checkpoint", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -39,42 +38,6 @@ TORCH_WEIGHTS_NAME = "pytorch_model.bin"
 _PREFIX = "transformer."
 _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # causal-mask buffers, not parameters
 _FLOAT_DTYPES = ("float32", "float64")
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-@contextlib.contextmanager
-def atomic_write(path, mode="wb"):
-    """Open a temporary file next to ``path``; on success it replaces ``path`` in one rename.
-
-    Readers see the old file or the new one, never half a file: the content goes to a
-    temp file in the same directory, is flushed and fsynced, then ``os.replace`` moves it
-    into place. On any exception the temp file is removed and ``path`` is untouched.
-    ``mode`` is "wb" (bytes) or "w" (UTF-8 text).
-    """
-    if mode not in ("wb", "w"):
-        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, encoding="utf-8" if mode == "w" else None) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes it 0600; give a normal file's mode
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_path)
-        raise
-
-
-def _current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # --------------------------------------------------------------------------- config.json

@@ -22,7 +22,7 @@ import numbers
 
 import numpy as np
 
-from .hub import atomic_write
+from .fileio import atomic_write
 
 __all__ = ["AdamW", "clip_grad_norm"]
 

@@ -19,7 +19,7 @@ import csv
 import math
 import os
 
-from .hub import atomic_write
+from .fileio import atomic_write
 
 __all__ = ["COLUMNS", "RunLog", "read_log", "plot_losses"]
 

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from numpyllm import hub
+from numpyllm.fileio import atomic_write
 from numpyllm.model import GPT, GPTConfig, param_shapes
 
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
@@ -115,10 +116,10 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tiny_checkpoint, monkey
 
 def test_atomic_write_replaces_the_whole_file(tmp_path):
     path = tmp_path / "notes.txt"
-    with hub.atomic_write(path, "w") as f:
+    with atomic_write(path, "w") as f:
         f.write("first\n")
     with pytest.raises(RuntimeError):
-        with hub.atomic_write(path, "w") as f:
+        with atomic_write(path, "w") as f:
             f.write("half of the sec")
             raise RuntimeError("interrupted")
     assert path.read_text() == "first\n"
