@@ -171,6 +171,19 @@ cdef inline int visible_keys(bint causal, Py_ssize_t row, Py_ssize_t offset,
     return <int> n
 
 
+cdef inline int mask_row(floating* row, bint causal, Py_ssize_t query, Py_ssize_t offset,
+                         Py_ssize_t col0, int n_cols) noexcept nogil:
+    """Set the entries of a score row that `query` may not see to 0 (probability 0).
+
+    Returns how many leading entries it does see; only those get exponentiated.
+    """
+    cdef int n_vis = visible_keys(causal, query, offset, col0, n_cols)
+    cdef int j
+    for j in range(n_vis, n_cols):
+        row[j] = 0
+    return n_vis
+
+
 # --------------------------------------------------------------------------- forward
 
 
@@ -205,9 +218,7 @@ cdef void forward_query_block(
              <floating> 0, scores, BLOCK_K)
         for i in range(n_rows):
             s_row = scores + i * BLOCK_K
-            n_vis = visible_keys(causal, row0 + i, offset, col0, n_cols)
-            for j in range(n_vis, n_cols):
-                s_row[j] = 0  # masked: probability 0
+            n_vis = mask_row(s_row, causal, row0 + i, offset, col0, n_cols)
             if n_vis == 0:
                 continue
             m_blk = row_max(s_row, n_vis)
@@ -292,10 +303,8 @@ cdef void backward_head(
                  <floating> 0, probs, BLOCK_K)
             for i in range(n_rows):
                 p_row = probs + i * BLOCK_K
-                n_vis = visible_keys(causal, row0 + i, offset, col0, n_cols)
+                n_vis = mask_row(p_row, causal, row0 + i, offset, col0, n_cols)
                 exp_shift(p_row, n_vis, lse[row0 + i])
-                for j in range(n_vis, n_cols):
-                    p_row[j] = 0
             # dV_j += Pᵀ dO_i
             gemm(True, False, n_cols, d, n_rows, <floating> 1, probs, BLOCK_K,
                  dout + row0 * d, d, <floating> 1, dv + col0 * d, d)
