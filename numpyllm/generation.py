@@ -60,21 +60,6 @@ class KVCache:
 
 SMALL_SCORES = 1 << 16  # 256 KiB of float32 scores: "auto" attention uses the reference up to this
 
-_blas = []  # [threadpoolctl.ThreadpoolController or None], built on first use
-
-
-def _blas_controller():
-    """A threadpoolctl controller of the loaded BLAS libraries, or None without threadpoolctl."""
-    if not _blas:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            _blas.append(None)
-        else:
-            _blas.append(ThreadpoolController())
-    return _blas[0]
-
-
 def _layer_params(model):
     """Per block, the tensors in the order the cached forward uses them (looked up once)."""
     names = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
@@ -91,6 +76,12 @@ class Decoder:
     Both return the logits of the last position, (B, vocab_size), equal to
     ``model(all ids so far)[:, -1]`` up to rounding. Inputs are trusted (``generate``
     validates them). The positions may not exceed ``capacity`` <= block_size.
+
+    A step multiplies one row per sequence by every weight matrix, so it is bound by
+    reading the weights from memory; BLAS uses the threads the caller set (on an idle
+    2-core machine two threads measured ~1.2× faster than one; on a busy one, where a
+    descheduled worker stalls every product, ~4× slower: set OPENBLAS_NUM_THREADS=1 or
+    use threadpoolctl there).
 
     Attention uses the model's backend, except that "auto" picks the NumPy reference
     for calls with at most SMALL_SCORES (query, key) scores (B·H·T_new·T): every
@@ -110,20 +101,9 @@ class Decoder:
 
     def prefill(self, idx):
         self.cache.length = 0
-        return self._forward(idx)
+        return self.step(idx)
 
     def step(self, idx):
-        blas = _blas_controller()
-        if idx.size > 1 or blas is None:
-            return self._forward(idx)
-        # One row times each weight matrix streams the weights from memory; a second BLAS
-        # thread barely helps there, and on a busy machine a descheduled worker stalls
-        # every product (measured on a loaded 2-core machine, interleaved: median 377
-        # tokens/s with one thread, 100 with two).
-        with blas.limit(limits=1, user_api="blas"):
-            return self._forward(idx)
-
-    def _forward(self, idx):
         """idx (B, T_new) at positions [length, length + T_new) -> logits (B, V) of the last one."""
         p, cache, n_head = self.model.params, self.cache, self.model.config.n_head
         start = cache.length
