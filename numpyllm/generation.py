@@ -23,6 +23,7 @@ Depends on NumPy only; the command line loads the checkpoint via ``numpyllm.hub`
 import codecs
 import math
 import numbers
+import os
 import sys
 import time
 
@@ -356,6 +357,22 @@ def add_arguments(parser):
     parser.add_argument("--verbose", action="store_true", help="report timings (tokens/s) on stderr")
 
 
+def _stream(out, text, prompt, tokens):
+    """Write the prompt, then each token's text as it comes, then a newline, flushing each
+    piece. Returns (number of new tokens, perf_counter time of the first one or None)."""
+    out.write(text.push(prompt))
+    out.flush()
+    n_new, first = 0, None
+    for column in tokens:
+        first = first or time.perf_counter()
+        n_new += 1
+        out.write(text.push(column))
+        out.flush()
+    out.write(text.finish() + "\n")
+    out.flush()
+    return n_new, first
+
+
 def main(args):
     from .model import GPT
     from .tokenizer import BPETokenizer
@@ -376,21 +393,13 @@ def main(args):
     prompt = tokenizer.encode(args.prompt, allowed_special="all")
     loaded = time.perf_counter()
 
-    text = StreamDecoder(tokenizer)
     tokens = iter_tokens(model, np.array([prompt]), args.max_new_tokens, args.temperature, args.top_k,
                          args.top_p, args.seed)
-    out = sys.stdout
-    out.write(text.push(prompt))
-    out.flush()
-    n_new = 0
-    for column in tokens:
-        if n_new == 0:
-            first = time.perf_counter()
-        n_new += 1
-        out.write(text.push(column))
-        out.flush()
-    out.write(text.finish() + "\n")
-    out.flush()
+    try:
+        n_new, first = _stream(sys.stdout, StreamDecoder(tokenizer), prompt, tokens)
+    except BrokenPipeError:  # the reader stopped reading (e.g. `| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush is silent
+        return 0
     done = time.perf_counter()
 
     if args.verbose:

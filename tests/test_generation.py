@@ -3,6 +3,7 @@ samplers draw only allowed tokens with the renormalised probabilities, streaming
 equals decode(all ids), and the command line streams text or prints one error line."""
 
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -269,6 +270,23 @@ def test_cli_streams_the_prompt_and_exactly_the_generated_text(model_dir, capsys
     assert run_cli(capsys, *args)[1] == out  # same seed, same text
     status, _, err = run_cli(capsys, *args, "--verbose")
     assert "tokens/s" in err
+
+
+def test_cli_stops_quietly_when_the_reader_closes_the_pipe(model_dir, tmp_path, capsys, monkeypatch):
+    class ClosedPipe:  # what `| head` leaves behind once head exits
+        def __init__(self, fd):
+            self.fd = fd
+
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            return self.fd
+
+    with open(tmp_path / "stdout", "w") as stand_in:
+        monkeypatch.setattr(sys, "stdout", ClosedPipe(stand_in.fileno()))
+        status = cli(["generate", "--model", str(model_dir), "--prompt", "hi"])
+    assert status == 0 and capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("extra, message", [
