@@ -319,3 +319,19 @@ def test_cli_missing_model_and_vocabulary_mismatches(model_dir, tmp_path, capsys
     assert status == 2 and out == "" and err.count("\n") == 1
     assert "has vocab_size 300 but its tokenizer only 257 ids" in err
 
+
+
+# --------------------------------------------------------------------------- benchmark smoke test
+
+
+def test_generate_benchmark_prints_its_table_and_every_row_agrees(capsys):
+    from benchmarks import generate as bench
+
+    assert bench.main(["--quick", "--prompt-tokens", "4", "--new-tokens", "3"]) == 0
+    rows = [line.strip("|").split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    header, body = rows[0], rows[2:]
+    assert [cell.strip() for cell in header] == ["implementation", "tokens/s", "ms/token", "vs transformers",
+                                                 "same tokens"]
+    names = [row[0].strip() for row in body]
+    assert names[:2] == ["numpyllm (attention auto)", "numpyllm (attention numpy)"]
+    assert all(row[-1].strip() == "yes" for row in body)  # every implementation generated the same tokens
