@@ -350,12 +350,19 @@ cdef void backward_all(
 # --------------------------------------------------------------------------- Python entry points
 
 
-def _threads(int num_threads, Py_ssize_t n_tasks):
-    """Threads to use: the request (0 = OpenMP's default), at most one per task."""
+# Multiply-adds below which one more thread costs more than it saves: waking an OpenMP
+# team takes microseconds, and its threads then spin for a while, competing on a small
+# machine with NumPy's own BLAS threads (a decoding step is 1 × Nk per head).
+MIN_WORK_PER_THREAD = 1 << 20
+
+
+def _threads(int num_threads, Py_ssize_t n_tasks, double work):
+    """Threads to use: at most the request (0 = OpenMP's default), one per task, and
+    one per MIN_WORK_PER_THREAD multiply-adds of work."""
     cdef int n = num_threads if num_threads > 0 else omp_get_max_threads()
     if not NUMPYLLM_OPENMP:
         n = 1
-    return int(max(1, min(n, n_tasks)))
+    return int(max(1, min(n, n_tasks, work // MIN_WORK_PER_THREAD)))
 
 
 def _heads(x):
@@ -373,7 +380,7 @@ def forward(q, k, v, bint causal, double scale, int num_threads=0):
     lse = np.empty((B * H, n_q), dtype=np.float64)
     n_tasks = B * H * ((n_q + BLOCK_Q - 1) // BLOCK_Q)
     if n_tasks > 0:
-        n_threads = _threads(num_threads, n_tasks)
+        n_threads = _threads(num_threads, n_tasks, <double> B * H * n_q * k.shape[2] * d)
         scores = np.empty((n_threads, BLOCK_Q * BLOCK_K), dtype=q.dtype)
         acc = np.empty((n_threads, BLOCK_Q * d), dtype=q.dtype)
         stats = np.empty((n_threads, 2 * BLOCK_Q), dtype=np.float64)
@@ -394,7 +401,7 @@ def backward(dout, q, k, v, out, lse, bint causal, double scale, int num_threads
     dk = np.zeros((B * H, n_k, d), dtype=q.dtype)
     dv = np.zeros((B * H, n_k, d), dtype=q.dtype)
     if B * H > 0 and n_q > 0:
-        n_threads = _threads(num_threads, B * H)
+        n_threads = _threads(num_threads, B * H, <double> B * H * n_q * n_k * d)
         probs = np.empty((n_threads, BLOCK_Q * BLOCK_K), dtype=q.dtype)
         dscores = np.empty((n_threads, BLOCK_Q * BLOCK_K), dtype=q.dtype)
         d_row = np.empty((n_threads, n_q), dtype=np.float64)
