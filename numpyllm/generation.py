@@ -345,7 +345,8 @@ class StreamDecoder:
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True, metavar="DIR",
-                        help="checkpoint directory with config.json, the weights, vocab.json and merges.txt")
+                        help="a training run's directory (e.g. runs/tiny) or a model directory with "
+                             "config.json, the weights, vocab.json and merges.txt")
     parser.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue (not empty)")
     parser.add_argument("--max-new-tokens", type=int, default=100, metavar="N", help="default: %(default)s")
     parser.add_argument("--temperature", type=float, default=1.0, metavar="T",
@@ -374,6 +375,7 @@ def _stream(out, text, prompt, tokens):
 
 
 def main(args):
+    from .checkpoint import model_directory
     from .model import GPT
     from .tokenizer import BPETokenizer
 
@@ -385,10 +387,11 @@ def main(args):
         raise ValueError("--prompt must not be empty: the model needs at least one token to continue")
 
     start = time.perf_counter()
-    model = GPT.from_pretrained(args.model)
-    tokenizer = BPETokenizer.from_pretrained(args.model)
+    directory = model_directory(args.model)
+    model = GPT.from_pretrained(directory)
+    tokenizer = BPETokenizer.from_pretrained(directory)
     if model.config.vocab_size > tokenizer.vocab_size:
-        raise ValueError(f"the model in {args.model} has vocab_size {model.config.vocab_size} but its tokenizer "
+        raise ValueError(f"the model in {directory} has vocab_size {model.config.vocab_size} but its tokenizer "
                          f"only {tokenizer.vocab_size} ids: sampled ids could not be decoded")
     prompt = tokenizer.encode(args.prompt, allowed_special="all")
     loaded = time.perf_counter()

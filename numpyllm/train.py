@@ -22,7 +22,7 @@ OUT (--out, default runs/PRESET) receives
 stopped. Ctrl-C finishes the current step, saves a checkpoint and exits (status 130).
 A non-finite loss stops the run and keeps the last good checkpoint. Then:
   python -m numpyllm eval --model OUT --data FILE
-  python -m numpyllm generate --model OUT/checkpoint --prompt TEXT
+  python -m numpyllm generate --model OUT --prompt TEXT
 """
 
 import dataclasses

@@ -1,0 +1,21 @@
+"""The README's Python example runs as written."""
+
+import pathlib
+import re
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+
+
+def python_block(heading):
+    """The first ```python block after ``heading`` in the README."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index(heading):]
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
+def test_library_tour_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # it writes a checkpoint directory
+    namespace = {}
+    exec(compile(python_block("## The library in 30 lines"), "README.md", "exec"), namespace)
+    assert namespace["out"].shape == (1, len(namespace["ids"]) * 2 + 20)
+    assert (tmp_path / "ckpt" / "config.json").is_file()
