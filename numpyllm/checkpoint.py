@@ -119,6 +119,8 @@ def model_directory(path):
     Raises FileNotFoundError when ``path`` is neither.
     """
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model directory {path!r} does not exist")
     if os.path.isfile(os.path.join(path, CONFIG_NAME)):
         return path
     checkpoint = find_checkpoint(path)

@@ -86,6 +86,9 @@ def test_train_with_a_bad_setting(tmp_path, capsys):
 
 def test_eval_with_a_missing_model_or_data(tmp_path, corpus, capsys):
     assert _main("eval", "--model", tmp_path / "nothing", "--data", corpus) == 2
+    assert "nothing' does not exist" in _one_error_line(capsys, "eval")
+    (tmp_path / "empty").mkdir()
+    assert _main("eval", "--model", tmp_path / "empty", "--data", corpus) == 2
     assert "has no config.json and no training checkpoint" in _one_error_line(capsys, "eval")
     assert _main("eval", "--model", tmp_path, "--data", tmp_path / "missing.txt") == 2
     assert "missing.txt' does not exist" in _one_error_line(capsys, "eval")
