@@ -36,7 +36,10 @@ Inputs are validated by the Python wrapper in ``numpyllm.attention``; these func
 trust shapes and dtypes and only make arrays C-contiguous.
 """
 
+from contextlib import nullcontext
+
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 cimport cython
 from cython cimport floating
@@ -73,11 +76,6 @@ openmp_enabled = bool(NUMPYLLM_OPENMP)
 #: Tile sizes, for documentation and tests of the block edges.
 block_q = BLOCK_Q
 block_k = BLOCK_K
-
-
-def default_num_threads():
-    """OpenMP's default thread count (follows OMP_NUM_THREADS and threadpoolctl)."""
-    return omp_get_max_threads()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -171,6 +169,14 @@ cdef inline int visible_keys(bint causal, Py_ssize_t row, Py_ssize_t offset,
     return <int> n
 
 
+cdef inline void score_tile(const floating* q, const floating* k, Py_ssize_t row0, Py_ssize_t col0,
+                            int n_rows, int n_cols, int d, floating scale,
+                            floating* tile) noexcept nogil:
+    """tile (n_rows × n_cols, row stride BLOCK_K) = scale · Q[row0:] K[col0:]ᵀ."""
+    gemm(False, True, n_rows, n_cols, d, scale, q + row0 * d, d, k + col0 * d, d,
+         <floating> 0, tile, BLOCK_K)
+
+
 cdef inline int mask_row(floating* row, bint causal, Py_ssize_t query, Py_ssize_t offset,
                          Py_ssize_t col0, int n_cols) noexcept nogil:
     """Set the entries of a score row that `query` may not see to 0 (probability 0).
@@ -213,9 +219,7 @@ cdef void forward_query_block(
     col0 = 0
     while col0 <= last_col:
         n_cols = <int> min(<Py_ssize_t> BLOCK_K, n_k - col0)
-        # scores (n_rows × n_cols, row stride BLOCK_K) = scale · Q_i K_jᵀ
-        gemm(False, True, n_rows, n_cols, d, scale, q + row0 * d, d, k + col0 * d, d,
-             <floating> 0, scores, BLOCK_K)
+        score_tile(q, k, row0, col0, n_rows, n_cols, d, scale, scores)  # S = scale · Q_i K_jᵀ
         for i in range(n_rows):
             s_row = scores + i * BLOCK_K
             n_vis = mask_row(s_row, causal, row0 + i, offset, col0, n_cols)
@@ -299,8 +303,7 @@ cdef void backward_head(
         while row0 < n_q:
             n_rows = <int> min(<Py_ssize_t> BLOCK_Q, n_q - row0)
             # P = exp(scale · Q_i K_jᵀ - lse_i), masked entries 0
-            gemm(False, True, n_rows, n_cols, d, scale, q + row0 * d, d, k + col0 * d, d,
-                 <floating> 0, probs, BLOCK_K)
+            score_tile(q, k, row0, col0, n_rows, n_cols, d, scale, probs)
             for i in range(n_rows):
                 p_row = probs + i * BLOCK_K
                 n_vis = mask_row(p_row, causal, row0 + i, offset, col0, n_cols)
@@ -355,6 +358,9 @@ cdef void backward_all(
 # machine with NumPy's own BLAS threads (a decoding step is 1 × Nk per head).
 MIN_WORK_PER_THREAD = 1 << 20
 
+# Controls the BLAS that cimporting scipy's cython_blas has loaded by now.
+_blas = ThreadpoolController()
+
 
 def _threads(int num_threads, Py_ssize_t n_tasks, double work):
     """Threads to use: at most the request (0 = OpenMP's default), one per task, and
@@ -363,6 +369,16 @@ def _threads(int num_threads, Py_ssize_t n_tasks, double work):
     if not NUMPYLLM_OPENMP:
         n = 1
     return int(max(1, min(n, n_tasks, work // MIN_WORK_PER_THREAD)))
+
+
+def _single_threaded_blas(double work):
+    """Pin BLAS to one thread while the kernel calls it on tiles from its own threads.
+
+    A multi-threaded BLAS inside them would oversubscribe the cores, and with
+    num_threads=1 it would use more threads than asked. Calls under
+    MIN_WORK_PER_THREAD skip the ~25 µs pinning costs: BLAS never splits such tiles.
+    """
+    return _blas.limit(limits=1, user_api="blas") if work >= MIN_WORK_PER_THREAD else nullcontext()
 
 
 def _heads(x):
@@ -380,16 +396,18 @@ def forward(q, k, v, bint causal, double scale, int num_threads=0):
     lse = np.empty((B * H, n_q), dtype=np.float64)
     n_tasks = B * H * ((n_q + BLOCK_Q - 1) // BLOCK_Q)
     if n_tasks > 0:
-        n_threads = _threads(num_threads, n_tasks, <double> B * H * n_q * k.shape[2] * d)
+        work = <double> B * H * n_q * k.shape[2] * d
+        n_threads = _threads(num_threads, n_tasks, work)
         scores = np.empty((n_threads, BLOCK_Q * BLOCK_K), dtype=q.dtype)
         acc = np.empty((n_threads, BLOCK_Q * d), dtype=q.dtype)
         stats = np.empty((n_threads, 2 * BLOCK_Q), dtype=np.float64)
-        if q.dtype == np.float32:
-            forward_all[float](_heads(q), _heads(k), _heads(v), out, lse, causal, <float> scale,
-                               scores, acc, stats, n_threads)
-        else:
-            forward_all[double](_heads(q), _heads(k), _heads(v), out, lse, causal, scale,
-                                scores, acc, stats, n_threads)
+        with _single_threaded_blas(work):
+            if q.dtype == np.float32:
+                forward_all[float](_heads(q), _heads(k), _heads(v), out, lse, causal, <float> scale,
+                                   scores, acc, stats, n_threads)
+            else:
+                forward_all[double](_heads(q), _heads(k), _heads(v), out, lse, causal, scale,
+                                    scores, acc, stats, n_threads)
     return out.reshape(B, H, n_q, d), lse.reshape(B, H, n_q)
 
 
@@ -401,17 +419,19 @@ def backward(dout, q, k, v, out, lse, bint causal, double scale, int num_threads
     dk = np.zeros((B * H, n_k, d), dtype=q.dtype)
     dv = np.zeros((B * H, n_k, d), dtype=q.dtype)
     if B * H > 0 and n_q > 0:
-        n_threads = _threads(num_threads, B * H, <double> B * H * n_q * n_k * d)
+        work = <double> B * H * n_q * n_k * d
+        n_threads = _threads(num_threads, B * H, work)
         probs = np.empty((n_threads, BLOCK_Q * BLOCK_K), dtype=q.dtype)
         dscores = np.empty((n_threads, BLOCK_Q * BLOCK_K), dtype=q.dtype)
         d_row = np.empty((n_threads, n_q), dtype=np.float64)
         lse_heads = np.ascontiguousarray(lse, dtype=np.float64).reshape(B * H, n_q)
-        if q.dtype == np.float32:
-            backward_all[float](_heads(q), _heads(k), _heads(v), _heads(out), _heads(dout),
-                                lse_heads, dq, dk, dv, causal, <float> scale,
-                                probs, dscores, d_row, n_threads)
-        else:
-            backward_all[double](_heads(q), _heads(k), _heads(v), _heads(out), _heads(dout),
-                                 lse_heads, dq, dk, dv, causal, scale,
-                                 probs, dscores, d_row, n_threads)
+        with _single_threaded_blas(work):
+            if q.dtype == np.float32:
+                backward_all[float](_heads(q), _heads(k), _heads(v), _heads(out), _heads(dout),
+                                    lse_heads, dq, dk, dv, causal, <float> scale,
+                                    probs, dscores, d_row, n_threads)
+            else:
+                backward_all[double](_heads(q), _heads(k), _heads(v), _heads(out), _heads(dout),
+                                     lse_heads, dq, dk, dv, causal, scale,
+                                     probs, dscores, d_row, n_threads)
     return (dq.reshape(B, H, n_q, d), dk.reshape(B, H, n_k, d), dv.reshape(B, H, n_k, d))

@@ -90,21 +90,20 @@ def reference_backward(dout, q, k, v, out, lse, causal, scale):
 # --------------------------------------------------------------------------- validation
 
 
-def _as_float_array(x, name):
+def _check_float_array(x, name):
+    """x must be a 4-D float32/float64 ndarray; raise naming ``name`` otherwise."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
     if x.ndim != 4:
         raise ValueError(f"{name} must be 4-D (B, H, N, d), got shape {x.shape}")
-    return x
 
 
 def _check_inputs(q, k, v, causal, scale):
     """Validate q, k, v, causal, scale; return the float scale to use."""
-    q = _as_float_array(q, "q")
-    k = _as_float_array(k, "k")
-    v = _as_float_array(v, "v")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        _check_float_array(x, name)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
     B, H, n_q, d = q.shape
@@ -138,9 +137,8 @@ def _check_inputs(q, k, v, causal, scale):
 
 def _check_backward_inputs(dout, q, out, lse):
     B, H, n_q, d = q.shape
-    dout = _as_float_array(dout, "dout")
-    out = _as_float_array(out, "out")
     for name, x in (("dout", dout), ("out", out)):
+        _check_float_array(x, name)
         if x.dtype != q.dtype:
             raise TypeError(f"{name} must have q's dtype {q.dtype}, got {x.dtype}")
         if x.shape != q.shape:
@@ -156,34 +154,21 @@ def _check_backward_inputs(dout, q, out, lse):
 # --------------------------------------------------------------------------- dispatch
 
 _kernel = None  # the imported numpyllm._attention module, once loaded
-_kernel_error = None  # why it could not be imported
-_blas_threads = None  # threadpoolctl controller for the BLAS the kernel calls
+_kernel_error = None  # why it could not be imported (not built, or scipy/threadpoolctl missing)
 _warned_fallback = False
 
 
 def _load_kernel():
     """Import the compiled kernel once; remember the error if it is not built."""
-    global _kernel, _kernel_error, _blas_threads
+    global _kernel, _kernel_error
     if _kernel is None and _kernel_error is None:
         try:
             from . import _attention
-            from threadpoolctl import ThreadpoolController
         except ImportError as exc:
             _kernel_error = exc
         else:
             _kernel = _attention
-            _blas_threads = ThreadpoolController()
     return _kernel
-
-
-def _run_kernel(function, *args):
-    """Call a kernel entry point with BLAS pinned to one thread.
-
-    The kernel runs its own OpenMP threads and calls BLAS on small tiles from each;
-    a multi-threaded BLAS inside them would oversubscribe the cores.
-    """
-    with _blas_threads.limit(limits=1, user_api="blas"):
-        return function(*args)
 
 
 def available_backends():
@@ -253,7 +238,7 @@ def forward(q, k, v, causal=False, scale=None, backend="auto", *, num_threads=No
     scale = _check_inputs(q, k, v, causal, scale)
     n_threads = _check_num_threads(num_threads)
     if _resolve(backend) == "cython":
-        return _run_kernel(_kernel.forward, q, k, v, bool(causal), scale, n_threads)
+        return _kernel.forward(q, k, v, bool(causal), scale, n_threads)
     return reference_forward(q, k, v, bool(causal), scale)
 
 
@@ -280,5 +265,5 @@ def backward(dout, q, k, v, out, lse, causal=False, scale=None, backend="auto", 
     _check_backward_inputs(dout, q, out, lse)
     n_threads = _check_num_threads(num_threads)
     if _resolve(backend) == "cython":
-        return _run_kernel(_kernel.backward, dout, q, k, v, out, lse, bool(causal), scale, n_threads)
+        return _kernel.backward(dout, q, k, v, out, lse, bool(causal), scale, n_threads)
     return reference_backward(dout, q, k, v, out, lse, bool(causal), scale)

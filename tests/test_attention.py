@@ -56,7 +56,7 @@ def test_kernel_matches_reference(problem):
 
 def tile_edge_shapes():
     """(Nq, Nk, d) on and around the kernel's query and key tile sizes."""
-    bq, bk = (64, 128) if not KERNEL_BUILT else (attention._kernel.block_q, attention._kernel.block_k)
+    bq, bk = (128, 256) if not KERNEL_BUILT else (attention._kernel.block_q, attention._kernel.block_k)
     lengths = [1, bq - 1, bq, bq + 1, bk - 1, bk, bk + 1, 2 * bk + 1]
     shapes = [(n_q, n_k, d) for n_q in lengths for n_k in lengths for d in (1, 3)] + [(1, 4096, 8), (64, 64, 64)]
     return [(*shape, causal) for shape in shapes for causal in (False, True) if not (causal and shape[0] > shape[1])]
