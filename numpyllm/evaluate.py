@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+from . import attention
 from .layers import cross_entropy_forward
 
 __all__ = ["add_arguments", "main", "mean_loss", "evaluate_tokens"]
@@ -58,7 +59,7 @@ def add_arguments(parser):
                         help="directory with vocab.json and merges.txt (default: the model directory)")
     parser.add_argument("--batch-size", type=int, metavar="N",
                         help="windows per forward pass (default: as many as keep ~16M logits)")
-    parser.add_argument("--attention-backend", choices=("auto", "numpy", "cython"), default="auto",
+    parser.add_argument("--attention-backend", choices=attention.BACKENDS, default="auto",
                         help="attention implementation (default: auto = the compiled kernel when built)")
 
 

@@ -36,6 +36,9 @@ import time
 
 import numpy as np
 
+from . import attention
+from .checkpoint import CHECKPOINT_DIR
+
 __all__ = ["TrainConfig", "PRESETS", "add_arguments", "main", "train"]
 
 
@@ -64,7 +67,7 @@ class TrainConfig:
     block_size: int = _option(128, "context length: tokens per training window")
     dtype: str = _option("float32", "parameter and compute dtype", choices=("float32", "float64"))
     attention_backend: str = _option("auto", "attention implementation (auto: the compiled kernel "
-                                             "when built)", choices=("auto", "numpy", "cython"))
+                                             "when built)", choices=attention.BACKENDS)
     # optimisation
     batch_size: int = _option(16, "windows per step")
     max_steps: int = _option(400, "optimizer steps in all")
@@ -233,14 +236,13 @@ def _optimizer(model, config):
     return AdamW(model.params, lr=config.lr, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
 
 
-def _encode_corpus(out, config, tokenizer, progress):
-    """Encode the run's text files into OUT/tokens.npy; return the file's path."""
+def _encode_corpus(out, config, files, tokenizer, progress):
+    """Encode the run's text ``files`` into OUT/tokens.npy; return the file's path."""
     from tqdm.auto import tqdm
 
     from .corpus import read_texts
-    from .data import document_ids, text_files, write_tokens
+    from .data import document_ids, write_tokens
 
-    files = text_files(config.data, config.corpus_bytes or None)
     # A seeded shuffle, so the held-out tail is a random sample of the files, not the last ones by name.
     files = [files[i] for i in np.random.default_rng(config.seed).permutation(len(files))]
     path = os.path.join(out, _TOKENS_FILE)
@@ -262,11 +264,11 @@ def _corpus_description(config):
     return f"the Python standard library's source files ({size})"
 
 
-def _new_run(out, config, progress):
-    """Fresh run: tokenizer (given, from --init, or trained), model (new or --init), optimizer."""
+def _new_run(out, config, files, progress):
+    """Fresh run on the text ``files``: tokenizer (given, from --init, or trained), model
+    (new or --init), optimizer."""
     from .checkpoint import model_directory
     from .corpus import read_texts
-    from .data import text_files
     from .model import GPT, GPTConfig
     from .tokenizer import BPETokenizer
 
@@ -275,7 +277,6 @@ def _new_run(out, config, progress):
     if tokenizer_dir is not None:
         tokenizer = BPETokenizer.from_pretrained(tokenizer_dir)
     else:
-        files = text_files(config.data, config.corpus_bytes or None)
         started = time.perf_counter()
         tokenizer = BPETokenizer.train(read_texts(files), config.vocab_size, progress=progress)
         print(f"trained a BPE tokenizer of {tokenizer.vocab_size} tokens on {len(files)} files "
@@ -294,7 +295,7 @@ def _new_run(out, config, progress):
                                  n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
                                  dtype=config.dtype)
         model = GPT(model_config, seed=config.seed, attention_backend=config.attention_backend)
-    _encode_corpus(out, config, tokenizer, progress)
+    _encode_corpus(out, config, files, tokenizer, progress)
     return _Run(out, config, model, tokenizer, _optimizer(model, config))
 
 
@@ -416,10 +417,9 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
         if existing is not None:
             raise ValueError(f"--out {out!r} already holds a training checkpoint ({existing}); "
                              "pass --resume to continue it, or choose another --out")
-        if config.data:
-            text_files(config.data)  # a missing file fails now, before any output
+        files = text_files(config.data, config.corpus_bytes or None)  # a missing file fails before any output
         _print_config(config, out)
-        run = _new_run(out, config, progress)
+        run = _new_run(out, config, files, progress)
     config = run.config
     train_tokens, val_tokens = split_tokens(load_tokens(os.path.join(out, _TOKENS_FILE)),
                                             config.val_fraction, config.block_size + 1)
@@ -455,7 +455,7 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
                 loss, grads = run.model.loss_and_grads(x, y)
                 grad_norm = clip_grad_norm(grads, config.grad_clip or math.inf)
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    kept = (f"the last good checkpoint (step {saved_step}) is in {os.path.join(out, 'checkpoint')}"
+                    kept = (f"the last good checkpoint (step {saved_step}) is in {os.path.join(out, CHECKPOINT_DIR)}"
                             if saved_step is not None else "no checkpoint had been saved yet")
                     bar.write(f"numpyllm train: error: loss {loss}, gradient norm {grad_norm} at step "
                               f"{run.step + 1}; stopped without saving: {kept}. Try a lower --lr.", file=sys.stderr)
@@ -481,7 +481,7 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
             if interrupt.requested:
                 if saved_step != run.step:
                     run.save(sampler)
-                bar.write(f"stopped at step {run.step}; checkpoint saved in {os.path.join(out, 'checkpoint')}; "
+                bar.write(f"stopped at step {run.step}; checkpoint saved in {os.path.join(out, CHECKPOINT_DIR)}; "
                           f"continue with --resume --out {out}")
                 status = 130
     finally:
@@ -494,6 +494,6 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
         if len(val_losses) >= 2:
             summary += f"; val loss {val_losses[0]:.3f} -> {val_losses[-1]:.3f}"
         print(summary)
-        print(f"checkpoint: {os.path.join(out, 'checkpoint')}; log: {log.path}"
+        print(f"checkpoint: {os.path.join(out, CHECKPOINT_DIR)}; log: {log.path}"
               + (f"; plot: {os.path.join(out, _PLOT_FILE)}" if plotted else " (pip install matplotlib for a plot)"))
     return status
