@@ -7,7 +7,7 @@
   memory sees every allocation (NumPy, torch, a C extension's raw ``malloc``), which
   ``tracemalloc`` does not. ``run_in_fresh_process`` runs such a measurement in a fresh
   child process, so the parent's heap cannot hide or inflate it.
-- ``machine_info`` / ``format_machine``, ``markdown_table``, ``atomic_write_bytes``.
+- ``machine_info`` / ``format_machine``, ``markdown_table``.
 
 Depends only on the standard library (and threadpoolctl when present).
 """
@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import platform
 import statistics
-import tempfile
 import time
 
 # --------------------------------------------------------------------------- timing
@@ -227,19 +226,3 @@ def markdown_table(headers, rows):
         return "| " + " | ".join(value.ljust(width) for value, width in zip(values, widths)) + " |"
 
     return "\n".join([line(headers), line(["-" * width for width in widths]), *(line(row) for row in cells)])
-
-
-def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` through a temporary file in the same directory and
-    ``os.replace``, so a reader never sees a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            temp_file.write(data)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        os.unlink(temp_path)
-        raise

@@ -26,10 +26,10 @@ import numpy as np
 
 import numpyllm
 from numpyllm import attention
+from numpyllm.fileio import atomic_write
 
 from ._timing import (
     PeakRSS,
-    atomic_write_bytes,
     format_machine,
     machine_info,
     markdown_table,
@@ -462,7 +462,8 @@ def write_plot(path, records, backend_names):
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    with atomic_write(path) as f:
+        f.write(buffer.getvalue())
 
 
 # --------------------------------------------------------------------------- command line
@@ -659,7 +660,8 @@ def main(argv=None):
     if args.json:
         document = dict(machine=machine, flop_convention=FLOP_CONVENTION, torch_method=TORCH_METHOD,
                         memory_method=memory_unsupported or MEMORY_METHOD, records=records)
-        atomic_write_bytes(args.json, json.dumps(document, indent=1).encode())
+        with atomic_write(args.json, "w") as f:
+            json.dump(document, f, indent=1)
         print(f"Raw results written to {args.json}")
     return records
 

@@ -14,24 +14,20 @@ of --repeats runs; the table is markdown.
 """
 
 import argparse
-import statistics
 import tempfile
-import time
 
 from numpyllm import BPETokenizer
 from numpyllm.corpus import read_texts, stdlib_corpus_files
+
+from ._timing import measure
 
 EOT = "<|endoftext|>"
 
 
 def median_seconds(function, repeats):
-    """Median wall time of ``repeats`` calls, and the last call's result."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+    """Median wall time of ``repeats`` calls after one warm-up, and the last call's result."""
+    timing, result = measure(lambda _: function(), repeats=repeats)
+    return timing.median, result
 
 
 def held_out_texts(files, n_bytes):
@@ -76,7 +72,6 @@ def main(argv=None):
         cold_seconds, ids = median_seconds(
             lambda: encode_each(BPETokenizer.from_pretrained(directory), held_out), args.repeats
         )
-        encode_each(ours, held_out)
         warm_seconds, _ = median_seconds(lambda: encode_each(ours, held_out), args.repeats)
         n_tokens = sum(map(len, ids))
         rows.append(("numpyllm (pure Python, 1 thread)", train_seconds, held_out_mb / cold_seconds,
@@ -101,7 +96,6 @@ def main(argv=None):
             if [encoding.ids for encoding in hf_encodings] != ids:
                 raise SystemExit("tokenizers and numpyllm disagree on the held-out text's ids")
             hf = load_hf()
-            hf.encode_batch(held_out)
             hf_warm_seconds, _ = median_seconds(lambda: hf.encode_batch(held_out), args.repeats)
             rows.append((f"HF tokenizers {tokenizers.__version__} (Rust, all cores)", hf_train_seconds,
                          held_out_mb / hf_cold_seconds, held_out_mb / hf_warm_seconds, held_out_bytes / n_tokens))
