@@ -9,9 +9,7 @@ same random ``--prompt-tokens``-token prompt with the same float32 weights (nump
 initialisation, handed to transformers through ``save_pretrained``). Each row is the
 median over interleaved rounds of one whole ``generate`` call (prefill included) in the
 same run; tokens/s = new tokens / that median. The numpyllm rows differ only in the attention
-backend: "auto" (the default: the NumPy reference for calls with few scores, i.e. every
-step here and this short prompt, see ``numpyllm.generation.Decoder``; the compiled
-kernel for larger ones), all-"numpy", and all-"cython". The last column says whether a row's tokens equal the first row's.
+backend: "auto" (the default: the compiled kernel when built), "numpy" and "cython". The last column says whether a row's tokens equal the first row's.
 """
 
 import argparse

@@ -59,8 +59,6 @@ class KVCache:
         return self.keys.shape[3]
 
 
-SMALL_SCORES = 1 << 16  # 256 KiB of float32 scores: "auto" attention uses the reference up to this
-
 def _layer_params(model):
     """Per block, the tensors in the order the cached forward uses them (looked up once)."""
     names = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
@@ -82,13 +80,7 @@ class Decoder:
     reading the weights from memory; BLAS uses the threads the caller set (on an idle
     2-core machine two threads measured ~1.2× faster than one; on a busy one, where a
     descheduled worker stalls every product, ~4× slower: set OPENBLAS_NUM_THREADS=1 or
-    use threadpoolctl there).
-
-    Attention uses the model's backend, except that "auto" picks the NumPy reference
-    for calls with at most SMALL_SCORES (query, key) scores (B·H·T_new·T): every
-    decoding step and short prompts. There the reference costs tens of microseconds
-    on one thread, while each kernel call starts its OpenMP team and pins BLAS, which
-    measured 60 µs to 12 ms per call on a busy 2-core machine.
+    use threadpoolctl there). Attention uses the model's backend.
     """
 
     def __init__(self, model, batch_size, capacity):
@@ -98,7 +90,6 @@ class Decoder:
         self.model = model
         self.cache = KVCache(config, batch_size, capacity)
         self._layers = _layer_params(model)
-        self._n_heads = batch_size * config.n_head  # B·H
 
     def prefill(self, idx):
         self.cache.length = 0
@@ -112,8 +103,6 @@ class Decoder:
         if end > cache.capacity:
             raise ValueError(f"the cache holds {cache.capacity} positions; {end} were asked for")
         backend = self.model.attention_backend
-        if backend == "auto" and self._n_heads * idx.shape[1] * end <= SMALL_SCORES:
-            backend = "numpy"
         x, _ = embedding_forward(idx, p["wte.weight"], p["wpe.weight"][start:])  # (B, T_new, C)
         for layer, (ln_1_w, ln_1_b, attn_w, attn_b, attn_proj_w, attn_proj_b,
                     ln_2_w, ln_2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b) in enumerate(self._layers):

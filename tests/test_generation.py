@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.special import softmax
 from scipy.stats import chisquare
 
-from numpyllm import GPT, GPTConfig, BPETokenizer, attention, generation
+from numpyllm import GPT, GPTConfig, BPETokenizer, attention
 from numpyllm.__main__ import main as cli
 from numpyllm.generation import Decoder, StreamDecoder, _sample, generate, sample_logits
 
@@ -55,17 +55,6 @@ def test_cached_logits_equal_uncached_at_every_step(seed, batch, prompt, chunks,
         logits = decoder.step(sequence[:, end: end + size])
         end += size
         np.testing.assert_allclose(logits, model(sequence[:, :end])[:, -1], rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("small_scores", [0, 1 << 30])  # "auto" always the kernel / always the reference
-def test_auto_attention_choice_does_not_change_the_logits(monkeypatch, small_scores):
-    monkeypatch.setattr(generation, "SMALL_SCORES", small_scores)
-    model = random_model(backend="auto")
-    sequence = np.random.default_rng(0).integers(0, model.config.vocab_size, size=(2, 6))
-    decoder = Decoder(model, 2, 6)
-    decoder.prefill(sequence[:, :4])
-    decoder.step(sequence[:, 4:5])
-    np.testing.assert_allclose(decoder.step(sequence[:, 5:]), model(sequence)[:, -1], rtol=1e-10, atol=1e-12)
 
 
 def test_cache_is_preallocated_and_refuses_overflow():
