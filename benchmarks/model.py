@@ -15,6 +15,7 @@ load hits all of them alike; the first round is a warm-up; the table shows media
 import argparse
 import cProfile
 import io
+import math
 import pstats
 import time
 
@@ -22,6 +23,7 @@ import numpy as np
 
 import numpyllm
 from numpyllm import GPT, GPTConfig, attention
+from numpyllm.model import param_shapes
 
 from ._timing import format_machine, machine_info, markdown_table, usable_cores
 
@@ -203,7 +205,7 @@ def main(argv=None):
     for note in notes:
         print(f"- {note}")
     print(f"\nn_layer={config.n_layer}, n_head={config.n_head}, n_embd={config.n_embd}, "
-          f"vocab={config.vocab_size}, B={args.batch}, T={args.seq}, float32, {GPT(config).num_params:,} "
+          f"vocab={config.vocab_size}, B={args.batch}, T={args.seq}, float32, {sum(math.prod(shape) for _, shape in param_shapes(config)):,} "
           f"parameters; {args.threads} threads; median of {rounds} interleaved rounds after a warm-up.\n")
     medians, first_loss = time_rounds(runners, rounds, args.threads)
     tokens = args.batch * args.seq

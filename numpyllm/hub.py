@@ -241,7 +241,7 @@ def read_checkpoint(directory, dtype=None):
     """Read a GPT-2 checkpoint directory -> (config: GPTConfig, params: dict[str, ndarray]).
 
     ``params`` holds every parameter by numpyllm's name (GPT-2's without "transformer."),
-    in the Conv1D layout (in, out), as fresh C-contiguous arrays of ``config.dtype``.
+    in the Conv1D layout (in, out), as C-contiguous arrays of ``config.dtype`` (copied only to convert).
     dtype: "float32"/"float64" to load as; None takes config.json's "numpyllm_dtype",
     else float32. Raises FileNotFoundError for a missing directory or file, ValueError
     for a config that is not GPT-2 or a setting numpyllm does not compute, and for
@@ -263,7 +263,7 @@ def read_checkpoint(directory, dtype=None):
     config = config_from_hf(hf_config, dtype)
     expected = dict(param_shapes(config))
     params = _params_from_stored(_read_weights(directory), expected, f"checkpoint {directory!r}")
-    return config, {name: np.array(params[name], dtype=config.dtype, order="C") for name in expected}
+    return config, {name: np.ascontiguousarray(params[name], dtype=config.dtype) for name in expected}
 
 
 def write_checkpoint(directory, config, params):
