@@ -59,14 +59,6 @@ class KVCache:
         return self.keys.shape[3]
 
 
-def _layer_params(model):
-    """Per block, the tensors in the order the cached forward uses them (looked up once)."""
-    names = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
-             "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
-             "mlp.c_proj.weight", "mlp.c_proj.bias")
-    return [tuple(model.params[f"h.{i}.{name}"] for name in names) for i in range(model.config.n_layer)]
-
-
 class Decoder:
     """GPT's forward over new positions only, keeping every layer's keys and values.
 
@@ -89,7 +81,7 @@ class Decoder:
             raise ValueError(f"capacity must be in [1, block_size={config.block_size}], got {capacity}")
         self.model = model
         self.cache = KVCache(config, batch_size, capacity)
-        self._layers = _layer_params(model)
+        self._blocks = [model.block_params(i) for i in range(config.n_layer)]  # looked up once
 
     def prefill(self, idx):
         self.cache.length = 0
@@ -104,10 +96,9 @@ class Decoder:
             raise ValueError(f"the cache holds {cache.capacity} positions; {end} were asked for")
         backend = self.model.attention_backend
         x, _ = embedding_forward(idx, p["wte.weight"], p["wpe.weight"][start:])  # (B, T_new, C)
-        for layer, (ln_1_w, ln_1_b, attn_w, attn_b, attn_proj_w, attn_proj_b,
-                    ln_2_w, ln_2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b) in enumerate(self._layers):
-            h, _ = layernorm_forward(x, ln_1_w, ln_1_b)
-            (q, k, v), _ = qkv_forward(h, attn_w, attn_b, n_head)  # (B, H, T_new, hd) each
+        for layer, b in enumerate(self._blocks):
+            h, _ = layernorm_forward(x, b["ln_1.weight"], b["ln_1.bias"])
+            (q, k, v), _ = qkv_forward(h, b["attn.c_attn.weight"], b["attn.c_attn.bias"], n_head)  # (B, H, T_new, hd)
             keys, values = cache.keys[layer], cache.values[layer]  # (B, H, capacity, hd)
             keys[:, :, start:end] = k
             values[:, :, start:end] = v
@@ -115,10 +106,10 @@ class Decoder:
             # a single new position sees every key, so it needs no mask (saves building one)
             o, _ = attention.forward(q, keys[:, :, :end], values[:, :, :end], causal=idx.shape[1] > 1,
                                      backend=backend)
-            h, _ = linear_forward(merge_heads(o), attn_proj_w, attn_proj_b)  # (B, T_new, C)
+            h, _ = linear_forward(merge_heads(o), b["attn.c_proj.weight"], b["attn.c_proj.bias"])  # (B, T_new, C)
             x += h
-            h, _ = layernorm_forward(x, ln_2_w, ln_2_b)
-            h, _ = mlp_forward(h, fc_w, fc_b, mlp_proj_w, mlp_proj_b)
+            h, _ = layernorm_forward(x, b["ln_2.weight"], b["ln_2.bias"])
+            h, _ = mlp_forward(h, b["mlp.c_fc.weight"], b["mlp.c_fc.bias"], b["mlp.c_proj.weight"], b["mlp.c_proj.bias"])
             x += h
         cache.length = end
         x, _ = layernorm_forward(x[:, -1], p["ln_f.weight"], p["ln_f.bias"])  # (B, C)

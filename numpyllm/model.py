@@ -39,7 +39,7 @@ from .layers import (
     linear_forward,
 )
 
-__all__ = ["GPTConfig", "GPT", "param_shapes", "flat_views"]
+__all__ = ["GPTConfig", "GPT", "param_shapes", "block_param_shapes", "flat_views"]
 
 _DTYPES = ("float32", "float64")
 
@@ -70,25 +70,31 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
 
 
+def block_param_shapes(n_embd):
+    """[(name, shape), ...] of one transformer block's parameters, under the block's own names."""
+    C = n_embd
+    return [
+        ("ln_1.weight", (C,)),
+        ("ln_1.bias", (C,)),
+        ("attn.c_attn.weight", (C, 3 * C)),
+        ("attn.c_attn.bias", (3 * C,)),
+        ("attn.c_proj.weight", (C, C)),
+        ("attn.c_proj.bias", (C,)),
+        ("ln_2.weight", (C,)),
+        ("ln_2.bias", (C,)),
+        ("mlp.c_fc.weight", (C, 4 * C)),
+        ("mlp.c_fc.bias", (4 * C,)),
+        ("mlp.c_proj.weight", (4 * C, C)),
+        ("mlp.c_proj.bias", (C,)),
+    ]
+
+
 def param_shapes(config):
     """[(name, shape), ...] of every parameter of a GPT with this config, in a fixed order."""
     V, C = config.vocab_size, config.n_embd
     shapes = [("wte.weight", (V, C)), ("wpe.weight", (config.block_size, C))]
     for i in range(config.n_layer):
-        shapes += [
-            (f"h.{i}.ln_1.weight", (C,)),
-            (f"h.{i}.ln_1.bias", (C,)),
-            (f"h.{i}.attn.c_attn.weight", (C, 3 * C)),
-            (f"h.{i}.attn.c_attn.bias", (3 * C,)),
-            (f"h.{i}.attn.c_proj.weight", (C, C)),
-            (f"h.{i}.attn.c_proj.bias", (C,)),
-            (f"h.{i}.ln_2.weight", (C,)),
-            (f"h.{i}.ln_2.bias", (C,)),
-            (f"h.{i}.mlp.c_fc.weight", (C, 4 * C)),
-            (f"h.{i}.mlp.c_fc.bias", (4 * C,)),
-            (f"h.{i}.mlp.c_proj.weight", (4 * C, C)),
-            (f"h.{i}.mlp.c_proj.bias", (C,)),
-        ]
+        shapes += [(f"h.{i}.{name}", shape) for name, shape in block_param_shapes(C)]
     shapes += [("ln_f.weight", (C,)), ("ln_f.bias", (C,))]
     return shapes
 
@@ -183,10 +189,9 @@ class GPT:
         """Number of trainable scalars (the tied LM head counted once)."""
         return self.flat_params.size
 
-    def _block_params(self, i):
+    def block_params(self, i):
         """The parameters of block i under the block's own names ("ln_1.weight", ...)."""
-        prefix = f"h.{i}."
-        return {name[len(prefix):]: p for name, p in self.params.items() if name.startswith(prefix)}
+        return {name: self.params[f"h.{i}.{name}"] for name, _ in block_param_shapes(self.config.n_embd)}
 
     # ------------------------------------------------------------------ forward / backward
 
@@ -196,7 +201,7 @@ class GPT:
         x, embedding = embedding_forward(idx, p["wte.weight"], p["wpe.weight"])  # (B, T, C)
         blocks = []
         for i in range(config.n_layer):
-            x, block = block_forward(x, self._block_params(i), config.n_head, backend)
+            x, block = block_forward(x, self.block_params(i), config.n_head, backend)
             blocks.append(block)
         x, ln_f = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
         logits, head = linear_forward(x, p["wte.weight"].T)  # tied head: (B, T, C) @ (C, V)

@@ -10,6 +10,7 @@ from scipy.special import log_softmax, ndtr
 from finite_differences import assert_gradient_matches
 from numpyllm import attention
 from numpyllm import layers as L
+from numpyllm.model import block_param_shapes
 
 seeds = st.integers(0, 2**32 - 1)
 batch = st.integers(1, 2)
@@ -172,14 +173,10 @@ def test_mlp_backward_matches_finite_differences(seed, B, T, C):
 
 
 def block_params(rng, C):
-    shapes = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
-              "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
-              "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (4 * C, C),
-              "mlp.c_proj.bias": (C,)}
     # Matrices scaled by 1/sqrt(fan_in), as trained weights roughly are: unscaled ones make
     # near-one-hot attention whose curvature swamps the finite differences' O(step²) error.
     return {name: rng.standard_normal(shape) / np.sqrt(shape[0] if len(shape) == 2 else 1)
-            for name, shape in shapes.items()}
+            for name, shape in block_param_shapes(C)}
 
 
 @given(seed=seeds, B=batch, T=time, H=heads, hd=head_size)
