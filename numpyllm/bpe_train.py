@@ -12,7 +12,7 @@
 Tie-break (deterministic, independent of input order): highest count first, then the
 pair whose (left bytes, right bytes) is lexicographically smallest.
 
-Depends on tqdm only for the optional progress bar.
+Depends on tqdm for the progress bar.
 """
 
 import heapq
@@ -23,31 +23,9 @@ __all__ = ["count_pretokens", "learn_merges"]
 
 def _progress_bar(iterable=None, *, enabled, **kwargs):
     """tqdm over ``iterable``; enabled=None means "only when stderr is a terminal"."""
-    if enabled is False:
-        return _NoBar(iterable)
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        if enabled:
-            raise ImportError("progress=True needs tqdm: pip install tqdm") from None
-        return _NoBar(iterable)
-    return tqdm(iterable, disable=None if enabled is None else False, **kwargs)
+    from tqdm.auto import tqdm
 
-
-class _NoBar:
-    """The part of tqdm's interface used here, doing nothing."""
-
-    def __init__(self, iterable):
-        self.iterable = iterable
-
-    def __iter__(self):
-        return iter(self.iterable)
-
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
+    return tqdm(iterable, disable=None if enabled is None else not enabled, **kwargs)
 
 
 def count_pretokens(texts, pattern, special_pattern=None, progress=None):

@@ -12,9 +12,7 @@ from hypothesis import strategies as st
 from numpyllm import hub
 from numpyllm.fileio import atomic_write
 from numpyllm.model import GPT, GPTConfig, param_shapes
-
-TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
-
+from tiny_models import TINY, perturbed_model
 
 def random_params(config, seed=0):
     rng = np.random.default_rng(seed)
@@ -242,13 +240,10 @@ def test_transformers_loads_our_checkpoint(tiny_checkpoint):
 def test_our_saved_model_gives_the_same_logits_in_transformers(tmp_path):
     torch = pytest.importorskip("torch", reason="transformers needs torch")
     transformers = pytest.importorskip("transformers", reason="transformers is the oracle for the logits")
-    ours = GPT(GPTConfig(**TINY), seed=1)
-    rng = np.random.default_rng(1)
-    for p in ours.params.values():  # move biases and layernorms off their 0/1 initial values
-        p += 0.3 * rng.standard_normal(p.shape).astype(p.dtype)
+    ours = perturbed_model(GPTConfig(**TINY), seed=1, backend="auto", scale=0.3)
     ours.save_pretrained(tmp_path)
     theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
-    idx = rng.integers(0, TINY["vocab_size"], size=(3, TINY["block_size"]))
+    idx = np.random.default_rng(1).integers(0, TINY["vocab_size"], size=(3, TINY["block_size"]))
     with torch.no_grad():
         expected = theirs(torch.from_numpy(idx)).logits.numpy()
     np.testing.assert_allclose(ours(idx), expected, rtol=1e-4, atol=1e-4)

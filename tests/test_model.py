@@ -10,15 +10,7 @@ from hypothesis import strategies as st
 from finite_differences import assert_gradient_matches
 from numpyllm import GPT, GPTConfig, attention
 from numpyllm.model import flat_views, param_shapes
-
-TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
-
-
-def perturbed_model(config, seed, backend="numpy", scale=0.1):
-    """A model whose every parameter (biases and layernorm gains too) is non-trivial."""
-    model = GPT(config, seed=seed, attention_backend=backend)
-    model.flat_params += np.random.default_rng(seed).normal(0.0, scale, model.flat_params.size)
-    return model
+from tiny_models import TINY, perturbed_model
 
 
 def batch(rng, config, B, T, ignored_fraction=0.25):
