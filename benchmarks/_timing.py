@@ -2,6 +2,8 @@
 
 - ``measure(run, setup=...)``: warm-up, then the median of repeated wall-clock times
   (``time.perf_counter``), with ``setup`` kept outside the timer.
+- ``interleaved_medians(runners, rounds)``: several implementations timed side by side,
+  each once per round, so a change in the machine's load hits them all alike.
 - ``PeakRSS``: the peak growth of this process's resident memory during a block, read
   from Linux's ``VmHWM`` after resetting it through ``/proc/self/clear_refs``. Resident
   memory sees every allocation (NumPy, torch, a C extension's raw ``malloc``), which
@@ -64,6 +66,47 @@ def measure(run, *, repeats, setup=None, min_seconds=0.0, max_calls=10_000):
         samples.append((time.perf_counter() - start) / calls)
         del states
     return Timing(statistics.median(samples), samples, calls), result
+
+
+@dataclasses.dataclass
+class RoundsTiming:
+    """One runner over interleaved rounds: the median and every timed round's seconds,
+    and the result of its first call (the warm-up) and of its last."""
+
+    median: float
+    samples: list
+    first_result: object
+    last_result: object
+
+
+def interleaved_medians(runners, rounds):
+    """Time ``runners`` ({name: call()}) side by side; returns {name: RoundsTiming}.
+
+    Round 0 is a warm-up (it pays one-time costs: thread pools, lazy imports, caches),
+    then ``rounds`` timed rounds. Every round calls each runner once, in the dict's
+    order, and times that one call (``time.perf_counter``). Interleaving is the point:
+    when the machine's load changes during a run (another process, clock throttling),
+    every runner sees the change in the same rounds, so their medians stay comparable;
+    timing one runner's repeats after another's would charge the change to whichever
+    ran then. Meant for calls long enough (milliseconds and up) to time one at a time;
+    ``measure`` batches shorter ones.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    samples = {name: [] for name in runners}
+    first_result, last_result = {}, {}
+    for round_index in range(rounds + 1):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            last_result[name] = run()
+            seconds = time.perf_counter() - start
+            first_result.setdefault(name, last_result[name])
+            if round_index > 0:
+                samples[name].append(seconds)
+    return {
+        name: RoundsTiming(statistics.median(samples[name]), samples[name], first_result[name], last_result[name])
+        for name in runners
+    }
 
 
 # --------------------------------------------------------------------------- memory

@@ -14,16 +14,14 @@ backend: "auto" (the default: the compiled kernel when built), "numpy" and "cyth
 
 import argparse
 import contextlib
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 from numpyllm import GPT, GPTConfig, attention
 
-from ._timing import format_machine, machine_info, markdown_table
+from ._timing import format_machine, interleaved_medians, machine_info, markdown_table
 
 FULL = dict(vocab_size=4096, block_size=128, n_layer=6, n_head=6, n_embd=384)
 QUICK = dict(FULL, n_layer=2)
@@ -62,11 +60,8 @@ def transformers_runner(directory, prompt, new_tokens):
 
 
 def run_benchmark(config, prompt_tokens, new_tokens, rounds):
-    """[(name, median seconds per generate call, tokens)] for each implementation.
-
-    The rows are timed in interleaved rounds (each row once per round, after one warm-up
-    round), so a change in the machine's load between rounds hits every row alike.
-    """
+    """[(name, median seconds per generate call, tokens)] for each implementation, timed
+    side by side in interleaved rounds after a warm-up round (``_timing.interleaved_medians``)."""
     model = GPT(config, seed=0)
     prompt = np.random.default_rng(0).integers(0, config.vocab_size, size=(1, prompt_tokens))
     runners = {}
@@ -77,15 +72,8 @@ def run_benchmark(config, prompt_tokens, new_tokens, rounds):
         hf = transformers_runner(directory, prompt, new_tokens)
     if hf is not None:
         runners["transformers GPT2LMHeadModel"] = hf
-    seconds = {name: [] for name in runners}
-    tokens = {}
-    for round_index in range(rounds + 1):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            tokens[name] = run()
-            if round_index > 0:
-                seconds[name].append(time.perf_counter() - start)
-    return [(name, statistics.median(seconds[name]), tokens[name]) for name in runners]
+    timings = interleaved_medians(runners, rounds)
+    return [(name, timing.median, timing.last_result) for name, timing in timings.items()]
 
 
 def format_results(results, new_tokens):

@@ -25,7 +25,7 @@ import numpyllm
 from numpyllm import GPT, GPTConfig, attention
 from numpyllm.model import param_shapes
 
-from ._timing import format_machine, machine_info, markdown_table, usable_cores
+from ._timing import format_machine, interleaved_medians, machine_info, markdown_table, usable_cores
 
 PACKAGES = ("numpy", "torch", "transformers", "threadpoolctl")
 ADAMW = dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
@@ -106,19 +106,11 @@ def time_rounds(runners, rounds, threads):
     and each row's first loss (before any optimizer step)."""
     from threadpoolctl import threadpool_limits
 
-    samples = {(name, kind): [] for name in runners for kind in (0, 1)}
-    first_loss = {}
+    calls = {(name, kind): call for name, pair in runners.items() for kind, call in enumerate(pair)}
     with threadpool_limits(limits=threads, user_api="blas"):
-        for round_index in range(rounds + 1):
-            for name, calls in runners.items():
-                for kind, call in enumerate(calls):
-                    start = time.perf_counter()
-                    loss = call()
-                    seconds = time.perf_counter() - start
-                    first_loss.setdefault(name, loss)
-                    if round_index > 0:
-                        samples[name, kind].append(seconds)
-    return {key: float(np.median(values)) for key, values in samples.items()}, first_loss
+        timings = interleaved_medians(calls, rounds)
+    first_loss = {name: timings[name, 0].first_result for name in runners}  # the warm-up forward+backward
+    return {key: timing.median for key, timing in timings.items()}, first_loss
 
 
 def profile_step(runners, threads, top):

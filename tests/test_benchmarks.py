@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks import attention as bench
-from benchmarks._timing import PeakRSS, peak_rss_unsupported_reason
+from benchmarks._timing import PeakRSS, interleaved_medians, peak_rss_unsupported_reason
 from numpyllm import attention
 
 
@@ -113,6 +113,25 @@ def test_bad_size_is_rejected_with_the_value(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--sizes", "0"])
     assert "expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_interleaved_rounds_call_each_runner_once_per_round_after_a_warm_up():
+    calls = []
+
+    def runner(name):
+        def run():
+            calls.append(name)
+            return f"{name}{calls.count(name)}"  # which call of this runner produced the result
+
+        return run
+
+    timings = interleaved_medians({"a": runner("a"), "b": runner("b")}, rounds=3)
+    assert calls == ["a", "b"] * 4  # the warm-up round, then three timed rounds, interleaved
+    assert [len(t.samples) for t in timings.values()] == [3, 3]  # the warm-up is not a sample
+    assert all(t.median == sorted(t.samples)[1] for t in timings.values())
+    assert (timings["a"].first_result, timings["a"].last_result) == ("a1", "a4")
+    with pytest.raises(ValueError, match="rounds must be >= 1, got 0"):
+        interleaved_medians({"a": runner("a")}, rounds=0)
 
 
 @given(n_q=st.integers(1, 40), extra_keys=st.integers(0, 40), causal=st.booleans())
