@@ -15,17 +15,16 @@ from scipy.stats import chisquare
 from numpyllm import GPT, GPTConfig, BPETokenizer, attention
 from numpyllm.__main__ import main as cli
 from numpyllm.generation import Decoder, StreamDecoder, _sample, generate, sample_logits
+from tiny_models import TINY, perturbed_model
 
 BACKENDS = attention.available_backends()
 
 
 def random_model(seed=0, dtype="float64", backend="numpy", **shape):
-    """A GPT with every parameter ~ N(0, 0.5²) (biases and gains too), so logits are well spread."""
-    config = GPTConfig(**{"vocab_size": 13, "block_size": 8, "n_layer": 2, "n_head": 2, "n_embd": 8,
-                          "dtype": dtype, **shape})
-    model = GPT(config, seed=seed, attention_backend=backend)
-    model.flat_params[...] = np.random.default_rng(seed).normal(0.0, 0.5, model.flat_params.size)
-    return model
+    """The TINY shape with 13 tokens (the bad-id tests name [0, 13)), float64 unless asked, ``shape`` on top;
+    every parameter (biases and gains too) perturbed by N(0, 0.5²), so logits are well spread."""
+    config = GPTConfig(**{**TINY, "vocab_size": 13, "dtype": dtype, **shape})
+    return perturbed_model(config, seed, backend, scale=0.5)
 
 
 def sliding_window_greedy(model, idx, max_new_tokens):

@@ -1,4 +1,4 @@
-"""A tiny GPT shape and a model with non-trivial weights, shared by the model and checkpoint tests."""
+"""A tiny GPT shape and a model with non-trivial weights, shared by the model, checkpoint and generation tests."""
 
 import numpy as np
 
