@@ -13,7 +13,6 @@ The sampler draws window starts from a ``numpy.random.Generator``; its
 run sees the same batches an uninterrupted one would. Needs only NumPy.
 """
 
-import numbers
 import os
 import pathlib
 import shutil
@@ -21,6 +20,7 @@ import tempfile
 
 import numpy as np
 
+from ._checks import check_int, check_real
 from .corpus import stdlib_corpus_files
 from .fileio import atomic_write
 
@@ -37,12 +37,6 @@ __all__ = [
 ]
 
 SEPARATOR_TOKEN = "<|endoftext|>"  # GPT-2's document separator
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
 
 
 def text_files(paths=None, max_bytes=None):
@@ -71,7 +65,7 @@ def text_files(paths=None, max_bytes=None):
 
 def token_dtype(vocab_size):
     """The smallest unsigned dtype that holds ids 0..vocab_size-1: little-endian uint16 or uint32."""
-    vocab_size = _check_positive_int(vocab_size, "vocab_size")
+    vocab_size = check_int(vocab_size, "vocab_size", 1)
     if vocab_size > 2**32:
         raise ValueError(f"vocab_size must be <= 2**32 to store ids as uint32, got {vocab_size}")
     return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
@@ -140,8 +134,7 @@ def split_tokens(tokens, val_fraction, min_tokens):
     Both parts are views (no copy of a memory map). Each must hold at least
     ``min_tokens`` (a window of block_size + 1), else ValueError saying how many there are.
     """
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    check_real(val_fraction, "val_fraction", 0, 1, low_inclusive=False)
     n_val = int(round(len(tokens) * val_fraction))
     n_train = len(tokens) - n_val
     if min(n_train, n_val) < min_tokens:
@@ -169,10 +162,9 @@ class BatchSampler:
     """
 
     def __init__(self, tokens, batch_size, block_size, seed):
-        self.batch_size = _check_positive_int(batch_size, "batch_size")
-        self.block_size = _check_positive_int(block_size, "block_size")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        self.batch_size = check_int(batch_size, "batch_size", 1)
+        self.block_size = check_int(block_size, "block_size", 1)
+        check_int(seed, "seed", 0)
         if np.ndim(tokens) != 1 or len(tokens) < block_size + 1:
             raise ValueError(f"tokens must be 1-D with at least block_size + 1 = {block_size + 1} entries, "
                              f"got shape {np.shape(tokens)}")
@@ -202,8 +194,8 @@ def sequential_batches(tokens, block_size, batch_size):
     shorter final window, if any, comes last on its own as (1, t) with t < T. Over all
     batches the targets are exactly tokens[1:]. ``len(tokens)`` must be >= 2.
     """
-    block_size = _check_positive_int(block_size, "block_size")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    block_size = check_int(block_size, "block_size", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
     n = len(tokens)
     if n < 2:
         raise ValueError(f"need at least 2 tokens to score one prediction, got {n}")

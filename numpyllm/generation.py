@@ -21,8 +21,6 @@ Depends on NumPy only; the command line loads the checkpoint via ``numpyllm.hub`
 """
 
 import codecs
-import math
-import numbers
 import os
 import sys
 import time
@@ -30,6 +28,7 @@ import time
 import numpy as np
 
 from . import attention
+from ._checks import check_int, check_real
 from .layers import embedding_forward, layernorm_forward, linear_forward, merge_heads, mlp_forward, qkv_forward
 
 __all__ = ["KVCache", "Decoder", "generate", "iter_tokens", "sample_logits", "StreamDecoder",
@@ -44,8 +43,7 @@ class KVCache:
 
     keys, values: (n_layer, B, H, capacity, hd) in the model's dtype; positions
     [0, length) are filled. A step writes its one position; attention is handed the view
-    ``keys[layer, :, :, :length]`` (the NumPy reference multiplies it in place; the
-    compiled kernel makes it contiguous first, a copy as large as the keys it reads).
+    ``keys[layer, :, :, :length]``, which both backends read in place.
     """
 
     def __init__(self, config, batch_size, capacity):
@@ -120,32 +118,11 @@ class Decoder:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_int(value, name, minimum, optional=False):
-    """An int >= minimum (or None when optional), else TypeError/ValueError naming ``name``."""
-    expected = f">= {minimum}" + (" or None" if optional else "")
-    if value is None and optional:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int {expected}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be {expected}, got {value}")
-    return int(value)
-
-
 def _check_sampling(temperature, top_k, top_p):
     """Validate the sampler settings; return (temperature, top_k, top_p) as float/int/float or None."""
-    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"temperature must be a real number >= 0, got {type(temperature).__name__}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
-    top_k = _check_int(top_k, "top_k", 1, optional=True)
-    if top_p is not None:
-        if isinstance(top_p, (bool, np.bool_)) or not isinstance(top_p, numbers.Real):
-            raise TypeError(f"top_p must be a real number in (0, 1] or None, got {type(top_p).__name__}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
-        top_p = float(top_p)
-    return float(temperature), top_k, top_p
+    return (check_real(temperature, "temperature", 0),
+            check_int(top_k, "top_k", 1, optional=True),
+            check_real(top_p, "top_p", 0, 1, low_inclusive=False, high_inclusive=True, optional=True))
 
 
 def _check_ids(ids, name, vocab_size):
@@ -167,8 +144,8 @@ def _check_generate_args(model, idx, max_new_tokens, seed, stop_tokens):
         raise ValueError(f"idx must be 2-D (B, T): a batch of equal-length prompts, got shape {idx.shape}")
     if idx.shape[0] < 1 or idx.shape[1] < 1:
         raise ValueError(f"idx must hold at least one prompt of at least one token, got shape {idx.shape}")
-    _check_int(max_new_tokens, "max_new_tokens", 0)
-    _check_int(seed, "seed", 0, optional=True)
+    check_int(max_new_tokens, "max_new_tokens", 0)
+    check_int(seed, "seed", 0, optional=True)
     if stop_tokens is not None:
         stop_tokens = _check_ids(np.atleast_1d(stop_tokens), "stop_tokens", vocab_size).ravel()
         if stop_tokens.size == 0:
@@ -361,8 +338,8 @@ def main(args):
 
     # check what needs no files first, so a typo fails before a large model loads
     _check_sampling(args.temperature, args.top_k, args.top_p)
-    _check_int(args.max_new_tokens, "--max-new-tokens", 0)
-    _check_int(args.seed, "--seed", 0, optional=True)
+    check_int(args.max_new_tokens, "--max-new-tokens", 0)
+    check_int(args.seed, "--seed", 0, optional=True)
     if not args.prompt:
         raise ValueError("--prompt must not be empty: the model needs at least one token to continue")
 

@@ -20,11 +20,11 @@ imported when called).
 
 import dataclasses
 import math
-import numbers
 
 import numpy as np
 
 from . import attention
+from ._checks import check_int
 from .layers import (
     IGNORE_INDEX,
     block_backward,
@@ -57,11 +57,7 @@ class GPTConfig:
 
     def __post_init__(self):
         for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"GPTConfig.{field} must be an int, got {type(value).__name__} {value!r}")
-            if value < 1:
-                raise ValueError(f"GPTConfig.{field} must be >= 1, got {value}")
+            check_int(getattr(self, field), f"GPTConfig.{field}", 1)
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"GPTConfig.n_embd must be a multiple of n_head, got n_embd={self.n_embd}, n_head={self.n_head}"
@@ -171,8 +167,7 @@ class GPT:
     def _initialize(self, seed):
         """GPT-2's initialisation: weights ~ N(0, 0.02²), the residual output projections
         (attn.c_proj, mlp.c_proj) ~ N(0, (0.02 / sqrt(2 · n_layer))²), biases 0, layernorm gains 1."""
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
-            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        check_int(seed, "seed", 0, optional=True)
         rng = np.random.default_rng(seed)
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, p in self.params.items():

@@ -18,27 +18,15 @@ atomically), so that a resumed run continues bit for bit. Needs only NumPy.
 """
 
 import math
-import numbers
 
 import numpy as np
 
+from ._checks import check_int, check_real
 from .fileio import atomic_write
 
 __all__ = ["AdamW", "clip_grad_norm"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _check_real(value, name, *, low, low_inclusive, high=math.inf):
-    """Return ``value`` as a float after checking it is a real number in the interval."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    above_low = value >= low if low_inclusive else value > low
-    if not (above_low and value < high):
-        bracket = "[" if low_inclusive else "("
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}), got {value}")
-    return value
 
 
 def _check_tensor_dict(tensors, name):
@@ -102,15 +90,15 @@ class AdamW:
                 self._scratch[p.dtype] = np.empty(p.size, dtype=p.dtype)
 
     def _set_hyperparameters(self, lr, betas, eps, weight_decay):
-        self.lr = _check_real(lr, "lr", low=0.0, low_inclusive=True)
+        self.lr = check_real(lr, "lr", 0.0)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         self.betas = (
-            _check_real(betas[0], "betas[0]", low=0.0, low_inclusive=True, high=1.0),
-            _check_real(betas[1], "betas[1]", low=0.0, low_inclusive=True, high=1.0),
+            check_real(betas[0], "betas[0]", 0.0, 1.0),
+            check_real(betas[1], "betas[1]", 0.0, 1.0),
         )
-        self.eps = _check_real(eps, "eps", low=0.0, low_inclusive=False)
-        self.weight_decay = _check_real(weight_decay, "weight_decay", low=0.0, low_inclusive=True)
+        self.eps = check_real(eps, "eps", 0.0, low_inclusive=False)
+        self.weight_decay = check_real(weight_decay, "weight_decay", 0.0)
 
     def step(self, grads, lr=None):
         """Apply one AdamW update to every parameter, in place.
@@ -122,7 +110,7 @@ class AdamW:
         """
         _check_tensor_dict(grads, "grads")
         _check_same_tensors(grads, self.params, "grads", "params")
-        lr = self.lr if lr is None else _check_real(lr, "lr", low=0.0, low_inclusive=True)
+        lr = self.lr if lr is None else check_real(lr, "lr", 0.0)
         beta1, beta2 = self.betas
         self.step_count += 1
         step_size = lr / (1.0 - beta1**self.step_count)
@@ -171,14 +159,12 @@ class AdamW:
         missing = [key for key in required if key not in state]
         if missing:
             raise ValueError(f"state is missing the entries {missing}")
-        step = state["step"]
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-            raise ValueError(f"state['step'] must be an int >= 0, got {step!r}")
+        step = check_int(state["step"], "state['step']", 0)
         for key in ("exp_avg", "exp_avg_sq"):
             _check_tensor_dict(state[key], f"state[{key!r}]")
             _check_same_tensors(state[key], self.params, f"state[{key!r}]", "params")
         self._set_hyperparameters(state["lr"], tuple(state["betas"]), state["eps"], state["weight_decay"])
-        self.step_count = int(step)
+        self.step_count = step
         for name in self.params:
             np.copyto(self.exp_avg[name], state["exp_avg"][name])
             np.copyto(self.exp_avg_sq[name], state["exp_avg_sq"][name])
@@ -222,17 +208,14 @@ def clip_grad_norm(grads, max_norm):
         if total_norm > max_norm:  g ← g · max_norm / (total_norm + 1e-6)   for every tensor
 
     This is ``torch.nn.utils.clip_grad_norm_`` (same 1e-6 guard): one norm over all
-    tensors, never per tensor. Returns ``total_norm`` (a float, before clipping).
-    Each tensor's sum of squares is a dot product in its own dtype; those sums add in float64.
+    tensors, never per tensor. ``max_norm`` > 0 (inf: never clips). Returns ``total_norm``
+    (a float, before clipping). Each tensor's sum of squares is a dot product in its own dtype; those sums add in float64.
 
     A non-finite norm (a NaN or inf gradient) leaves the gradients untouched and is
     returned as is, so the caller can detect it and skip the step.
     """
     _check_tensor_dict(grads, "grads")
-    if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real):
-        raise TypeError(f"max_norm must be a real number, got {type(max_norm).__name__}")
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    max_norm = check_real(max_norm, "max_norm", 0.0, math.inf, low_inclusive=False, high_inclusive=True)
     total_norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
     if math.isfinite(total_norm) and total_norm > max_norm:
         scale = max_norm / (total_norm + 1e-6)

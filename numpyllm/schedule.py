@@ -12,7 +12,8 @@ on step S. A pure function of the step, so a resumed run needs no schedule state
 """
 
 import math
-import numbers
+
+from ._checks import check_int
 
 __all__ = ["lr_at"]
 
@@ -20,8 +21,7 @@ __all__ = ["lr_at"]
 def lr_at(step, *, max_lr, min_lr, warmup_steps, max_steps):
     """The learning rate of step ``step`` (0-based); see the module docstring for the formula."""
     for name, value in (("step", step), ("warmup_steps", warmup_steps), ("max_steps", max_steps)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        check_int(value, name, 0)
     if warmup_steps > max_steps:
         raise ValueError(f"warmup_steps must be <= max_steps, got {warmup_steps} > {max_steps}")
     if not 0 <= min_lr <= max_lr:

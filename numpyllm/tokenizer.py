@@ -21,6 +21,7 @@ import itertools
 import re
 
 from . import bpe_files, bpe_train
+from ._checks import check_int
 
 __all__ = ["BPETokenizer", "GPT2_SPLIT_PATTERN"]
 
@@ -60,8 +61,9 @@ class BPETokenizer:
     special_tokens : dict str -> int
         Tokens such as ``"<|endoftext|>"`` that encode only when explicitly allowed
         (see ``encode``) and decode to their literal text.
-    cache_size : int
-        How many distinct pre-tokens the encode cache remembers (least recently used go).
+    cache_size : int >= 0 or None
+        How many distinct pre-tokens the encode cache remembers (least recently used go);
+        None: unbounded.
 
     Together the ids must be 0..N-1 without gaps or repeats.
     """
@@ -70,8 +72,7 @@ class BPETokenizer:
         special_tokens = dict(special_tokens or {})
         for token in special_tokens:
             _check_special_token(token)
-        if cache_size is not None and (type(cache_size) is not int or cache_size < 0):
-            raise ValueError(f"cache_size must be an int >= 0 or None (unbounded), got {cache_size!r}")
+        cache_size = check_int(cache_size, "cache_size", 0, optional=True)
         missing = [byte for byte in range(256) if bytes([byte]) not in vocab]
         if missing:
             raise ValueError(
@@ -112,12 +113,12 @@ class BPETokenizer:
             Read once, one item at a time (a generator of file contents works and is
             never joined into one string). Literal special-token text in the texts is
             cut out before counting: it separates documents and is not learned from.
-        vocab_size : int
+        vocab_size : int >= 256 + len(special_tokens)
             256 byte tokens + learned merges + ``len(special_tokens)``. Fewer tokens
             result when no pair occurs ``min_frequency`` times any more.
         special_tokens : sequence of str
             Get the last ids, in the order given.
-        min_frequency : int
+        min_frequency : int >= 1
             A pair must occur at least this often (over the corpus) to be merged.
         progress : bool or None
             tqdm progress bars; None shows them only when stderr is a terminal.
@@ -137,13 +138,8 @@ class BPETokenizer:
             raise ValueError(f"special_tokens has repeats: {special_tokens!r}")
         for token in special_tokens:
             _check_special_token(token)
-        if type(vocab_size) is not int or vocab_size < 256 + len(special_tokens):
-            raise ValueError(
-                f"vocab_size must be an int >= 256 + len(special_tokens) = {256 + len(special_tokens)}, "
-                f"got {vocab_size!r}"
-            )
-        if type(min_frequency) is not int or min_frequency < 1:
-            raise ValueError(f"min_frequency must be an int >= 1, got {min_frequency!r}")
+        vocab_size = check_int(vocab_size, "vocab_size", 256 + len(special_tokens))  # bytes + special tokens
+        min_frequency = check_int(min_frequency, "min_frequency", 1)
 
         special_pattern = _special_pattern(special_tokens) if special_tokens else None
         word_counts = bpe_train.count_pretokens(texts, _split_pattern(), special_pattern, progress)

@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from . import attention
+from ._checks import check_int, check_real
 from .checkpoint import CHECKPOINT_DIR
 
 __all__ = ["TrainConfig", "PRESETS", "add_arguments", "main", "train"]
@@ -113,25 +114,16 @@ def _flag(name):
 
 
 def check_config(config):
-    """Raise ValueError naming the flag of the first setting out of range."""
+    """Raise TypeError / ValueError naming the flag of the first setting of a wrong type or out of range."""
     for name in _POSITIVE_INTS + _NON_NEGATIVE_INTS:
-        value, low = getattr(config, name), 1 if name in _POSITIVE_INTS else 0
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{_flag(name)} must be an int >= {low}, got {value!r}")
-    checks = {
-        "lr": config.lr > 0,
-        "min_lr": config.min_lr is None or 0 <= config.min_lr <= config.lr,
-        "weight_decay": config.weight_decay >= 0,
-        "beta1": 0 <= config.beta1 < 1,
-        "beta2": 0 <= config.beta2 < 1,
-        "grad_clip": config.grad_clip >= 0,
-        "val_fraction": 0 < config.val_fraction < 1,
-    }
-    rules = {"lr": "> 0", "min_lr": "in [0, --lr]", "weight_decay": ">= 0", "beta1": "in [0, 1)",
-             "beta2": "in [0, 1)", "grad_clip": ">= 0 (0: no clipping)", "val_fraction": "in (0, 1)"}
-    for name, ok in checks.items():
-        if not ok:
-            raise ValueError(f"{_flag(name)} must be {rules[name]}, got {getattr(config, name)!r}")
+        check_int(getattr(config, name), _flag(name), 1 if name in _POSITIVE_INTS else 0)
+    check_real(config.lr, "--lr", 0, low_inclusive=False)
+    check_real(config.min_lr, "--min-lr", 0, config.lr, high_inclusive=True, optional=True)
+    check_real(config.weight_decay, "--weight-decay", 0)
+    check_real(config.beta1, "--beta1", 0, 1)
+    check_real(config.beta2, "--beta2", 0, 1)
+    check_real(config.grad_clip, "--grad-clip", 0)  # 0: no clipping
+    check_real(config.val_fraction, "--val-fraction", 0, 1, low_inclusive=False)
     if config.warmup_steps > config.max_steps:
         raise ValueError(f"--warmup-steps ({config.warmup_steps}) must be <= --max-steps ({config.max_steps})")
     if config.n_embd % config.n_head:
@@ -390,7 +382,7 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
 
     0: finished max_steps. 130: stopped by Ctrl-C after saving a checkpoint. 1: stopped
     by a non-finite loss or gradient, the last good checkpoint kept. Bad settings and
-    files raise ValueError / OSError (``python -m numpyllm`` prints them as one line).
+    files raise ValueError / TypeError / OSError (``python -m numpyllm`` prints them as one line).
     """
     from tqdm.auto import tqdm
 

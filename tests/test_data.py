@@ -21,8 +21,10 @@ from numpyllm.data import (
 def test_token_dtype_is_uint16_while_every_id_fits():
     assert token_dtype(2**16) == np.dtype("<u2")  # ids 0..65535
     assert token_dtype(2**16 + 1) == np.dtype("<u4")
-    with pytest.raises(ValueError, match="vocab_size"):
+    with pytest.raises(ValueError, match="vocab_size must be >= 1, got 0"):
         token_dtype(0)
+    with pytest.raises(TypeError, match="vocab_size must be an int >= 1, got float"):
+        token_dtype(300.0)
 
 
 @pytest.mark.parametrize("vocab_size", [300, 70_000])
@@ -62,6 +64,10 @@ def test_split_tokens_takes_validation_from_the_end_without_copying():
     assert np.shares_memory(train, tokens) and np.shares_memory(val, tokens)
     with pytest.raises(ValueError, match="100 tokens: 90 for training and 10 for validation"):
         split_tokens(tokens, 0.1, min_tokens=11)
+    with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\), got 1"):
+        split_tokens(tokens, 1, min_tokens=5)
+    with pytest.raises(TypeError, match=r"val_fraction must be a real number in \(0, 1\), got str"):
+        split_tokens(tokens, "0.1", min_tokens=5)
 
 
 @given(n=st.integers(2, 60), block_size=st.integers(1, 8), batch_size=st.integers(1, 4))
@@ -99,12 +105,16 @@ def test_batch_sampler_state_restores_the_same_batches():
 
 def test_batch_sampler_rejects_bad_arguments():
     tokens = np.arange(10)
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         BatchSampler(tokens, 0, 4, seed=0)
+    with pytest.raises(TypeError, match="block_size must be an int >= 1, got float 4.0"):
+        BatchSampler(tokens, 2, 4.0, seed=0)
     with pytest.raises(ValueError, match="at least block_size \\+ 1 = 11 entries"):
         BatchSampler(tokens, 2, 10, seed=0)
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
         BatchSampler(tokens, 2, 4, seed=-1)
+    with pytest.raises(TypeError, match="seed must be an int >= 0, got bool True"):
+        BatchSampler(tokens, 2, 4, seed=True)
 
 
 @given(n=st.integers(2, 80), block_size=st.integers(1, 9), batch_size=st.integers(1, 5))

@@ -110,8 +110,10 @@ def test_bad_backend_and_config_are_rejected():
         GPT(GPTConfig(**TINY), attention_backend="torch")
     with pytest.raises(TypeError, match="config must be a GPTConfig"):
         GPT(TINY)
-    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+    with pytest.raises(ValueError, match="seed must be >= 0 or None, got -1"):
         GPT(GPTConfig(**TINY), seed=-1)
+    with pytest.raises(TypeError, match="seed must be an int >= 0 or None, got float 1.5"):
+        GPT(GPTConfig(**TINY), seed=1.5)
 
 
 # --------------------------------------------------------------------------- behaviour

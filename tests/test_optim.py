@@ -128,6 +128,11 @@ def test_load_state_dict_rejects_other_parameters():
     state_missing_step = {key: value for key, value in state.items() if key != "step"}
     with pytest.raises(ValueError, match=r"missing the entries \['step'\]"):
         AdamW(random_tensors(rng, np.float64)).load_state_dict(state_missing_step)
+    params = random_tensors(rng, np.float64)
+    with pytest.raises(ValueError, match=r"state\['step'\] must be >= 0, got -1"):
+        AdamW(params).load_state_dict({**AdamW(params).state_dict(), "step": -1})
+    with pytest.raises(TypeError, match=r"state\['step'\] must be an int >= 0, got float 2.0"):
+        AdamW(params).load_state_dict({**AdamW(params).state_dict(), "step": 2.0})
 
 
 @pytest.mark.parametrize(
@@ -139,7 +144,8 @@ def test_load_state_dict_rejects_other_parameters():
         (dict(betas=0.9), TypeError, r"betas must be a pair"),
         (dict(eps=0.0), ValueError, r"eps must be in \(0.0, inf\), got 0.0"),
         (dict(weight_decay=-0.1), ValueError, r"weight_decay must be in \[0.0, inf\)"),
-        (dict(lr="fast"), TypeError, r"lr must be a real number, got str"),
+        (dict(lr="fast"), TypeError, r"lr must be a real number in \[0.0, inf\), got str 'fast'"),
+        (dict(eps=True), TypeError, r"eps must be a real number in \(0.0, inf\), got bool"),
     ],
 )
 def test_constructor_rejects_bad_hyperparameters(kwargs, error, message):

@@ -154,11 +154,13 @@ def test_train_with_progress_bar_runs(capsys):
     "kwargs, error, message",
     [
         (dict(vocab_size=256), ValueError, "vocab_size"),
-        (dict(vocab_size=300.0), ValueError, "vocab_size"),
+        (dict(vocab_size=256), ValueError, "vocab_size must be >= 257, got 256"),
+        (dict(vocab_size=300.0), TypeError, "vocab_size must be an int >= 257, got float"),
         (dict(vocab_size=300, special_tokens=EOT), TypeError, "special_tokens"),
         (dict(vocab_size=300, special_tokens=("a", "a")), ValueError, "repeats"),
         (dict(vocab_size=300, special_tokens=("",)), ValueError, "special_tokens"),
-        (dict(vocab_size=300, min_frequency=0), ValueError, "min_frequency"),
+        (dict(vocab_size=300, min_frequency=0), ValueError, "min_frequency must be >= 1, got 0"),
+        (dict(vocab_size=300, min_frequency="2"), TypeError, "min_frequency must be an int >= 1, got str"),
     ],
 )
 def test_train_rejects_bad_arguments(kwargs, error, message):
@@ -336,8 +338,10 @@ def test_constructor_rejects_inconsistent_parts(vocab, merges, special_tokens, m
 
 
 def test_constructor_rejects_bad_cache_size():
-    with pytest.raises(ValueError, match="cache_size"):
+    with pytest.raises(ValueError, match="cache_size must be >= 0 or None, got -1"):
         BPETokenizer(BYTES, [], cache_size=-1)
+    with pytest.raises(TypeError, match="cache_size must be an int >= 0 or None, got float"):
+        BPETokenizer(BYTES, [], cache_size=8.0)
 
 
 def test_save_refuses_a_special_token_spelled_like_a_token(tmp_path):

@@ -68,6 +68,10 @@ def test_schedule_midpoint_and_bad_arguments():
         lr_at(0, max_lr=1.0, min_lr=0.0, warmup_steps=11, max_steps=10)
     with pytest.raises(ValueError, match="min_lr <= max_lr"):
         lr_at(0, max_lr=1.0, min_lr=2.0, warmup_steps=0, max_steps=10)
+    with pytest.raises(ValueError, match="step must be >= 0, got -1"):
+        lr_at(-1, max_lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=10)
+    with pytest.raises(TypeError, match="max_steps must be an int >= 0, got float 10.0"):
+        lr_at(0, max_lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=10.0)
 
 
 # --------------------------------------------------------------------------- training
@@ -163,8 +167,16 @@ def test_gpt2_preset_is_the_124m_shape():
 def test_bad_settings_and_run_directories_are_named(tmp_path, corpus):
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         make_config("huge")
-    with pytest.raises(ValueError, match="--lr must be > 0, got -1.0"):
+    with pytest.raises(ValueError, match=r"--lr must be in \(0, inf\), got -1.0"):
         make_config(lr=-1.0)
+    with pytest.raises(ValueError, match=r"--min-lr must be in \[0, 0.003\] or None, got 0.01"):
+        make_config(lr=3e-3, min_lr=0.01)
+    with pytest.raises(TypeError, match="--beta2 must be a real number in .*, got str '0.9'"):
+        make_config(beta2="0.9")
+    with pytest.raises(ValueError, match="--eval-steps must be >= 1, got 0"):
+        make_config(eval_steps=0)
+    with pytest.raises(TypeError, match="--max-steps must be an int >= 1, got float 5.0"):
+        make_config(max_steps=5.0)
     assert make_config(max_steps=5).warmup_steps == 5
     with pytest.raises(ValueError, match="--warmup-steps \\(6\\) must be <= --max-steps \\(5\\)"):
         make_config(max_steps=5, warmup_steps=6)
