@@ -33,7 +33,10 @@ Backward, for one key block j (its dK_j, dV_j are owned by this (batch, head)):
 Parallel over (batch·head, query block) in the forward and over batch·head in the
 backward (each thread then owns its dK, dV and dQ rows, so there is no race).
 Inputs are validated by the Python wrapper in ``numpyllm.attention``; these functions
-trust shapes and dtypes and only make arrays C-contiguous.
+trust shapes and dtypes. Each head of an input is read in place as a matrix of rows
+(BLAS's leading dimension is the row stride), so views such as a KV cache's first
+positions or heads split out of (B, T, C) activations are not copied; only inputs whose
+rows are not contiguous or overlap are.
 """
 
 from contextlib import nullcontext
@@ -169,12 +172,23 @@ cdef inline int visible_keys(bint causal, Py_ssize_t row, Py_ssize_t offset,
     return <int> n
 
 
-cdef inline void score_tile(const floating* q, const floating* k, Py_ssize_t row0, Py_ssize_t col0,
+cdef inline void score_tile(const floating* q, int ldq, const floating* k, int ldk,
+                            Py_ssize_t row0, Py_ssize_t col0,
                             int n_rows, int n_cols, int d, floating scale,
                             floating* tile) noexcept nogil:
     """tile (n_rows × n_cols, row stride BLOCK_K) = scale · Q[row0:] K[col0:]ᵀ."""
-    gemm(False, True, n_rows, n_cols, d, scale, q + row0 * d, d, k + col0 * d, d,
+    gemm(False, True, n_rows, n_cols, d, scale, q + row0 * ldq, ldq, k + col0 * ldk, ldk,
          <floating> 0, tile, BLOCK_K)
+
+
+cdef inline int row_stride(const floating[:, :, :, :] x) noexcept nogil:
+    """Elements between consecutive rows of x (B, H, N, d): BLAS's leading dimension.
+
+    ``_rows`` has made the rows contiguous. A single row (N == 1) may carry any
+    stride; BLAS still wants one >= d.
+    """
+    cdef Py_ssize_t stride = x.strides[2] // sizeof(floating)
+    return <int> (stride if stride > x.shape[3] else x.shape[3])
 
 
 cdef inline int mask_row(floating* row, bint causal, Py_ssize_t query, Py_ssize_t offset,
@@ -194,8 +208,9 @@ cdef inline int mask_row(floating* row, bint causal, Py_ssize_t query, Py_ssize_
 
 
 cdef void forward_query_block(
-    const floating* q, const floating* k, const floating* v,  # (Nq, d), (Nk, d), (Nk, d) of one head
-    floating* out, double* lse,                                 # (Nq, d), (Nq,)
+    const floating* q, int ldq,                # (Nq, d) of one head, row stride ldq
+    const floating* k, int ldk, const floating* v, int ldv,  # (Nk, d) each
+    floating* out, double* lse,                # (Nq, d) contiguous, (Nq,)
     Py_ssize_t n_q, Py_ssize_t n_k, int d, Py_ssize_t row0,
     bint causal, floating scale,
     floating* scores, floating* acc, double* running_max, double* running_sum,  # thread scratch
@@ -219,7 +234,7 @@ cdef void forward_query_block(
     col0 = 0
     while col0 <= last_col:
         n_cols = <int> min(<Py_ssize_t> BLOCK_K, n_k - col0)
-        score_tile(q, k, row0, col0, n_rows, n_cols, d, scale, scores)  # S = scale · Q_i K_jᵀ
+        score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, scores)  # S = scale · Q_i K_jᵀ
         for i in range(n_rows):
             s_row = scores + i * BLOCK_K
             n_vis = mask_row(s_row, causal, row0 + i, offset, col0, n_cols)
@@ -237,7 +252,7 @@ cdef void forward_query_block(
                 for c in range(d):
                     acc_row[c] = <floating> (acc_row[c] * alpha)
         # acc (n_rows × d) += P V_j
-        gemm(False, False, n_rows, d, n_cols, <floating> 1, scores, BLOCK_K, v + col0 * d, d,
+        gemm(False, False, n_rows, d, n_cols, <floating> 1, scores, BLOCK_K, v + col0 * ldv, ldv,
              <floating> 1, acc, d)
         col0 += BLOCK_K
     for i in range(n_rows):
@@ -247,34 +262,38 @@ cdef void forward_query_block(
 
 
 cdef void forward_all(
-    const floating[:, :, ::1] q, const floating[:, :, ::1] k, const floating[:, :, ::1] v,
+    const floating[:, :, :, :] q, const floating[:, :, :, :] k, const floating[:, :, :, :] v,
     floating[:, :, ::1] out, double[:, ::1] lse, bint causal, floating scale,
     floating[:, ::1] scores, floating[:, ::1] acc, double[:, ::1] stats, int n_threads,
 ) noexcept nogil:
-    cdef Py_ssize_t n_heads = q.shape[0], n_q = q.shape[1], n_k = k.shape[1]
-    cdef int d = <int> q.shape[2]
+    cdef Py_ssize_t n_h = q.shape[1], n_q = q.shape[2], n_k = k.shape[2]
+    cdef int d = <int> q.shape[3], rows = <int> stats.shape[1] // 2
+    cdef int ldq = row_stride(q), ldk = row_stride(k), ldv = row_stride(v)
     cdef Py_ssize_t n_qblocks = (n_q + BLOCK_Q - 1) // BLOCK_Q
-    cdef Py_ssize_t task, head, row0
+    cdef Py_ssize_t task, head, b, h, row0
     cdef int tid
     with parallel(num_threads=n_threads):
-        for task in prange(n_heads * n_qblocks, schedule="dynamic"):
+        for task in prange(q.shape[0] * n_h * n_qblocks, schedule="dynamic"):
             tid = threadid()
             head = task // n_qblocks
+            b = head // n_h
+            h = head % n_h
             row0 = (task % n_qblocks) * BLOCK_Q
-            forward_query_block(&q[head, 0, 0], &k[head, 0, 0], &v[head, 0, 0],
+            forward_query_block(&q[b, h, 0, 0], ldq, &k[b, h, 0, 0], ldk, &v[b, h, 0, 0], ldv,
                                 &out[head, 0, 0], &lse[head, 0],
                                 n_q, n_k, d, row0, causal, scale,
                                 &scores[tid, 0], &acc[tid, 0],
-                                &stats[tid, 0], &stats[tid, BLOCK_Q])
+                                &stats[tid, 0], &stats[tid, rows])
 
 
 # --------------------------------------------------------------------------- backward
 
 
 cdef void backward_head(
-    const floating* q, const floating* k, const floating* v,   # (Nq, d), (Nk, d), (Nk, d)
-    const floating* out, const floating* dout, const double* lse,
-    floating* dq, floating* dk, floating* dv,                  # zeroed on entry
+    const floating* q, int ldq, const floating* k, int ldk, const floating* v, int ldv,
+    const floating* out, int ldo, const floating* dout, int lddo,  # (Nq or Nk, d), row strides ld*
+    const double* lse,
+    floating* dq, floating* dk, floating* dv,                  # contiguous, zeroed on entry
     Py_ssize_t n_q, Py_ssize_t n_k, int d, bint causal, floating scale,
     floating* probs, floating* dscores, double* d_row,         # thread scratch
 ) noexcept nogil:
@@ -290,7 +309,7 @@ cdef void backward_head(
     for i in range(n_q):  # D_i = Σ_c dO_ic O_ic
         dot = 0.0
         for c in range(d):
-            dot = dot + <double> dout[i * d + c] * out[i * d + c]
+            dot = dot + <double> dout[i * lddo + c] * out[i * ldo + c]
         d_row[i] = dot
     col0 = 0
     while col0 < n_k:
@@ -303,17 +322,17 @@ cdef void backward_head(
         while row0 < n_q:
             n_rows = <int> min(<Py_ssize_t> BLOCK_Q, n_q - row0)
             # P = exp(scale · Q_i K_jᵀ - lse_i), masked entries 0
-            score_tile(q, k, row0, col0, n_rows, n_cols, d, scale, probs)
+            score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, probs)
             for i in range(n_rows):
                 p_row = probs + i * BLOCK_K
                 n_vis = mask_row(p_row, causal, row0 + i, offset, col0, n_cols)
                 exp_shift(p_row, n_vis, lse[row0 + i])
             # dV_j += Pᵀ dO_i
             gemm(True, False, n_cols, d, n_rows, <floating> 1, probs, BLOCK_K,
-                 dout + row0 * d, d, <floating> 1, dv + col0 * d, d)
+                 dout + row0 * lddo, lddo, <floating> 1, dv + col0 * d, d)
             # dP = dO_i V_jᵀ, then dS = P ∘ (dP - D_i) in place
-            gemm(False, True, n_rows, n_cols, d, <floating> 1, dout + row0 * d, d,
-                 v + col0 * d, d, <floating> 0, dscores, BLOCK_K)
+            gemm(False, True, n_rows, n_cols, d, <floating> 1, dout + row0 * lddo, lddo,
+                 v + col0 * ldv, ldv, <floating> 0, dscores, BLOCK_K)
             for i in range(n_rows):
                 p_row = probs + i * BLOCK_K
                 ds_row = dscores + i * BLOCK_K
@@ -322,29 +341,33 @@ cdef void backward_head(
                     ds_row[j] = p_row[j] * (ds_row[j] - d_i)
             # dQ_i += scale · dS K_j ;  dK_j += scale · dSᵀ Q_i
             gemm(False, False, n_rows, d, n_cols, scale, dscores, BLOCK_K,
-                 k + col0 * d, d, <floating> 1, dq + row0 * d, d)
+                 k + col0 * ldk, ldk, <floating> 1, dq + row0 * d, d)
             gemm(True, False, n_cols, d, n_rows, scale, dscores, BLOCK_K,
-                 q + row0 * d, d, <floating> 1, dk + col0 * d, d)
+                 q + row0 * ldq, ldq, <floating> 1, dk + col0 * d, d)
             row0 += BLOCK_Q
         col0 += BLOCK_K
 
 
 cdef void backward_all(
-    const floating[:, :, ::1] q, const floating[:, :, ::1] k, const floating[:, :, ::1] v,
-    const floating[:, :, ::1] out, const floating[:, :, ::1] dout, const double[:, ::1] lse,
+    const floating[:, :, :, :] q, const floating[:, :, :, :] k, const floating[:, :, :, :] v,
+    const floating[:, :, :, :] out, const floating[:, :, :, :] dout, const double[:, ::1] lse,
     floating[:, :, ::1] dq, floating[:, :, ::1] dk, floating[:, :, ::1] dv,
     bint causal, floating scale,
     floating[:, ::1] probs, floating[:, ::1] dscores, double[:, ::1] d_row, int n_threads,
 ) noexcept nogil:
-    cdef Py_ssize_t n_heads = q.shape[0], n_q = q.shape[1], n_k = k.shape[1]
-    cdef int d = <int> q.shape[2]
-    cdef Py_ssize_t head
+    cdef Py_ssize_t n_h = q.shape[1], n_q = q.shape[2], n_k = k.shape[2]
+    cdef int d = <int> q.shape[3]
+    cdef int ldq = row_stride(q), ldk = row_stride(k), ldv = row_stride(v)
+    cdef int ldo = row_stride(out), lddo = row_stride(dout)
+    cdef Py_ssize_t head, b, h
     cdef int tid
     with parallel(num_threads=n_threads):
-        for head in prange(n_heads, schedule="dynamic"):
+        for head in prange(q.shape[0] * n_h, schedule="dynamic"):
             tid = threadid()
-            backward_head(&q[head, 0, 0], &k[head, 0, 0], &v[head, 0, 0],
-                          &out[head, 0, 0], &dout[head, 0, 0], &lse[head, 0],
+            b = head // n_h
+            h = head % n_h
+            backward_head(&q[b, h, 0, 0], ldq, &k[b, h, 0, 0], ldk, &v[b, h, 0, 0], ldv,
+                          &out[b, h, 0, 0], ldo, &dout[b, h, 0, 0], lddo, &lse[head, 0],
                           &dq[head, 0, 0], &dk[head, 0, 0], &dv[head, 0, 0],
                           n_q, n_k, d, causal, scale,
                           &probs[tid, 0], &dscores[tid, 0], &d_row[tid, 0])
@@ -381,9 +404,18 @@ def _single_threaded_blas(double work):
     return _blas.limit(limits=1, user_api="blas") if work >= MIN_WORK_PER_THREAD else nullcontext()
 
 
-def _heads(x):
-    """(B, H, N, d) -> C-contiguous (B·H, N, d), copying only when x is not contiguous."""
-    return np.ascontiguousarray(x).reshape(-1, x.shape[2], x.shape[3])
+def _rows(x):
+    """x (B, H, N, d) itself when BLAS can read each head in place, else a C-contiguous copy.
+
+    In place needs contiguous rows (unit stride along d), non-overlapping rows (row stride
+    >= d, or a single row) and non-negative strides that are whole elements.
+    """
+    item = x.itemsize
+    row_stride_ok = x.shape[2] == 1 or x.strides[2] >= x.shape[3] * item
+    if x.strides[3] == item and row_stride_ok and \
+            all(s >= 0 and s % item == 0 for s in x.strides[:3]):
+        return x
+    return np.ascontiguousarray(x)
 
 
 def forward(q, k, v, bint causal, double scale, int num_threads=0):
@@ -398,15 +430,16 @@ def forward(q, k, v, bint causal, double scale, int num_threads=0):
     if n_tasks > 0:
         work = <double> B * H * n_q * k.shape[2] * d
         n_threads = _threads(num_threads, n_tasks, work)
-        scores = np.empty((n_threads, BLOCK_Q * BLOCK_K), dtype=q.dtype)
-        acc = np.empty((n_threads, BLOCK_Q * d), dtype=q.dtype)
-        stats = np.empty((n_threads, 2 * BLOCK_Q), dtype=np.float64)
+        rows = min(BLOCK_Q, n_q)  # a decoding step's scratch is one row, not a whole tile
+        scores = np.empty((n_threads, rows * BLOCK_K), dtype=q.dtype)
+        acc = np.empty((n_threads, rows * d), dtype=q.dtype)
+        stats = np.empty((n_threads, 2 * rows), dtype=np.float64)
         with _single_threaded_blas(work):
             if q.dtype == np.float32:
-                forward_all[float](_heads(q), _heads(k), _heads(v), out, lse, causal, <float> scale,
+                forward_all[float](_rows(q), _rows(k), _rows(v), out, lse, causal, <float> scale,
                                    scores, acc, stats, n_threads)
             else:
-                forward_all[double](_heads(q), _heads(k), _heads(v), out, lse, causal, scale,
+                forward_all[double](_rows(q), _rows(k), _rows(v), out, lse, causal, scale,
                                     scores, acc, stats, n_threads)
     return out.reshape(B, H, n_q, d), lse.reshape(B, H, n_q)
 
@@ -421,17 +454,18 @@ def backward(dout, q, k, v, out, lse, bint causal, double scale, int num_threads
     if B * H > 0 and n_q > 0:
         work = <double> B * H * n_q * n_k * d
         n_threads = _threads(num_threads, B * H, work)
-        probs = np.empty((n_threads, BLOCK_Q * BLOCK_K), dtype=q.dtype)
-        dscores = np.empty((n_threads, BLOCK_Q * BLOCK_K), dtype=q.dtype)
+        rows = min(BLOCK_Q, n_q)
+        probs = np.empty((n_threads, rows * BLOCK_K), dtype=q.dtype)
+        dscores = np.empty((n_threads, rows * BLOCK_K), dtype=q.dtype)
         d_row = np.empty((n_threads, n_q), dtype=np.float64)
         lse_heads = np.ascontiguousarray(lse, dtype=np.float64).reshape(B * H, n_q)
         with _single_threaded_blas(work):
             if q.dtype == np.float32:
-                backward_all[float](_heads(q), _heads(k), _heads(v), _heads(out), _heads(dout),
+                backward_all[float](_rows(q), _rows(k), _rows(v), _rows(out), _rows(dout),
                                     lse_heads, dq, dk, dv, causal, <float> scale,
                                     probs, dscores, d_row, n_threads)
             else:
-                backward_all[double](_heads(q), _heads(k), _heads(v), _heads(out), _heads(dout),
+                backward_all[double](_rows(q), _rows(k), _rows(v), _rows(out), _rows(dout),
                                      lse_heads, dq, dk, dv, causal, scale,
                                      probs, dscores, d_row, n_threads)
     return (dq.reshape(B, H, n_q, d), dk.reshape(B, H, n_k, d), dv.reshape(B, H, n_k, d))

@@ -237,14 +237,13 @@ def qkv_forward(x, weight, bias, n_head):
 
         [q | k | v] = x @ weight + bias        each (B, T, C), then split_heads
 
-    x: (B, T, C), weight: (C, 3C), bias: (3C,) -> q, k, v: (B, H, T, hd), C-contiguous
-    (so the attention kernel need not copy them). Also usable for new positions only,
-    e.g. decoding with a KV cache.
+    x: (B, T, C), weight: (C, 3C), bias: (3C,) -> q, k, v: (B, H, T, hd), views into
+    one (B, T, 3C) array (both attention backends read such views in place). Also usable
+    for new positions only, e.g. decoding with a KV cache.
     """
     qkv, cache = linear_forward(x, weight, bias)  # (B, T, 3C)
     B, T, C3 = qkv.shape
-    heads = qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
-    q, k, v = np.ascontiguousarray(heads)
+    q, k, v = qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
     return (q, k, v), cache
 
 

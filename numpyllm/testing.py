@@ -52,7 +52,7 @@ EDGE_LENGTHS = (1, 2, 3, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257)
 #: Head dimensions, including 1 and sizes that are not a multiple of the SIMD width.
 EDGE_HEAD_DIMS = (1, 2, 3, 7, 8, 16, 32, 33, 64)
 #: Memory layouts an input may have (attention must accept any strides).
-LAYOUTS = ("contiguous", "heads_last", "strided", "fortran")
+LAYOUTS = ("contiguous", "heads_last", "cache_prefix", "strided", "fortran")
 #: Largest |score| the strategy aims for: rows whose softmax is numerically one-hot.
 MAX_SCORE = 1e4
 
@@ -89,6 +89,10 @@ def _with_layout(x, layout):
     """The same values as x (B, H, N, d) in the requested memory layout."""
     if layout == "heads_last":  # (B, N, H, d) storage viewed as (B, H, N, d): what a model produces
         return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+    if layout == "cache_prefix":  # the first N positions of a longer buffer, like a KV cache's
+        buffer = np.zeros(x.shape[:2] + (x.shape[2] + 5,) + x.shape[3:], dtype=x.dtype)
+        buffer[:, :, : x.shape[2]] = x
+        return buffer[:, :, : x.shape[2]]
     if layout == "strided":  # every other element of a twice-as-wide buffer
         wide = np.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
         wide[..., ::2] = x

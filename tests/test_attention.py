@@ -72,6 +72,39 @@ def test_kernel_matches_reference_at_tile_edges(n_q, n_k, d, causal):
         check_attention(kernel_forward, kernel_backward, problem)
 
 
+def odd_views(x):
+    """Arrays of x's shape (B, H, N, d) with strides the kernel reads in place or must copy."""
+    B, H, N, d = x.shape
+    padded = np.zeros((B, H + 1, N + 3, d + 2), dtype=x.dtype)
+    padded[:, 1:, :N, 1:-1] = x
+    tokens_first = np.ascontiguousarray(x.transpose(2, 0, 1, 3))  # (N, B, H, d), heads from (T, C)
+    return {
+        "padded rows and heads (in place)": padded[:, 1:, :N, 1:-1],
+        "positions outermost (in place)": tokens_first.transpose(1, 2, 0, 3),
+        "heads reversed (copied)": np.ascontiguousarray(x[:, ::-1])[:, ::-1],
+        "rows reversed (copied)": np.ascontiguousarray(x[:, :, ::-1])[:, :, ::-1],
+        "one head broadcast (in place: zero head stride)": np.broadcast_to(x[:, :1], x.shape),
+        "one position broadcast (copied: zero row stride)": np.broadcast_to(x[:, :, :1], x.shape),
+    }
+
+
+@needs_kernel
+@pytest.mark.parametrize("n_q, n_k", [(1, 37), (5, 300), (130, 130)])
+def test_kernel_reads_strided_views_correctly(n_q, n_k):
+    """Views whose heads BLAS can read in place (row stride >= d, any head stride >= 0)
+    are not copied, and they and views it cannot read (negative strides, overlapping
+    rows) give the reference's results."""
+    for dtype in (np.float32, np.float64):
+        q, k, v = random_qkv((2, 3, n_q, 5), n_k, dtype, seed=n_q)
+        dout = np.random.default_rng(2).standard_normal(q.shape).astype(dtype)
+        views = {name: (odd_views(q)[name], odd_views(k)[name], odd_views(v)[name], odd_views(dout)[name])
+                 for name in odd_views(q)}
+        for name, (qv, kv, vv, dv) in views.items():
+            assert (attention._kernel._rows(kv) is kv) == ("in place" in name), name
+            for causal in (False, True):
+                check_attention(kernel_forward, kernel_backward, AttentionProblem(qv, kv, vv, dv, causal, None))
+
+
 @given(attention_problems(max_len=80))
 @settings(max_examples=25)
 def test_reference_meets_its_own_tolerances(problem):
