@@ -237,16 +237,21 @@ def test_transformers_loads_our_checkpoint(tiny_checkpoint):
     np.testing.assert_array_equal(state["lm_head.weight"].numpy(), params["wte.weight"])  # tied
 
 
+def assert_same_logits(ours, theirs, torch, seed):
+    """Our GPT and a GPT2LMHeadModel give the same float32 logits on three random full blocks."""
+    idx = np.random.default_rng(seed).integers(0, TINY["vocab_size"], size=(3, TINY["block_size"]))
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(idx)).logits.numpy()
+    np.testing.assert_allclose(ours(idx), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_our_saved_model_gives_the_same_logits_in_transformers(tmp_path):
     torch = pytest.importorskip("torch", reason="transformers needs torch")
     transformers = pytest.importorskip("transformers", reason="transformers is the oracle for the logits")
     ours = perturbed_model(GPTConfig(**TINY), seed=1, backend="auto", scale=0.3)
     ours.save_pretrained(tmp_path)
     theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
-    idx = np.random.default_rng(1).integers(0, TINY["vocab_size"], size=(3, TINY["block_size"]))
-    with torch.no_grad():
-        expected = theirs(torch.from_numpy(idx)).logits.numpy()
-    np.testing.assert_allclose(ours(idx), expected, rtol=1e-4, atol=1e-4)
+    assert_same_logits(ours, theirs, torch, seed=1)
 
 
 def test_transformers_saved_model_gives_the_same_logits_here(tmp_path):
@@ -255,10 +260,7 @@ def test_transformers_saved_model_gives_the_same_logits_here(tmp_path):
     theirs = tiny_transformers_model(torch, transformers, seed=2)
     theirs.save_pretrained(tmp_path)
     ours = GPT.from_pretrained(tmp_path)
-    idx = np.random.default_rng(2).integers(0, TINY["vocab_size"], size=(3, TINY["block_size"]))
-    with torch.no_grad():
-        expected = theirs(torch.from_numpy(idx)).logits.numpy()
-    np.testing.assert_allclose(ours(idx), expected, rtol=1e-4, atol=1e-4)
+    assert_same_logits(ours, theirs, torch, seed=2)
 
 
 # --------------------------------------------------------------------------- errors
