@@ -209,7 +209,8 @@ def clip_grad_norm(grads, max_norm):
 
     This is ``torch.nn.utils.clip_grad_norm_`` (same 1e-6 guard): one norm over all
     tensors, never per tensor. ``max_norm`` > 0 (inf: never clips). Returns ``total_norm``
-    (a float, before clipping). Each tensor's sum of squares is a dot product in its own dtype; those sums add in float64.
+    (a float, before clipping). Each tensor's sum of squares is a dot product in its own
+    dtype; those sums add in float64.
 
     A non-finite norm (a NaN or inf gradient) leaves the gradients untouched and is
     returned as is, so the caller can detect it and skip the step.
