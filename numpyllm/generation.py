@@ -43,8 +43,7 @@ class KVCache:
 
     keys, values: (n_layer, B, H, capacity, hd) in the model's dtype; positions
     [0, length) are filled. A step writes its one position; attention is handed the view
-    ``keys[layer, :, :, :length]`` (the NumPy reference multiplies it in place; the
-    compiled kernel makes it contiguous first, a copy as large as the keys it reads).
+    ``keys[layer, :, :, :length]``, which both backends read in place.
     """
 
     def __init__(self, config, batch_size, capacity):
