@@ -204,16 +204,25 @@ def parts():
     return model, tokenizer, AdamW(model.params)
 
 
-def _saved_step_and_weights(run_dir):
+def assert_saved(run_dir, step, weights):
+    """The checkpoint ``find_checkpoint`` picks in ``run_dir`` holds this trainer step and these weights."""
     checkpoint = find_checkpoint(run_dir)
-    return read_trainer_state(checkpoint)["step"], GPT.from_pretrained(checkpoint).flat_params
+    assert read_trainer_state(checkpoint)["step"] == step
+    np.testing.assert_array_equal(GPT.from_pretrained(checkpoint).flat_params, weights)
+
+
+def save_then_change(run_dir, parts):
+    """Save ``parts`` as step 1, then change the model's weights; returns the saved weights."""
+    model, tokenizer, optimizer = parts
+    save_checkpoint(run_dir, model, tokenizer, optimizer, {"step": 1})
+    saved = model.flat_params.copy()
+    model.flat_params += 1.0
+    return saved
 
 
 def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, parts, monkeypatch):
     model, tokenizer, optimizer = parts
-    save_checkpoint(tmp_path, model, tokenizer, optimizer, {"step": 1})
-    before = model.flat_params.copy()
-    model.flat_params += 1.0
+    before = save_then_change(tmp_path, parts)
 
     def crash(path):
         raise OSError("disk full")
@@ -221,17 +230,13 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, parts, m
     monkeypatch.setattr(optimizer, "save", crash)  # the weights are written, the optimizer state fails
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path, model, tokenizer, optimizer, {"step": 2})
-    step, weights = _saved_step_and_weights(tmp_path)
-    assert step == 1
-    np.testing.assert_array_equal(weights, before)
+    assert_saved(tmp_path, 1, before)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint"]  # the half-written copy is gone
 
 
 def test_a_crash_between_the_renames_leaves_a_loadable_checkpoint(tmp_path, parts, monkeypatch):
     model, tokenizer, optimizer = parts
-    save_checkpoint(tmp_path, model, tokenizer, optimizer, {"step": 1})
-    before = model.flat_params.copy()
-    model.flat_params += 1.0
+    before = save_then_change(tmp_path, parts)
     real_rename = os.rename
 
     def rename_then_die(source, target):
@@ -244,16 +249,12 @@ def test_a_crash_between_the_renames_leaves_a_loadable_checkpoint(tmp_path, part
         with pytest.raises(KeyboardInterrupt):
             save_checkpoint(tmp_path, model, tokenizer, optimizer, {"step": 2})
     assert not (tmp_path / "checkpoint").exists()
-    step, weights = _saved_step_and_weights(tmp_path)
-    assert step == 1
-    np.testing.assert_array_equal(weights, before)
+    assert_saved(tmp_path, 1, before)
     assert model_directory(tmp_path) == str(tmp_path / "checkpoint.old")
 
     save_checkpoint(tmp_path, model, tokenizer, optimizer, {"step": 3})  # the next save recovers
     assert sorted(os.listdir(tmp_path)) == ["checkpoint"]
-    step, weights = _saved_step_and_weights(tmp_path)
-    assert step == 3
-    np.testing.assert_array_equal(weights, model.flat_params)
+    assert_saved(tmp_path, 3, model.flat_params)
 
 
 def test_a_killed_save_leaves_debris_that_is_ignored_then_cleared(tmp_path, parts):
@@ -265,4 +266,4 @@ def test_a_killed_save_leaves_debris_that_is_ignored_then_cleared(tmp_path, part
     assert find_checkpoint(tmp_path) == str(tmp_path / "checkpoint")
     save_checkpoint(tmp_path, model, tokenizer, optimizer, {"step": 2})
     assert sorted(os.listdir(tmp_path)) == ["checkpoint"]
-    assert _saved_step_and_weights(tmp_path)[0] == 2
+    assert_saved(tmp_path, 2, model.flat_params)
