@@ -1,6 +1,6 @@
-"""Checks for scalar arguments: an int at least some minimum, a real number in an interval.
+"""Checks for arguments: an int at least some minimum, a real number in an interval, token ids.
 
-One convention everywhere the library takes a count, a seed or a hyper-parameter:
+One convention everywhere the library takes a count, a seed, a hyper-parameter or ids:
 
 - the wrong type (bool, a str, a float where an int is wanted, ...) -> TypeError;
 - the right type but out of range (or NaN) -> ValueError;
@@ -9,14 +9,15 @@ One convention everywhere the library takes a count, a seed or a hyper-parameter
 
 bool is refused although it subclasses int: ``seed=True`` is a mistake, not 1. NumPy
 scalars (np.int64, np.float32) are accepted; the checks return plain int / float.
-Needs only the standard library (the tokenizer imports it).
+Importing this module needs only the standard library (the tokenizer imports it);
+``check_token_ids`` imports NumPy when called.
 """
 
 import math
 import numbers
 import reprlib
 
-__all__ = ["check_int", "check_real"]
+__all__ = ["check_int", "check_real", "check_token_ids"]
 
 
 def _got(value):
@@ -61,3 +62,24 @@ def check_real(value, name, low=-math.inf, high=math.inf, *, low_inclusive=True,
     if not (above_low and below_high):  # both False for NaN
         raise ValueError(f"{name} must be in {interval}, got {value}")
     return float(value)
+
+
+def check_token_ids(ids, name, vocab_size, low=0):
+    """Return ``ids`` as an ndarray after checking it holds integer token ids in [low, vocab_size).
+
+    ids: array-like of any shape (the caller checks the shape). low: -1 admits the loss's
+    ignore index in targets. Raises TypeError for a non-integer dtype and ValueError
+    naming the first id outside the range. An empty array passes whatever its dtype
+    (``np.asarray([])`` is float64 but holds no id of the wrong type).
+    """
+    import numpy as np  # not at the top: the tokenizer imports this module without NumPy
+
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return ids
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array of token ids, got dtype {ids.dtype}")
+    if ids.min() < low or ids.max() >= vocab_size:  # two reductions; the mask only on failure
+        bad = ids[(ids < low) | (ids >= vocab_size)].flat[0]
+        raise ValueError(f"{name} entries must be in [{low}, {vocab_size}), got {bad}")
+    return ids

@@ -20,7 +20,7 @@ import tempfile
 
 import numpy as np
 
-from ._checks import check_int, check_real
+from ._checks import check_int, check_real, check_token_ids
 from .corpus import stdlib_corpus_files
 from .fileio import atomic_write
 
@@ -96,7 +96,8 @@ def write_tokens(path, chunks, vocab_size):
     Streams: the chunks go to a temporary file as they come and are never held in memory
     together, then the .npy header and the data are written next to ``path`` and renamed
     into place (atomic). The dtype is ``token_dtype(vocab_size)``.
-    Returns the number of tokens written. Raises ValueError for an id outside [0, vocab_size).
+    Returns the number of tokens written. Raises TypeError for a chunk of another dtype and
+    ValueError for an id outside [0, vocab_size) (the file at ``path`` is then left as it was).
     """
     dtype = token_dtype(vocab_size)
     path = os.fspath(path)
@@ -104,12 +105,10 @@ def write_tokens(path, chunks, vocab_size):
     os.makedirs(directory, exist_ok=True)
     count = 0
     with tempfile.TemporaryFile(dir=directory) as raw:
-        for chunk in chunks:
-            chunk = np.asarray(chunk)
-            if chunk.ndim != 1 or (chunk.size and chunk.dtype.kind not in "iu"):
-                raise ValueError(f"each chunk must be a 1-D integer array, got dtype {chunk.dtype} shape {chunk.shape}")
-            if chunk.size and (chunk.min() < 0 or chunk.max() >= vocab_size):
-                raise ValueError(f"token ids must be in [0, {vocab_size}), got min {chunk.min()}, max {chunk.max()}")
+        for i, chunk in enumerate(chunks):
+            chunk = check_token_ids(chunk, f"chunks[{i}]", vocab_size)
+            if chunk.ndim != 1:
+                raise ValueError(f"chunks[{i}] must be 1-D, got shape {chunk.shape}")
             raw.write(chunk.astype(dtype).tobytes())
             count += chunk.size
         raw.seek(0)

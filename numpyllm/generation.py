@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from . import attention
-from ._checks import check_int, check_real
+from ._checks import check_int, check_real, check_token_ids
 from .layers import embedding_forward, layernorm_forward, linear_forward, merge_heads, mlp_forward, qkv_forward
 
 __all__ = ["KVCache", "Decoder", "generate", "iter_tokens", "sample_logits", "StreamDecoder",
@@ -125,21 +125,10 @@ def _check_sampling(temperature, top_k, top_p):
             check_real(top_p, "top_p", 0, 1, low_inclusive=False, high_inclusive=True, optional=True))
 
 
-def _check_ids(ids, name, vocab_size):
-    """Validate token ids: an int array whose entries lie in [0, vocab_size)."""
-    ids = np.asarray(ids)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        bad = ids[(ids < 0) | (ids >= vocab_size)].flat[0]
-        raise ValueError(f"{name} has token id {bad}, outside the vocabulary [0, {vocab_size})")
-    return ids
-
-
 def _check_generate_args(model, idx, max_new_tokens, seed, stop_tokens):
     """Validate generate's arguments other than the sampler's; return (idx, stop_tokens array)."""
     vocab_size = model.config.vocab_size
-    idx = _check_ids(idx, "idx", vocab_size)
+    idx = check_token_ids(idx, "idx", vocab_size)
     if idx.ndim != 2:
         raise ValueError(f"idx must be 2-D (B, T): a batch of equal-length prompts, got shape {idx.shape}")
     if idx.shape[0] < 1 or idx.shape[1] < 1:
@@ -147,7 +136,7 @@ def _check_generate_args(model, idx, max_new_tokens, seed, stop_tokens):
     check_int(max_new_tokens, "max_new_tokens", 0)
     check_int(seed, "seed", 0, optional=True)
     if stop_tokens is not None:
-        stop_tokens = _check_ids(np.atleast_1d(stop_tokens), "stop_tokens", vocab_size).ravel()
+        stop_tokens = check_token_ids(np.atleast_1d(stop_tokens), "stop_tokens", vocab_size).ravel()
         if stop_tokens.size == 0:
             stop_tokens = None
     return idx.astype(np.int64, copy=False), stop_tokens

@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from . import attention
-from ._checks import check_int
+from ._checks import check_int, check_token_ids
 from .layers import (
     IGNORE_INDEX,
     block_backward,
@@ -114,18 +114,13 @@ def flat_views(buffer, shapes):
 
 def _check_tokens(array, name, config, low):
     """Validate a (B, T) integer array with entries in [low, vocab_size); return it as ndarray."""
-    array = np.asarray(array)
-    if array.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array of token ids, got dtype {array.dtype}")
+    array = check_token_ids(array, name, config.vocab_size, low)
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D (B, T), got shape {array.shape}")
     B, T = array.shape
     if B < 1 or not 1 <= T <= config.block_size:
         raise ValueError(f"{name} must have shape (B, T) with B >= 1 and 1 <= T <= block_size="
                          f"{config.block_size}, got {array.shape}")
-    if array.min() < low or array.max() >= config.vocab_size:
-        raise ValueError(f"{name} entries must be in [{low}, {config.vocab_size}), "
-                         f"got min {array.min()}, max {array.max()}")
     return array
 
 

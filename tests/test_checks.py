@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from numpyllm._checks import check_int, check_real
+from numpyllm._checks import check_int, check_real, check_token_ids
 
 
 @pytest.mark.parametrize("value, minimum, optional, expected", [
@@ -65,3 +65,28 @@ def test_check_real_accepts_and_returns_plain_floats(value, bounds, expected):
 def test_check_real_rejects_naming_argument_interval_and_value(value, bounds, error, message):
     with pytest.raises(error, match=message):
         check_real(value, "x", **bounds)
+
+
+@pytest.mark.parametrize("ids, low", [
+    ([[0, 4], [2, 1]], 0),
+    (np.array([4], dtype=np.uint16), 0),
+    (np.array([-1, 0, 4]), -1),  # targets: -1 is the ignore index
+    ([], 0),  # float64 when made an array, but no id of the wrong type
+])
+def test_check_token_ids_accepts_integer_ids_in_range(ids, low):
+    result = check_token_ids(ids, "ids", 5, low)
+    assert isinstance(result, np.ndarray)
+    np.testing.assert_array_equal(result, ids)
+
+
+@pytest.mark.parametrize("ids, low, error, message", [
+    ([[0, 5]], 0, ValueError, r"^ids entries must be in \[0, 5\), got 5$"),
+    ([3, -1, 7], 0, ValueError, r"^ids entries must be in \[0, 5\), got -1$"),  # the first bad one
+    ([-2, 0], -1, ValueError, r"^ids entries must be in \[-1, 5\), got -2$"),
+    (np.array([70_000], dtype=np.uint32), 0, ValueError, r"^ids entries must be in \[0, 5\), got 70000$"),
+    ([1.0, 2.0], 0, TypeError, "^ids must be an integer array of token ids, got dtype float64$"),
+    ([True], 0, TypeError, "^ids must be an integer array of token ids, got dtype bool$"),
+])
+def test_check_token_ids_rejects_naming_the_range_and_the_bad_id(ids, low, error, message):
+    with pytest.raises(error, match=message):
+        check_token_ids(ids, "ids", 5, low)

@@ -43,8 +43,12 @@ def test_write_tokens_streams_chunks_into_a_memory_mapped_npy(tmp_path, vocab_si
 def test_write_tokens_rejects_out_of_range_ids_and_keeps_the_old_file(tmp_path):
     path = tmp_path / "tokens.npy"
     write_tokens(path, [np.arange(10)], 10)
-    with pytest.raises(ValueError, match=r"token ids must be in \[0, 10\), got min 0, max 10"):
+    with pytest.raises(ValueError, match=r"chunks\[1\] entries must be in \[0, 10\), got 10"):
         write_tokens(path, [np.arange(5), np.arange(11)], 10)
+    with pytest.raises(TypeError, match=r"chunks\[0\] must be an integer array of token ids, got dtype float64"):
+        write_tokens(path, [np.ones(3)], 10)
+    with pytest.raises(ValueError, match=r"chunks\[1\] must be 1-D, got shape \(1, 2\)"):
+        write_tokens(path, [[], [[1, 2]]], 10)  # an empty list is no chunk of the wrong type
     np.testing.assert_array_equal(load_tokens(path), np.arange(10))
 
 

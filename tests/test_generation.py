@@ -180,9 +180,9 @@ def test_zero_new_tokens_returns_the_prompt():
 
 
 @pytest.mark.parametrize("arguments, error, message", [
-    (dict(idx=[[1, 13]]), ValueError, r"idx has token id 13, outside the vocabulary \[0, 13\)"),
-    (dict(idx=[[-1]]), ValueError, "idx has token id -1"),
-    (dict(idx=[[1.0]]), TypeError, "idx must hold integer token ids"),
+    (dict(idx=[[1, 13]]), ValueError, r"idx entries must be in \[0, 13\), got 13"),
+    (dict(idx=[[-1]]), ValueError, r"idx entries must be in \[0, 13\), got -1"),
+    (dict(idx=[[1.0]]), TypeError, "idx must be an integer array of token ids, got dtype float64"),
     (dict(idx=[1, 2]), ValueError, r"idx must be 2-D \(B, T\)"),
     (dict(idx=np.zeros((1, 0), dtype=int)), ValueError, "at least one prompt of at least one token"),
     (dict(max_new_tokens=-1), ValueError, "max_new_tokens must be >= 0, got -1"),
@@ -198,7 +198,8 @@ def test_zero_new_tokens_returns_the_prompt():
     (dict(top_p=True), TypeError, r"top_p must be a real number in \(0, 1\] or None, got bool True"),
     (dict(seed=-3), ValueError, "seed must be >= 0"),
     (dict(seed="x"), TypeError, "seed must be an int"),
-    (dict(stop_tokens=[99]), ValueError, "stop_tokens has token id 99"),
+    (dict(stop_tokens=[99]), ValueError, r"stop_tokens entries must be in \[0, 13\), got 99"),
+    (dict(stop_tokens=[2.0]), TypeError, "stop_tokens must be an integer array of token ids, got dtype float64"),
 ])
 def test_bad_arguments_are_named(arguments, error, message):
     call = {"idx": [[1, 2]], "max_new_tokens": 3, **arguments}
@@ -301,7 +302,7 @@ def test_cli_missing_model_and_vocabulary_mismatches(model_dir, tmp_path, capsys
     byte_tokenizer().save(small)
     status, out, err = run_cli(capsys, "--model", str(small), "--prompt", "AB~")  # "~" is byte 126
     assert status == 2 and out == "" and err.count("\n") == 1
-    assert "idx has token id 126, outside the vocabulary [0, 100)" in err
+    assert "idx entries must be in [0, 100), got 126" in err
     large = tmp_path / "large"  # a model that could sample ids its tokenizer cannot decode
     random_model(dtype="float32", vocab_size=300).save_pretrained(large)
     byte_tokenizer().save(large)
