@@ -17,8 +17,11 @@ A save never alters a complete checkpoint before its replacement is complete:
 
 A crash during 1 leaves RUN/checkpoint/ as it was. POSIX cannot swap two non-empty
 directories in one call, so between 2 and 3 only RUN/checkpoint.old/ exists:
-``find_checkpoint`` then returns it and the next save moves it back first. Needs only
-NumPy and what the model, tokenizer and optimizer use to save themselves.
+``find_checkpoint`` then returns it and the next save moves it back first.
+
+``load_model_and_tokenizer`` is how eval, generate and train --init read a model: from a
+model directory or a run's checkpoint, with a tokenizer whose vocabulary fits it. Needs
+only NumPy and what the model, tokenizer and optimizer use to save and load themselves.
 """
 
 import json
@@ -34,6 +37,7 @@ __all__ = [
     "find_checkpoint",
     "read_trainer_state",
     "model_directory",
+    "load_model_and_tokenizer",
     "OPTIMIZER_FILE",
     "TRAINER_STATE_FILE",
 ]
@@ -131,3 +135,39 @@ def model_directory(path):
             f"({CHECKPOINT_DIR}/{TRAINER_STATE_FILE})"
         )
     return checkpoint
+
+
+def load_model_and_tokenizer(path, direction, tokenizer_path=None, attention_backend="auto", dtype=None):
+    """(directory, model, tokenizer): the GPT at ``path`` and a tokenizer whose ids fit it.
+
+    path: a model directory or a training run's (see ``model_directory``, which gives
+    ``directory``). tokenizer_path: a directory with vocab.json + merges.txt (default:
+    ``directory``). attention_backend, dtype: as for ``GPT.from_pretrained``.
+    direction: which way ids travel, so which vocabulary must cover the other:
+
+        "encode"  text -> tokenizer -> model (eval, fine-tuning): every id the tokenizer
+                  can produce must be a model id, tokenizer.vocab_size <= model vocab_size;
+        "decode"  model -> sampled ids -> tokenizer (generate): every id the model can
+                  sample must decode, model vocab_size <= tokenizer.vocab_size.
+
+    Raises FileNotFoundError for a missing model or tokenizer, ValueError when the
+    vocabularies do not fit. The tokenizer loads first, so its errors come before a
+    large model is read.
+    """
+    from .model import GPT
+    from .tokenizer import BPETokenizer
+
+    if direction not in ("encode", "decode"):
+        raise ValueError(f"direction must be 'encode' or 'decode', got {direction!r}")
+    directory = model_directory(path)
+    tokenizer_dir = os.fspath(tokenizer_path or directory)
+    tokenizer = BPETokenizer.from_pretrained(tokenizer_dir)
+    model = GPT.from_pretrained(directory, attention_backend=attention_backend, dtype=dtype)
+    n_tokenizer, n_model = tokenizer.vocab_size, model.config.vocab_size
+    if direction == "encode" and n_tokenizer > n_model:
+        raise ValueError(f"the tokenizer in {tokenizer_dir} has {n_tokenizer} ids but the model in {directory} "
+                         f"only {n_model}: text could encode to ids the model does not have")
+    if direction == "decode" and n_model > n_tokenizer:
+        raise ValueError(f"the model in {directory} has {n_model} token ids but the tokenizer in {tokenizer_dir} "
+                         f"only {n_tokenizer}: sampled ids could not be decoded")
+    return directory, model, tokenizer

@@ -64,18 +64,13 @@ def add_arguments(parser):
 
 
 def main(args):
-    from .checkpoint import model_directory
+    from .checkpoint import load_model_and_tokenizer
     from .data import document_ids, text_files
     from .corpus import read_texts
-    from .model import GPT
-    from .tokenizer import BPETokenizer
 
     files = text_files(args.data)
-    directory = model_directory(args.model)
-    tokenizer = BPETokenizer.from_pretrained(args.tokenizer or directory)
-    model = GPT.from_pretrained(directory, attention_backend=args.attention_backend)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.vocab_size}")
+    directory, model, tokenizer = load_model_and_tokenizer(args.model, "encode", args.tokenizer,
+                                                           attention_backend=args.attention_backend)
     chunks = list(document_ids(read_texts(files), tokenizer))
     tokens = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
     if tokens.size < 2:

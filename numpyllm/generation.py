@@ -17,7 +17,7 @@ The library side (``GPT.generate`` delegates here):
 - ``sample_logits``: temperature, top-k and top-p (nucleus) sampling.
 - ``StreamDecoder``: token ids -> text, holding back a UTF-8 character split across tokens.
 
-Depends on NumPy only; the command line loads the checkpoint via ``numpyllm.hub``.
+Depends on NumPy only; the command line loads the checkpoint via ``numpyllm.checkpoint``.
 """
 
 import codecs
@@ -321,9 +321,7 @@ def _stream(out, text, prompt, tokens):
 
 
 def main(args):
-    from .checkpoint import model_directory
-    from .model import GPT
-    from .tokenizer import BPETokenizer
+    from .checkpoint import load_model_and_tokenizer
 
     # check what needs no files first, so a typo fails before a large model loads
     _check_sampling(args.temperature, args.top_k, args.top_p)
@@ -333,12 +331,7 @@ def main(args):
         raise ValueError("--prompt must not be empty: the model needs at least one token to continue")
 
     start = time.perf_counter()
-    directory = model_directory(args.model)
-    model = GPT.from_pretrained(directory)
-    tokenizer = BPETokenizer.from_pretrained(directory)
-    if model.config.vocab_size > tokenizer.vocab_size:
-        raise ValueError(f"the model in {directory} has vocab_size {model.config.vocab_size} but its tokenizer "
-                         f"only {tokenizer.vocab_size} ids: sampled ids could not be decoded")
+    _, model, tokenizer = load_model_and_tokenizer(args.model, "decode")
     prompt = tokenizer.encode(args.prompt, allowed_special="all")
     loaded = time.perf_counter()
 

@@ -259,29 +259,25 @@ def _corpus_description(config):
 def _new_run(out, config, files, progress):
     """Fresh run on the text ``files``: tokenizer (given, from --init, or trained), model
     (new or --init), optimizer."""
-    from .checkpoint import model_directory
+    from .checkpoint import load_model_and_tokenizer
     from .corpus import read_texts
     from .model import GPT, GPTConfig
     from .tokenizer import BPETokenizer
 
-    init_dir = model_directory(config.init) if config.init else None
-    tokenizer_dir = config.tokenizer or init_dir
-    if tokenizer_dir is not None:
-        tokenizer = BPETokenizer.from_pretrained(tokenizer_dir)
-    else:
-        started = time.perf_counter()
-        tokenizer = BPETokenizer.train(read_texts(files), config.vocab_size, progress=progress)
-        print(f"trained a BPE tokenizer of {tokenizer.vocab_size} tokens on {len(files)} files "
-              f"({time.perf_counter() - started:.1f} s)")
-    if init_dir is not None:
-        model = GPT.from_pretrained(init_dir, attention_backend=config.attention_backend, dtype=config.dtype)
+    if config.init:
+        _, model, tokenizer = load_model_and_tokenizer(config.init, "encode", config.tokenizer,
+                                                       attention_backend=config.attention_backend, dtype=config.dtype)
         if config.block_size > model.config.block_size:
             raise ValueError(f"--block-size {config.block_size} exceeds the --init model's {model.config.block_size}")
         config = dataclasses.replace(config, **{name: getattr(model.config, name) for name in _SHAPE_FIELDS})
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the --init model only "
-                             f"{model.config.vocab_size}; pass the model's own --tokenizer")
     else:
+        if config.tokenizer:
+            tokenizer = BPETokenizer.from_pretrained(config.tokenizer)
+        else:
+            started = time.perf_counter()
+            tokenizer = BPETokenizer.train(read_texts(files), config.vocab_size, progress=progress)
+            print(f"trained a BPE tokenizer of {tokenizer.vocab_size} tokens on {len(files)} files "
+                  f"({time.perf_counter() - started:.1f} s)")
         config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
         model_config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=config.block_size,
                                  n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
@@ -293,9 +289,7 @@ def _new_run(out, config, files, progress):
 
 def _resumed_run(out, overrides, progress):
     """The run saved in OUT's checkpoint, with the few options a resume may change."""
-    from .checkpoint import OPTIMIZER_FILE, find_checkpoint, read_trainer_state
-    from .model import GPT
-    from .tokenizer import BPETokenizer
+    from .checkpoint import OPTIMIZER_FILE, find_checkpoint, load_model_and_tokenizer, read_trainer_state
 
     checkpoint = find_checkpoint(out)
     if checkpoint is None:
@@ -316,8 +310,8 @@ def _resumed_run(out, overrides, progress):
     if step >= config.max_steps:
         raise ValueError(f"the checkpoint is at step {step} and --max-steps is {config.max_steps}; "
                          "pass a larger --max-steps to train further")
-    model = GPT.from_pretrained(checkpoint, attention_backend=config.attention_backend, dtype=config.dtype)
-    tokenizer = BPETokenizer.from_pretrained(checkpoint)
+    _, model, tokenizer = load_model_and_tokenizer(checkpoint, "encode", attention_backend=config.attention_backend,
+                                                   dtype=config.dtype)
     optimizer = _optimizer(model, config)
     optimizer.load(os.path.join(checkpoint, OPTIMIZER_FILE))
     if not os.path.isfile(os.path.join(out, _TOKENS_FILE)):

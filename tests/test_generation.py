@@ -308,7 +308,7 @@ def test_cli_missing_model_and_vocabulary_mismatches(model_dir, tmp_path, capsys
     byte_tokenizer().save(large)
     status, out, err = run_cli(capsys, "--model", str(large), "--prompt", "hi")
     assert status == 2 and out == "" and err.count("\n") == 1
-    assert "has vocab_size 300 but its tokenizer only 257 ids" in err
+    assert "has 300 token ids but the tokenizer in" in err and "only 257: sampled ids could not be decoded" in err
 
 
 

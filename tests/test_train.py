@@ -15,6 +15,7 @@ from numpyllm.attention import available_backends
 from numpyllm.checkpoint import (
     OPTIMIZER_FILE,
     find_checkpoint,
+    load_model_and_tokenizer,
     model_directory,
     read_trainer_state,
     save_checkpoint,
@@ -267,3 +268,24 @@ def test_a_killed_save_leaves_debris_that_is_ignored_then_cleared(tmp_path, part
     save_checkpoint(tmp_path, model, tokenizer, optimizer, {"step": 2})
     assert sorted(os.listdir(tmp_path)) == ["checkpoint"]
     assert_saved(tmp_path, 2, model.flat_params)
+
+
+def test_load_model_and_tokenizer_checks_the_vocabularies_fit_the_direction(tmp_path, parts):
+    model, tokenizer, optimizer = parts  # both of 260 ids
+    save_checkpoint(tmp_path / "run", model, tokenizer, optimizer, {"step": 1})
+    directory, loaded, loaded_tokenizer = load_model_and_tokenizer(tmp_path / "run", "encode")
+    assert directory == str(tmp_path / "run" / "checkpoint")
+    np.testing.assert_array_equal(loaded.flat_params, model.flat_params)
+    assert loaded_tokenizer.encode("x = 1") == tokenizer.encode("x = 1")
+    byte_vocab = {bytes([b]): b for b in range(256)}
+    BPETokenizer(byte_vocab, []).save(tmp_path / "small")  # 256 ids
+    BPETokenizer(byte_vocab, [], {f"<|{i}|>": 256 + i for i in range(5)}).save(tmp_path / "large")  # 261 ids
+    # encoding needs every tokenizer id to be a model id; decoding every model id to be a tokenizer id
+    load_model_and_tokenizer(tmp_path / "run", "encode", tmp_path / "small")
+    with pytest.raises(ValueError, match="large has 261 ids but the model in .* only 260: text could encode"):
+        load_model_and_tokenizer(tmp_path / "run", "encode", tmp_path / "large")
+    load_model_and_tokenizer(tmp_path / "run", "decode", tmp_path / "large")
+    with pytest.raises(ValueError, match="has 260 token ids but the tokenizer in .*small only 256: sampled ids"):
+        load_model_and_tokenizer(tmp_path / "run", "decode", tmp_path / "small")
+    with pytest.raises(ValueError, match="direction must be 'encode' or 'decode', got 'both'"):
+        load_model_and_tokenizer(tmp_path / "run", "both")
