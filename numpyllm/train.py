@@ -314,8 +314,10 @@ def _resumed_run(out, overrides, progress):
                                                    dtype=config.dtype)
     optimizer = _optimizer(model, config)
     optimizer.load(os.path.join(checkpoint, OPTIMIZER_FILE))
-    if not os.path.isfile(os.path.join(out, _TOKENS_FILE)):
-        _encode_corpus(out, config, tokenizer, progress)
+    if not os.path.isfile(os.path.join(out, _TOKENS_FILE)):  # deleted: encode the same files again
+        from .data import text_files
+
+        _encode_corpus(out, config, text_files(config.data, config.corpus_bytes or None), tokenizer, progress)
     print(f"resuming {checkpoint} at step {step}")
     return _Run(out, config, model, tokenizer, optimizer, step, elapsed, sampler_state)
 
