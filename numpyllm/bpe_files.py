@@ -15,7 +15,7 @@ In memory a token is ``bytes``. Depends only on the standard library.
 import json
 import pathlib
 
-from .fileio import atomic_write
+from .fileio import atomic_write, read_json_object
 
 __all__ = ["byte_to_unicode", "read_gpt2_files", "write_gpt2_files"]
 
@@ -105,12 +105,7 @@ def read_gpt2_files(directory):
 
 def _read_vocab_json(path):
     """vocab.json -> dict str -> int, checked: string keys, non-negative unique int ids."""
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a UTF-8 JSON file ({error})") from None
-    if not isinstance(entries, dict):
-        raise ValueError(f"{path}: expected a JSON object token -> id, got {type(entries).__name__}")
+    entries = read_json_object(path, "a JSON object token -> id")
     seen = {}
     for text, token_id in entries.items():
         if type(token_id) is not int or token_id < 0:

@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 
-from .fileio import atomic_write
+from .fileio import atomic_write, read_json_object
 from .hub import CONFIG_NAME
 
 __all__ = [
@@ -105,15 +105,7 @@ def find_checkpoint(run_dir):
 
 def read_trainer_state(checkpoint_dir):
     """The dict ``save_checkpoint`` stored as trainer_state.json in ``checkpoint_dir``."""
-    path = os.path.join(os.fspath(checkpoint_dir), TRAINER_STATE_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            state = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(state).__name__}")
-    return state
+    return read_json_object(os.path.join(os.fspath(checkpoint_dir), TRAINER_STATE_FILE))
 
 
 def model_directory(path):

@@ -1,14 +1,35 @@
-"""Atomic file writes: a reader, or a crash, never sees half a file.
+"""Files in and out: atomic writes, and JSON objects read with a clear error.
 
 Every file numpyllm writes (checkpoints, optimizer state, tokenizer files, token
-arrays, logs, plots) goes through ``atomic_write``. Depends on the standard library only.
+arrays, logs, plots) goes through ``atomic_write``: a reader, or a crash, never sees
+half a file. Every JSON file it reads (config.json, vocab.json, trainer_state.json, a
+weights index) holds one object and goes through ``read_json_object``. Depends on the
+standard library only.
 """
 
 import contextlib
+import json
 import os
 import tempfile
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "read_json_object"]
+
+
+def read_json_object(path, what="a JSON object"):
+    """The dict stored as JSON in the UTF-8 file ``path``.
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file when it
+    is not UTF-8 JSON or holds something other than an object (``what`` says what
+    object was expected, for the message).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{os.fspath(path)} is not a UTF-8 JSON file ({error})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{os.fspath(path)} must hold {what}, got a JSON {type(value).__name__}")
+    return value
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from .fileio import atomic_write
+from .fileio import atomic_write, read_json_object
 from .model import GPTConfig, param_shapes
 
 __all__ = ["read_checkpoint", "write_checkpoint", "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -180,8 +180,10 @@ def _read_weights(directory):
     if os.path.isfile(single):
         return _read_safetensors(single)
     if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            shard_names = sorted(set(json.load(f)["weight_map"].values()))
+        weight_map = read_json_object(index, 'an object with a "weight_map"').get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f'{index} must map tensor names to shard files under "weight_map"')
+        shard_names = sorted(set(map(str, weight_map.values())))
         tensors = {}
         for shard_name in shard_names:
             tensors.update(_read_safetensors(os.path.join(directory, shard_name)))
@@ -253,14 +255,7 @@ def read_checkpoint(directory, dtype=None):
     config_path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"checkpoint directory {directory!r} has no {CONFIG_NAME}")
-    with open(config_path, encoding="utf-8") as f:
-        try:
-            hf_config = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{config_path} is not valid JSON: {error}") from error
-    if not isinstance(hf_config, dict):
-        raise ValueError(f"{config_path} must hold a JSON object, got {type(hf_config).__name__}")
-    config = config_from_hf(hf_config, dtype)
+    config = config_from_hf(read_json_object(config_path, "a GPT-2 configuration object"), dtype)
     expected = dict(param_shapes(config))
     params = _params_from_stored(_read_weights(directory), expected, f"checkpoint {directory!r}")
     return config, {name: np.ascontiguousarray(params[name], dtype=config.dtype) for name in expected}

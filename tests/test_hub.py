@@ -275,7 +275,21 @@ def test_missing_directory_config_or_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no weights .* expected model.safetensors"):
         hub.read_checkpoint(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+    with pytest.raises(ValueError, match=r"config.json is not a UTF-8 JSON file"):
+        hub.read_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_bytes(b'{"n_embd": "\xff"}')
+    with pytest.raises(ValueError, match=r"config.json is not a UTF-8 JSON file"):
+        hub.read_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config.json must hold a GPT-2 configuration object, got a JSON list"):
+        hub.read_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("index", ["[]", '{"metadata": {}}', '{"weight_map": ["model.safetensors"]}'])
+def test_malformed_shard_index_is_named(tmp_path, index):
+    (tmp_path / "config.json").write_text(json.dumps(gpt2_config_json()))
+    (tmp_path / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(ValueError, match=r"model.safetensors.index.json must (hold an object|map tensor names)"):
         hub.read_checkpoint(tmp_path)
 
 

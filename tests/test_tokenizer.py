@@ -305,7 +305,7 @@ BYTE_VOCAB = {char: byte for byte, char in enumerate(byte_to_unicode())}
     "vocab, merges, message",
     [
         ("{not json", "#version: 0.2\n", "not a UTF-8 JSON file"),
-        ("[1, 2]", "#version: 0.2\n", "expected a JSON object"),
+        ("[1, 2]", "#version: 0.2\n", "must hold a JSON object token -> id, got a JSON list"),
         ({**BYTE_VOCAB, "ab": "x"}, "", "non-negative integer"),
         ({**BYTE_VOCAB, "ab": 3}, "", "id 3 is used by both"),
         ({k: v for k, v in BYTE_VOCAB.items() if k != "a"}, "", "no entry for byte 0x61"),
