@@ -18,10 +18,11 @@ module depends only on NumPy (the kernel is imported lazily and optionally).
 """
 
 import math
-import numbers
 import warnings
 
 import numpy as np
+
+from ._checks import check_int, check_real
 
 __all__ = ["forward", "backward", "available_backends", "BACKENDS"]
 
@@ -128,11 +129,7 @@ def _check_inputs(q, k, v, causal, scale):
         )
     if scale is None:
         return 1.0 / math.sqrt(d)
-    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-    return float(scale)
+    return check_real(scale, "scale", low_inclusive=False)  # any finite real
 
 
 def _check_backward_inputs(dout, q, out, lse):
@@ -203,13 +200,8 @@ def _resolve(backend):
 
 
 def _check_num_threads(num_threads):
-    if num_threads is None:
-        return 0  # the kernel's default: OpenMP's (OMP_NUM_THREADS, threadpoolctl)
-    if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, numbers.Integral):
-        raise TypeError(f"num_threads must be a positive int or None, got {type(num_threads).__name__}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    return int(num_threads)
+    """The kernel's thread count: num_threads, or 0 for OpenMP's default (OMP_NUM_THREADS, threadpoolctl)."""
+    return check_int(num_threads, "num_threads", 1, optional=True) or 0
 
 
 def forward(q, k, v, causal=False, scale=None, backend="auto", *, num_threads=None):

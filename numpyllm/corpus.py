@@ -7,6 +7,8 @@ The tokenizer benchmark trains on it and the training command uses it when no
 import pathlib
 import sysconfig
 
+from ._checks import check_int
+
 __all__ = ["stdlib_corpus_files", "read_texts"]
 
 _SKIPPED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
@@ -29,8 +31,7 @@ def stdlib_corpus_files(max_bytes=None):
     -------
     list of pathlib.Path, sorted by path.
     """
-    if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes <= 0):
-        raise ValueError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
+    max_bytes = check_int(max_bytes, "max_bytes", 1, optional=True)
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
     files = sorted(
         path

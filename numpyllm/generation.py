@@ -333,6 +333,10 @@ def main(args):
     start = time.perf_counter()
     _, model, tokenizer = load_model_and_tokenizer(args.model, "decode")
     prompt = tokenizer.encode(args.prompt, allowed_special="all")
+    outside = [i for i in prompt if i >= model.config.vocab_size]  # the tokenizer may know more ids
+    if outside:
+        raise ValueError(f"--prompt encodes to token id {outside[0]}, outside the model's vocabulary "
+                         f"[0, {model.config.vocab_size}) (its tokenizer has {tokenizer.vocab_size} ids)")
     loaded = time.perf_counter()
 
     tokens = iter_tokens(model, np.array([prompt]), args.max_new_tokens, args.temperature, args.top_k,

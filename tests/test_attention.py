@@ -275,10 +275,12 @@ BAD_FORWARD_INPUTS = [
     (dict(q=np.zeros((2, 3, 6, 8)), causal=True), ValueError, "Nq <= Nk"),
     (dict(causal="yes"), TypeError, "causal must be a bool"),
     (dict(scale="0.5"), TypeError, "scale must be a real number"),
-    (dict(scale=float("nan")), ValueError, "scale must be finite"),
+    (dict(scale=float("nan")), ValueError, "scale must be in (-inf, inf), got nan"),
+    (dict(scale=float("inf")), ValueError, "scale must be in (-inf, inf), got inf"),
     (dict(backend="torch"), ValueError, "backend must be one of"),
-    (dict(num_threads=0), ValueError, "num_threads must be >= 1"),
-    (dict(num_threads=1.5), TypeError, "num_threads must be a positive int"),
+    (dict(num_threads=0), ValueError, "num_threads must be >= 1 or None, got 0"),
+    (dict(num_threads=1.5), TypeError, "num_threads must be an int >= 1 or None, got float 1.5"),
+    (dict(num_threads=True), TypeError, "num_threads must be an int >= 1 or None, got bool True"),
 ]
 
 

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from numpyllm import BPETokenizer
+from numpyllm.corpus import stdlib_corpus_files
 from numpyllm.data import (
     BatchSampler,
     document_ids,
@@ -147,3 +148,9 @@ def test_text_files_checks_paths_and_defaults_to_the_stdlib(tmp_path):
         text_files([])
     stdlib = text_files(None, max_bytes=1)
     assert len(stdlib) == 1 and stdlib[0].suffix == ".py"
+
+
+@pytest.mark.parametrize("max_bytes, error", [(0, ValueError), (-5, ValueError), (1.5, TypeError), ("1MB", TypeError)])
+def test_stdlib_corpus_rejects_a_bad_max_bytes(max_bytes, error):
+    with pytest.raises(error, match=r"max_bytes must be (an int )?>= 1 or None"):
+        stdlib_corpus_files(max_bytes)

@@ -302,7 +302,7 @@ def test_cli_missing_model_and_vocabulary_mismatches(model_dir, tmp_path, capsys
     byte_tokenizer().save(small)
     status, out, err = run_cli(capsys, "--model", str(small), "--prompt", "AB~")  # "~" is byte 126
     assert status == 2 and out == "" and err.count("\n") == 1
-    assert "idx entries must be in [0, 100), got 126" in err
+    assert "--prompt encodes to token id 126, outside the model's vocabulary [0, 100)" in err
     large = tmp_path / "large"  # a model that could sample ids its tokenizer cannot decode
     random_model(dtype="float32", vocab_size=300).save_pretrained(large)
     byte_tokenizer().save(large)
