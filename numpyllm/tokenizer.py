@@ -17,6 +17,7 @@ Importing this module needs only the standard library; ``regex`` (GPT-2's patter
 
 import codecs
 import functools
+import heapq
 import itertools
 import re
 
@@ -96,7 +97,12 @@ class BPETokenizer:
 
         self._vocab = dict(vocab)
         self._merges = [(left, right) for left, right in merges]
-        self._merge_rank = {pair: rank for rank, pair in reversed(list(enumerate(self._merges)))}
+        # encoding works on ids: (left id, right id) -> (rank, merged id); a repeated merge keeps its first rank
+        self._merge_ids = {
+            (vocab[left], vocab[right]): (rank, vocab[left + right])
+            for rank, (left, right) in reversed(list(enumerate(self._merges)))
+        }
+        self._byte_ids = [vocab[bytes([byte])] for byte in range(256)]
         self._special_tokens = special_tokens
         self._id_to_bytes = id_to_bytes
         self._piece_ids = functools.lru_cache(maxsize=cache_size)(self._encode_piece)
@@ -246,16 +252,8 @@ class BPETokenizer:
             raise ValueError(
                 f"text contains the lone surrogate {piece[error.start]!r}, which has no UTF-8 encoding"
             ) from None
-        parts = [data[i : i + 1] for i in range(len(data))]
-        rank = self._merge_rank
-        while len(parts) > 1:
-            # the lowest-ranked merge present anywhere in the pre-token goes first
-            best = min(zip(parts, parts[1:]), key=lambda pair: rank.get(pair, _NOT_A_MERGE))
-            if best not in rank:
-                break
-            parts = _merge_pair(parts, best)
-        vocab = self._vocab
-        return tuple([vocab[part] for part in parts])
+        byte_ids = self._byte_ids
+        return tuple(_apply_merges([byte_ids[byte] for byte in data], self._merge_ids))
 
     # ------------------------------------------------------------------ decode
 
@@ -296,24 +294,62 @@ class BPETokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
 
-_NOT_A_MERGE = float("inf")
-
-
 def _check_special_token(token):
     if not isinstance(token, str) or not token:
         raise ValueError(f"special_tokens must be non-empty str, got {token!r}")
 
 
-def _merge_pair(parts, pair):
-    """Replace every non-overlapping occurrence of ``pair`` in ``parts`` (left to right) by its concatenation."""
-    left, right = pair
-    merged = []
-    i, n = 0, len(parts)
-    while i < n:
-        if i + 1 < n and parts[i] == left and parts[i + 1] == right:
-            merged.append(left + right)
-            i += 2
-        else:
-            merged.append(parts[i])
-            i += 1
-    return merged
+def _apply_merges(ids, merge_ids):
+    """Merge a pre-token's byte ids into its final ids, in O(n log n) for n bytes.
+
+    GPT-2's rule is "while some adjacent pair is a merge, take the lowest-ranked such
+    pair and merge its occurrences left to right", overlaps going to the leftmost
+    ("aaa" -> "aa", "a"). Rescanning the piece after every merge is O(n) per merge,
+    O(n^2) for a long piece. Here the tokens form a doubly linked list and each
+    adjacent pair that is a merge waits in a heap ordered by (rank, position), so a pop
+    gives the leftmost occurrence of the lowest-ranked pair. A merge changes only the
+    pairs on either side of it: those are queued anew, and an entry whose pair has
+    changed since it was queued (a neighbour merged first) is skipped when popped.
+
+    Why this is GPT-2's rule: a merge's result only occurs in merges ranked after it
+    (training learns a token before any merge that uses it), so a merge of rank r
+    creates only pairs ranked above r. Hence ranks come up in increasing order, every
+    occurrence of a rank is queued when it comes up and they go left to right, and an
+    occurrence overlapping one just merged is skipped. (With a merge list that breaks
+    this order the two rules can differ; this one then agrees with Hugging Face
+    ``tokenizers``.)
+
+    ``ids``: the byte tokens' ids (a list); ``merge_ids``: (left id, right id) ->
+    (rank, merged id). Returns the list of ids.
+    """
+    n = len(ids)
+    # tokens[i]: id of the token starting at byte i, None once merged into its left
+    # neighbour. Index n is a sentinel for "no token" at either end: tokens[n] is None
+    # (no merge has None as a side) and it is its own neighbour.
+    tokens = ids + [None]
+    following = list(range(1, n + 1)) + [n]  # start of the next token
+    preceding = [n] + list(range(n))  # start of the previous token
+    # heap entries: rank * stride + position, one int ordered like (rank, position)
+    # (ints compare faster than tuples)
+    stride = n + 1
+    merge = merge_ids.get
+    heap = []
+    for start in range(n - 1):
+        found = merge((tokens[start], tokens[start + 1]))
+        if found is not None:
+            heap.append(found[0] * stride + start)
+    heapq.heapify(heap)
+    while heap:
+        rank, left = divmod(heapq.heappop(heap), stride)
+        right = following[left]
+        found = merge((tokens[left], tokens[right]))
+        if found is None or found[0] != rank:
+            continue  # this pair has changed since it was queued (ranks are unique to pairs)
+        tokens[left], tokens[right] = found[1], None
+        after = following[right]
+        following[left], preceding[after] = after, left
+        for start in (preceding[left], left):  # the new pairs on either side of the merged token
+            found = merge((tokens[start], tokens[following[start]]))
+            if found is not None:
+                heapq.heappush(heap, found[0] * stride + start)
+    return [token for token in tokens if token is not None]

@@ -4,6 +4,8 @@ and Hugging Face `tokenizers` / `transformers` as the oracle for encoding."""
 import codecs
 import json
 import os
+import random
+import string
 from collections import Counter
 
 import numpy as np
@@ -193,6 +195,72 @@ def test_edge_cases_round_trip(trained, text):
     ids = trained.encode(text)
     assert (ids == []) == (text == "")
     assert trained.decode(ids) == text
+
+
+def reference_encode(merges, text):
+    """GPT-2's encoding rule read literally, as byte tokens: in each pre-token, merge every
+    occurrence (left to right) of the lowest-ranked pair present, until no pair is a merge."""
+    rank = {pair: index for index, pair in reversed(list(enumerate(merges)))}
+    tokens = []
+    for piece in regex.findall(GPT2_SPLIT_PATTERN, text):
+        word = tuple(bytes([byte]) for byte in piece.encode("utf-8"))
+        while present := [pair for pair in zip(word, word[1:]) if pair in rank]:
+            word = merge_all(word, min(present, key=rank.get))
+        tokens.extend(word)
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def small_alphabet_tokenizer():
+    """Merges learned from runs and mixes of "a", "b", "é" (2 bytes): chains such as
+    a+a, aa+aa, aaaa+aa, bb+b, so long pieces take many merges and overlaps abound."""
+    rng = random.Random(0)
+    words = ["".join(rng.choice("aabé") for _ in range(rng.randint(1, 30))) for _ in range(300)]
+    words += [rng.choice("abé") * rng.randint(1, 40) for _ in range(300)]
+    return BPETokenizer.train(" ".join(words), vocab_size=256 + 150, special_tokens=(), progress=False)
+
+
+small_alphabet_text = st.one_of(
+    st.text(alphabet="abé ", max_size=300),
+    st.lists(st.tuples(st.sampled_from("abé "), st.integers(1, 60)), max_size=10).map(
+        lambda runs: "".join(char * count for char, count in runs)
+    ),
+)
+
+
+@given(text=small_alphabet_text)
+@settings(max_examples=200)
+def test_encode_matches_the_scan_and_merge_reference(small_alphabet_tokenizer, text):
+    tok = small_alphabet_tokenizer
+    assert [tok.decode_bytes([token_id]) for token_id in tok.encode(text)] == reference_encode(tok.merges, text)
+
+
+@pytest.mark.parametrize(
+    "merges, text, expected",
+    [
+        ([(b"a", b"a")], "aaa", [b"aa", b"a"]),  # overlapping occurrences: the leftmost merges
+        ([(b"a", b"a")], "aaaaa", [b"aa", b"aa", b"a"]),
+        ([(b"a", b"a"), (b"aa", b"a")], "aaaa", [b"aa", b"aa"]),  # every a+a goes before any aa+a
+        ([(b"a", b"a"), (b"aa", b"a")], "aaa", [b"aaa"]),
+        ([(b"b", b"a"), (b"a", b"a")], "aaba", [b"aa", b"ba"]),  # rank, not position, decides
+    ],
+)
+def test_overlapping_and_chained_merges(merges, text, expected):
+    vocab = {**BYTES, **{left + right: 256 + index for index, (left, right) in enumerate(merges)}}
+    tok = BPETokenizer(vocab, merges)
+    assert reference_encode(merges, text) == expected
+    assert tok.encode(text) == [vocab[token] for token in expected]
+
+
+def test_a_100k_letter_pretoken_round_trips(trained):
+    # a single pre-token: merging must not rescan the whole piece per merge
+    doubled = next(left for left, right in trained.merges if left == right and len(left) == 1 and left.isalpha())
+    random_letters = "".join(random.Random(0).choices(string.ascii_letters, k=100_000))
+    for text in (random_letters, "ab" * 50_000, doubled.decode() * 100_000):
+        assert len(regex.findall(GPT2_SPLIT_PATTERN, text)) == 1
+        ids = trained.encode(text)
+        assert len(ids) < len(text)
+        assert trained.decode(ids) == text
 
 
 def test_encoding_compresses_real_text(trained, corpus):
@@ -388,7 +456,8 @@ def test_tokenizers_trained_files_load_and_encode_identically(hf_trained, corpus
     ours = BPETokenizer.from_pretrained(directory)
     assert ours.special_tokens == {EOT: hf.token_to_id(EOT)}
     _, held_out = corpus
-    for text in (held_out, "x" * 10_000, "   \n\t ", "naïve café 😀 漢字"):
+    long_word = "".join(random.Random(1).choices(string.ascii_lowercase, k=100_000))
+    for text in (held_out, "x" * 10_000, long_word, "   \n\t ", "naïve café 😀 漢字"):
         assert ours.encode(text) == hf.encode(text).ids
     assert ours.decode(hf.encode(held_out).ids) == held_out
 
