@@ -118,11 +118,14 @@ class Decoder:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_sampling(temperature, top_k, top_p):
-    """Validate the sampler settings; return (temperature, top_k, top_p) as float/int/float or None."""
-    return (check_real(temperature, "temperature", 0),
-            check_int(top_k, "top_k", 1, optional=True),
-            check_real(top_p, "top_p", 0, 1, low_inclusive=False, high_inclusive=True, optional=True))
+def _check_sampling(temperature, top_k, top_p, names=("temperature", "top_k", "top_p")):
+    """Validate the sampler settings; return (temperature, top_k, top_p) as float/int/float or None.
+
+    names: what the errors call them (the command line passes its flags).
+    """
+    return (check_real(temperature, names[0], 0),
+            check_int(top_k, names[1], 1, optional=True),
+            check_real(top_p, names[2], 0, 1, low_inclusive=False, high_inclusive=True, optional=True))
 
 
 def _check_generate_args(model, idx, max_new_tokens, seed, stop_tokens):
@@ -324,7 +327,7 @@ def main(args):
     from .checkpoint import load_model_and_tokenizer
 
     # check what needs no files first, so a typo fails before a large model loads
-    _check_sampling(args.temperature, args.top_k, args.top_p)
+    _check_sampling(args.temperature, args.top_k, args.top_p, names=("--temperature", "--top-k", "--top-p"))
     check_int(args.max_new_tokens, "--max-new-tokens", 0)
     check_int(args.seed, "--seed", 0, optional=True)
     if not args.prompt:

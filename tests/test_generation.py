@@ -281,9 +281,10 @@ def test_cli_stops_quietly_when_the_reader_closes_the_pipe(model_dir, tmp_path, 
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--temperature", "-1"], r"temperature must be in \[0, inf\), got -1.0"),
-    (["--top-k", "0"], "top_k must be >= 1"),
-    (["--top-p", "1.5"], r"top_p must be in \(0, 1\]"),
+    (["--temperature", "-1"], r"--temperature must be in \[0, inf\), got -1.0"),
+    (["--top-k", "0"], "--top-k must be >= 1"),
+    (["--top-p", "1.5"], r"--top-p must be in \(0, 1\]"),
+    (["--seed", "-3"], "--seed must be >= 0"),
     (["--max-new-tokens", "-2"], "--max-new-tokens must be >= 0"),
     (["--prompt", ""], "--prompt must not be empty"),
 ])
