@@ -229,11 +229,12 @@ cdef void forward_query_block(
         running_sum[i] = 0.0
         for c in range(d):
             acc[i * d + c] = 0
-    # Keys past the block's last visible column are hidden from every row: skip them.
+    # Keys past the block's last visible column are hidden from every row: skip them,
+    # including the hidden tail of the last tile (the diagonal's right of it).
     last_col = row0 + n_rows - 1 + offset if causal else n_k - 1
     col0 = 0
     while col0 <= last_col:
-        n_cols = <int> min(<Py_ssize_t> BLOCK_K, n_k - col0)
+        n_cols = <int> min(<Py_ssize_t> BLOCK_K, last_col + 1 - col0)
         score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, scores)  # S = scale · Q_i K_jᵀ
         for i in range(n_rows):
             s_row = scores + i * BLOCK_K
@@ -313,7 +314,6 @@ cdef void backward_head(
         d_row[i] = dot
     col0 = 0
     while col0 < n_k:
-        n_cols = <int> min(<Py_ssize_t> BLOCK_K, n_k - col0)
         # Causal: the first query row that sees column col0 is col0 - offset.
         first_row = 0
         if causal and col0 - offset > 0:
@@ -321,6 +321,8 @@ cdef void backward_head(
         row0 = first_row
         while row0 < n_q:
             n_rows = <int> min(<Py_ssize_t> BLOCK_Q, n_q - row0)
+            # Causal: columns right of what the block's last row sees get nothing from it.
+            n_cols = <int> min(<Py_ssize_t> BLOCK_K, (row0 + n_rows + offset if causal else n_k) - col0)
             # P = exp(scale · Q_i K_jᵀ - lse_i), masked entries 0
             score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, probs)
             for i in range(n_rows):
