@@ -25,15 +25,16 @@ def _got(value):
     return f"{type(value).__name__} {reprlib.repr(value)}"
 
 
-def check_int(value, name, minimum, optional=False):
+def check_int(value, name, minimum, optional=False, hint=None):
     """Return ``value`` as an int after checking it is an integer >= ``minimum``.
 
-    optional: None is accepted too (and returned). Raises TypeError for a bool or a
-    non-integral type (3.0 included), ValueError for an integer below ``minimum``.
+    optional: None is accepted too (and returned). hint: a few words on the bound or a
+    special value, added to the message in parentheses. Raises TypeError for a bool or
+    a non-integral type (3.0 included), ValueError for an integer below ``minimum``.
     """
     if value is None and optional:
         return None
-    expected = f">= {minimum}" + (" or None" if optional else "")
+    expected = f">= {minimum}" + (" or None" if optional else "") + (f" ({hint})" if hint else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int {expected}, got {_got(value)}")
     if value < minimum:
@@ -42,19 +43,20 @@ def check_int(value, name, minimum, optional=False):
 
 
 def check_real(value, name, low=-math.inf, high=math.inf, *, low_inclusive=True, high_inclusive=False,
-               optional=False):
+               optional=False, hint=None):
     """Return ``value`` as a float after checking it is a real number between ``low`` and ``high``.
 
     The interval is half-open by default, [low, high) as in ``range``, so with the
     default ``high`` an infinite value is refused; ``low_inclusive`` / ``high_inclusive``
     close or open either end (``high=math.inf, high_inclusive=True`` admits infinity).
-    NaN lies in no interval. optional: None is accepted too (and returned).
-    Raises TypeError for a bool or a non-real type, ValueError for a value outside.
+    NaN lies in no interval. optional: None is accepted too (and returned). hint: as
+    for ``check_int``. Raises TypeError for a bool or a non-real type, ValueError for a
+    value outside.
     """
     if value is None and optional:
         return None
     interval = f"{'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
-    interval += " or None" if optional else ""
+    interval += (" or None" if optional else "") + (f" ({hint})" if hint else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number in {interval}, got {_got(value)}")
     above_low = value >= low if low_inclusive else value > low

@@ -123,7 +123,7 @@ def _check_sampling(temperature, top_k, top_p, names=("temperature", "top_k", "t
 
     names: what the errors call them (the command line passes its flags).
     """
-    return (check_real(temperature, names[0], 0),
+    return (check_real(temperature, names[0], 0, hint="0: greedy"),
             check_int(top_k, names[1], 1, optional=True),
             check_real(top_p, names[2], 0, 1, low_inclusive=False, high_inclusive=True, optional=True))
 

@@ -144,7 +144,8 @@ class BPETokenizer:
             raise ValueError(f"special_tokens has repeats: {special_tokens!r}")
         for token in special_tokens:
             _check_special_token(token)
-        vocab_size = check_int(vocab_size, "vocab_size", 256 + len(special_tokens))  # bytes + special tokens
+        vocab_size = check_int(vocab_size, "vocab_size", 256 + len(special_tokens),
+                               hint=f"256 byte tokens + {len(special_tokens)} special token(s)")
         min_frequency = check_int(min_frequency, "min_frequency", 1)
 
         special_pattern = _special_pattern(special_tokens) if special_tokens else None

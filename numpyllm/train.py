@@ -122,7 +122,7 @@ def check_config(config):
     check_real(config.weight_decay, "--weight-decay", 0)
     check_real(config.beta1, "--beta1", 0, 1)
     check_real(config.beta2, "--beta2", 0, 1)
-    check_real(config.grad_clip, "--grad-clip", 0)  # 0: no clipping
+    check_real(config.grad_clip, "--grad-clip", 0, hint="0: no clipping")
     check_real(config.val_fraction, "--val-fraction", 0, 1, low_inclusive=False)
     if config.warmup_steps > config.max_steps:
         raise ValueError(f"--warmup-steps ({config.warmup_steps}) must be <= --max-steps ({config.max_steps})")

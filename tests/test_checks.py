@@ -67,6 +67,17 @@ def test_check_real_rejects_naming_argument_interval_and_value(value, bounds, er
         check_real(value, "x", **bounds)
 
 
+def test_a_hint_follows_the_expectation_in_both_errors():
+    with pytest.raises(ValueError, match=r"^n must be >= 2 \(two ends\), got 1$"):
+        check_int(1, "n", 2, hint="two ends")
+    with pytest.raises(TypeError, match=r"^n must be an int >= 2 \(two ends\), got float 1.0$"):
+        check_int(1.0, "n", 2, hint="two ends")
+    with pytest.raises(ValueError, match=r"^t must be in \[0, inf\) \(0: greedy\), got -1$"):
+        check_real(-1, "t", 0, hint="0: greedy")
+    with pytest.raises(TypeError, match=r"^t must be a real number in \[0, inf\) \(0: greedy\), got str 'x'$"):
+        check_real("x", "t", 0, hint="0: greedy")
+
+
 @pytest.mark.parametrize("ids, low", [
     ([[0, 4], [2, 1]], 0),
     (np.array([4], dtype=np.uint16), 0),

@@ -187,9 +187,9 @@ def test_zero_new_tokens_returns_the_prompt():
     (dict(idx=np.zeros((1, 0), dtype=int)), ValueError, "at least one prompt of at least one token"),
     (dict(max_new_tokens=-1), ValueError, "max_new_tokens must be >= 0, got -1"),
     (dict(max_new_tokens=2.0), TypeError, "max_new_tokens must be an int"),
-    (dict(temperature=-0.5), ValueError, r"temperature must be in \[0, inf\), got -0.5"),
-    (dict(temperature=float("nan")), ValueError, r"temperature must be in \[0, inf\), got nan"),
-    (dict(temperature=float("inf")), ValueError, r"temperature must be in \[0, inf\), got inf"),
+    (dict(temperature=-0.5), ValueError, r"temperature must be in \[0, inf\) \(0: greedy\), got -0.5"),
+    (dict(temperature=float("nan")), ValueError, r"temperature must be in \[0, inf\) \(0: greedy\), got nan"),
+    (dict(temperature=float("inf")), ValueError, r"temperature must be in \[0, inf\) \(0: greedy\), got inf"),
     (dict(temperature="hot"), TypeError, "temperature must be a real number in .*, got str 'hot'"),
     (dict(top_k=0), ValueError, "top_k must be >= 1 or None, got 0"),
     (dict(top_k=2.5), TypeError, "top_k must be an int"),
@@ -281,7 +281,7 @@ def test_cli_stops_quietly_when_the_reader_closes_the_pipe(model_dir, tmp_path, 
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--temperature", "-1"], r"--temperature must be in \[0, inf\), got -1.0"),
+    (["--temperature", "-1"], r"--temperature must be in \[0, inf\) \(0: greedy\), got -1.0"),
     (["--top-k", "0"], "--top-k must be >= 1"),
     (["--top-p", "1.5"], r"--top-p must be in \(0, 1\]"),
     (["--seed", "-3"], "--seed must be >= 0"),

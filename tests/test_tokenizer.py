@@ -155,9 +155,8 @@ def test_train_with_progress_bar_runs(capsys):
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        (dict(vocab_size=256), ValueError, "vocab_size"),
-        (dict(vocab_size=256), ValueError, "vocab_size must be >= 257, got 256"),
-        (dict(vocab_size=300.0), TypeError, "vocab_size must be an int >= 257, got float"),
+        (dict(vocab_size=256), ValueError, r"vocab_size must be >= 257 \(256 byte tokens \+ 1 special token\(s\)\), got 256"),
+        (dict(vocab_size=300.0), TypeError, r"vocab_size must be an int >= 257 \(256 byte tokens \+ 1 special token\(s\)\), got float"),
         (dict(vocab_size=300, special_tokens=EOT), TypeError, "special_tokens"),
         (dict(vocab_size=300, special_tokens=("a", "a")), ValueError, "repeats"),
         (dict(vocab_size=300, special_tokens=("",)), ValueError, "special_tokens"),

@@ -173,6 +173,8 @@ def test_bad_settings_and_run_directories_are_named(tmp_path, corpus):
         make_config(lr=-1.0)
     with pytest.raises(ValueError, match=r"--min-lr must be in \[0, 0.003\] or None, got 0.01"):
         make_config(lr=3e-3, min_lr=0.01)
+    with pytest.raises(ValueError, match=r"--grad-clip must be in \[0, inf\) \(0: no clipping\), got -1.0"):
+        make_config(grad_clip=-1.0)
     with pytest.raises(TypeError, match="--beta2 must be a real number in .*, got str '0.9'"):
         make_config(beta2="0.9")
     with pytest.raises(ValueError, match="--eval-steps must be >= 1, got 0"):
