@@ -9,7 +9,13 @@ same random ``--prompt-tokens``-token prompt with the same float32 weights (nump
 initialisation, handed to transformers through ``save_pretrained``). Each row is the
 median over interleaved rounds of one whole ``generate`` call (prefill included) in the
 same run; tokens/s = new tokens / that median. The numpyllm rows differ only in the attention
-backend: "auto" (the default: the compiled kernel when built), "numpy" and "cython". The last column says whether a row's tokens equal the first row's.
+backend: "auto" (the default: the compiled kernel when built), "numpy" and "cython". The last
+column says whether a row's tokens equal the first row's.
+
+The "weight products only" row is a floor, not a generator: per new token it multiplies one
+row by every weight matrix a decoding step multiplies (each block's four, then the tied
+head), with NumPy and nothing else. Batch-1 decoding must read all the weights once per
+token, so a NumPy decoder of this model cannot run faster than that row on this machine.
 """
 
 import argparse
@@ -25,6 +31,7 @@ from ._timing import format_machine, interleaved_medians, machine_info, markdown
 
 FULL = dict(vocab_size=4096, block_size=128, n_layer=6, n_head=6, n_embd=384)
 QUICK = dict(FULL, n_layer=2)
+WEIGHT_PRODUCTS = "floor: weight products only (no generator)"
 
 
 def numpyllm_runner(model, backend, prompt, new_tokens):
@@ -33,6 +40,20 @@ def numpyllm_runner(model, backend, prompt, new_tokens):
     def run():
         model.attention_backend = backend
         return model.generate(prompt, new_tokens, temperature=0)
+
+    return run
+
+
+def weight_products_runner(model, new_tokens):
+    """new_tokens times: a row (1, n_in) @ every weight matrix a decoding step multiplies."""
+    matrices = [w for i in range(model.config.n_layer) for w in model.block_params(i).values() if w.ndim == 2]
+    matrices.append(model.params["wte.weight"].T)  # the tied head: (C, V)
+    rows = {n_in: np.ones((1, n_in), dtype=model.config.dtype) for n_in in {w.shape[0] for w in matrices}}
+
+    def run():
+        for _ in range(new_tokens):
+            for w in matrices:
+                rows[w.shape[0]] @ w
 
     return run
 
@@ -72,6 +93,7 @@ def run_benchmark(config, prompt_tokens, new_tokens, rounds):
         hf = transformers_runner(directory, prompt, new_tokens)
     if hf is not None:
         runners["transformers GPT2LMHeadModel"] = hf
+    runners[WEIGHT_PRODUCTS] = weight_products_runner(model, new_tokens)
     timings = interleaved_medians(runners, rounds)
     return [(name, timing.median, timing.last_result) for name, timing in timings.items()]
 
@@ -82,8 +104,8 @@ def format_results(results, new_tokens):
     rows = []
     for name, seconds, tokens in results:
         speedup = f"{reference_seconds / seconds:.2f}×" if reference_seconds else "n/a"
-        rows.append([name, f"{new_tokens / seconds:.0f}", f"{1e3 * seconds / new_tokens:.2f}",
-                     speedup, "yes" if np.array_equal(tokens, first_tokens) else "NO"])
+        same = "n/a" if name == WEIGHT_PRODUCTS else "yes" if np.array_equal(tokens, first_tokens) else "NO"
+        rows.append([name, f"{new_tokens / seconds:.0f}", f"{1e3 * seconds / new_tokens:.2f}", speedup, same])
     return markdown_table(["implementation", "tokens/s", "ms/token", "vs transformers", "same tokens"], rows)
 
 

@@ -326,4 +326,5 @@ def test_generate_benchmark_prints_its_table_and_every_row_agrees(capsys):
                                                  "same tokens"]
     names = [row[0].strip() for row in body]
     assert names[:2] == ["numpyllm (attention auto)", "numpyllm (attention numpy)"]
-    assert all(row[-1].strip() == "yes" for row in body)  # every implementation generated the same tokens
+    assert names[-1] == bench.WEIGHT_PRODUCTS and body[-1][-1].strip() == "n/a"
+    assert all(row[-1].strip() == "yes" for row in body[:-1])  # every generator gave the same tokens
