@@ -26,7 +26,7 @@ import re
 import numpy as np
 
 from .fileio import atomic_write, read_json_object
-from .model import GPTConfig, param_shapes
+from .model import _DTYPES, GPTConfig, param_shapes
 
 __all__ = ["read_checkpoint", "write_checkpoint", "CONFIG_NAME", "WEIGHTS_NAME"]
 
@@ -37,7 +37,6 @@ TORCH_WEIGHTS_NAME = "pytorch_model.bin"
 
 _PREFIX = "transformer."
 _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # causal-mask buffers, not parameters
-_FLOAT_DTYPES = ("float32", "float64")
 
 
 # --------------------------------------------------------------------------- config.json
@@ -74,8 +73,8 @@ def config_from_hf(hf_config, dtype=None):
             raise ValueError(f"config.json has {key}={value!r}; numpyllm supports only {list(supported)}")
     if dtype is None:
         dtype = hf_config.get("numpyllm_dtype", "float32")
-    if dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"dtype must be one of {_FLOAT_DTYPES}, got {dtype!r}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
     return GPTConfig(
         vocab_size=sizes["vocab_size"],
         block_size=sizes["n_positions"],
@@ -125,19 +124,17 @@ def _import_safetensors():
     return safetensors
 
 
-def _read_bfloat16(path, name):
-    """Decode one bfloat16 tensor straight from the safetensors file (NumPy has no bfloat16).
+def _read_bfloat16(raw_file, data_start, entry):
+    """Decode one bfloat16 tensor straight from an open safetensors file (NumPy has no bfloat16).
 
     A safetensors file is: 8-byte little-endian header length, a JSON header giving each
-    tensor's dtype, shape and byte range, then the data. bfloat16 is the top 16 bits of
-    a float32, so shifting the raw uint16 left by 16 gives the exact float32 value.
+    tensor's dtype, shape and byte range (``entry``), then the data from ``data_start``.
+    bfloat16 is the top 16 bits of a float32, so shifting the raw uint16 left by 16
+    gives the exact float32 value.
     """
-    with open(path, "rb") as f:
-        header_length = int.from_bytes(f.read(8), "little")
-        entry = json.loads(f.read(header_length))[name]
-        begin, end = entry["data_offsets"]
-        f.seek(8 + header_length + begin)
-        raw = np.frombuffer(f.read(end - begin), dtype="<u2")
+    begin, end = entry["data_offsets"]
+    raw_file.seek(data_start + begin)
+    raw = np.frombuffer(raw_file.read(end - begin), dtype="<u2")
     return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
 
 
@@ -145,10 +142,12 @@ def _read_safetensors(path):
     """{name: ndarray} of one .safetensors file, bfloat16 widened to float32."""
     safetensors = _import_safetensors()
     tensors = {}
-    with safetensors.safe_open(path, framework="np") as f:
+    with safetensors.safe_open(path, framework="np") as f, open(path, "rb") as raw_file:
+        header_length = int.from_bytes(raw_file.read(8), "little")
+        header = json.loads(raw_file.read(header_length))  # once per file, not per bfloat16 tensor
         for name in f.keys():
-            if f.get_slice(name).get_dtype() == "BF16":
-                tensors[name] = _read_bfloat16(path, name)
+            if header[name]["dtype"] == "BF16":
+                tensors[name] = _read_bfloat16(raw_file, 8 + header_length, header[name])
             else:
                 tensors[name] = f.get_tensor(name)
     return tensors
