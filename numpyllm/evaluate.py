@@ -19,7 +19,7 @@ import numpy as np
 from . import attention
 from .layers import cross_entropy_forward
 
-__all__ = ["add_arguments", "main", "mean_loss", "evaluate_tokens"]
+__all__ = ["add_arguments", "main", "mean_loss", "evaluate_tokens", "perplexity"]
 
 _LOGITS_BUDGET = 1 << 24  # default batch: about this many logits per forward pass
 
@@ -38,6 +38,11 @@ def mean_loss(model, batches):
     if count == 0:
         raise ValueError("no batches to evaluate")
     return total / count, count
+
+
+def perplexity(loss):
+    """exp(loss), the perplexity of a mean cross-entropy in nats; inf where exp would overflow."""
+    return math.exp(loss) if loss < 700 else math.inf
 
 
 def evaluate_tokens(model, tokens, batch_size=None):
@@ -77,5 +82,5 @@ def main(args):
         raise ValueError(f"--data has {tokens.size} token(s); scoring needs at least 2")
     loss, count = evaluate_tokens(model, tokens, args.batch_size)
     print(f"scored {count} tokens of {len(files)} file(s) with {directory}", file=sys.stderr)
-    print(f"loss {loss:.4f} perplexity {math.exp(loss):.4f}")
+    print(f"loss {loss:.4f} perplexity {perplexity(loss):.4f}")
     return 0

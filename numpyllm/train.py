@@ -249,6 +249,13 @@ def _encode_corpus(out, config, files, tokenizer, progress):
     return path
 
 
+def _corpus_files(config):
+    """The run's text files: --data, or the stdlib's source cut to --corpus-bytes (0: all)."""
+    from .data import text_files
+
+    return text_files(config.data, config.corpus_bytes or None)
+
+
 def _corpus_description(config):
     if config.data:
         return f"{len(config.data)} file(s): " + ", ".join(config.data[:3]) + (" ..." if len(config.data) > 3 else "")
@@ -315,9 +322,7 @@ def _resumed_run(out, overrides, progress):
     optimizer = _optimizer(model, config)
     optimizer.load(os.path.join(checkpoint, OPTIMIZER_FILE))
     if not os.path.isfile(os.path.join(out, _TOKENS_FILE)):  # deleted: encode the same files again
-        from .data import text_files
-
-        _encode_corpus(out, config, text_files(config.data, config.corpus_bytes or None), tokenizer, progress)
+        _encode_corpus(out, config, _corpus_files(config), tokenizer, progress)
     print(f"resuming {checkpoint} at step {step}")
     return _Run(out, config, model, tokenizer, optimizer, step, elapsed, sampler_state)
 
@@ -369,10 +374,6 @@ class _StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _perplexity(loss):
-    return math.exp(loss) if loss < 700 else math.inf
-
-
 def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
     """Run (or with ``resume`` continue) a training run in ``out``; return the exit status.
 
@@ -383,8 +384,8 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
     from tqdm.auto import tqdm
 
     from .checkpoint import find_checkpoint
-    from .data import BatchSampler, load_tokens, split_tokens, text_files
-    from .evaluate import mean_loss
+    from .data import BatchSampler, load_tokens, split_tokens
+    from .evaluate import mean_loss, perplexity
     from .optim import clip_grad_norm
     from .runlog import RunLog, plot_losses, read_log
     from .schedule import lr_at
@@ -405,7 +406,7 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
         if existing is not None:
             raise ValueError(f"--out {out!r} already holds a training checkpoint ({existing}); "
                              "pass --resume to continue it, or choose another --out")
-        files = text_files(config.data, config.corpus_bytes or None)  # a missing file fails before any output
+        files = _corpus_files(config)  # a missing file fails before any output
         _print_config(config, out)
         run = _new_run(out, config, files, progress)
     config = run.config
@@ -427,8 +428,9 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
 
     def validate():
         loss, _ = mean_loss(run.model, val_batches)
-        bar.write(f"step {run.step}: val loss {loss:.4f}, perplexity {_perplexity(loss):.2f}")
-        return {"val_loss": loss, "val_perplexity": _perplexity(loss)}
+        val_perplexity = perplexity(loss)
+        bar.write(f"step {run.step}: val loss {loss:.4f}, perplexity {val_perplexity:.2f}")
+        return {"val_loss": loss, "val_perplexity": val_perplexity}
 
     status = 0
     loop_started = time.perf_counter() - run.elapsed_seconds

@@ -11,7 +11,7 @@ import pytest
 from numpyllm import GPT, BPETokenizer
 from numpyllm.__main__ import main
 from numpyllm.data import document_ids
-from numpyllm.evaluate import evaluate_tokens
+from numpyllm.evaluate import evaluate_tokens, perplexity
 
 from tiny_run import tiny_overrides, write_corpus
 
@@ -122,3 +122,8 @@ def test_train_then_eval_end_to_end(tmp_path, corpus):
     assert count == len(tokens) - 1
     assert loss == pytest.approx(expected, abs=1e-4)
     assert perplexity == pytest.approx(math.exp(loss), rel=1e-3)
+
+
+def test_perplexity_is_exp_of_the_loss_and_inf_past_overflow():
+    assert perplexity(0.0) == 1.0 and perplexity(2.0) == math.exp(2.0)
+    assert perplexity(800.0) == math.inf  # math.exp would raise OverflowError
