@@ -9,13 +9,13 @@ One convention everywhere the library takes a count, a seed, a hyper-parameter o
 
 bool is refused although it subclasses int: ``seed=True`` is a mistake, not 1. NumPy
 scalars (np.int64, np.float32) are accepted; the checks return plain int / float.
-Importing this module needs only the standard library (the tokenizer imports it);
-``check_token_ids`` imports NumPy when called.
 """
 
 import math
 import numbers
 import reprlib
+
+import numpy as np
 
 __all__ = ["check_int", "check_real", "check_token_ids"]
 
@@ -74,8 +74,6 @@ def check_token_ids(ids, name, vocab_size, low=0):
     naming the first id outside the range. An empty array passes whatever its dtype
     (``np.asarray([])`` is float64 but holds no id of the wrong type).
     """
-    import numpy as np  # not at the top: the tokenizer imports this module without NumPy
-
     ids = np.asarray(ids)
     if ids.size == 0:
         return ids

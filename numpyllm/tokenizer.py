@@ -11,7 +11,7 @@ use their own order, e.g. ``<|endoftext|>`` = 50256). Files are GPT-2's ``vocab.
 and ``merges.txt`` (see ``bpe_files``), so Hugging Face ``GPT2TokenizerFast`` loads what
 ``save`` writes and ``from_pretrained`` loads GPT-2's and ``tokenizers``' files.
 
-Importing this module needs only the standard library; ``regex`` (GPT-2's pattern needs
+The tokenizer is pure Python (no NumPy); ``regex`` (GPT-2's pattern needs
 ``\\p{L}``/``\\p{N}``) is imported on first use and ``tqdm`` only for progress bars.
 """
 
