@@ -40,8 +40,8 @@ def _scores(q, k, causal, scale):
     Causal uses bottom-right alignment: row i sees columns j <= i + (Nk - Nq).
     """
     s = scale * (q @ k.swapaxes(-1, -2))  # (B, H, Nq, d) @ (B, H, d, Nk) -> (B, H, Nq, Nk)
-    if causal:
-        n_q, n_k = q.shape[-2], k.shape[-2]
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    if causal and n_q > 1:  # one query row (a decoding step) sees every key: nothing to mask
         visible = np.tri(n_q, n_k, k=n_k - n_q, dtype=bool)  # (Nq, Nk), True where j <= i + Nk - Nq
         s = np.where(visible, s, -np.inf)
     return s

@@ -100,10 +100,8 @@ class Decoder:
             keys, values = cache.keys[layer], cache.values[layer]  # (B, H, capacity, hd)
             keys[:, :, start:end] = k
             values[:, :, start:end] = v
-            # bottom-right causal: new position i sees every cached key and new keys up to i;
-            # a single new position sees every key, so it needs no mask (saves building one)
-            o, _ = attention.forward(q, keys[:, :, :end], values[:, :, :end], causal=idx.shape[1] > 1,
-                                     backend=backend)
+            # bottom-right causal: new position i sees every cached key and new keys up to i
+            o, _ = attention.forward(q, keys[:, :, :end], values[:, :, :end], causal=True, backend=backend)
             h, _ = linear_forward(merge_heads(o), b["attn.c_proj.weight"], b["attn.c_proj.bias"])  # (B, T_new, C)
             x += h
             h, _ = layernorm_forward(x, b["ln_2.weight"], b["ln_2.bias"])
