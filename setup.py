@@ -61,12 +61,10 @@ def extensions():
         ["kernels/attention.pyx"],
         include_dirs=["kernels"],
         depends=["kernels/fastexp.h"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
     return cythonize(
         [ext],
         compiler_directives={
-            "language_level": 3,
             "boundscheck": False,
             "wraparound": False,
             "initializedcheck": False,

@@ -74,8 +74,6 @@ cdef enum:
     BLOCK_Q = 128   # query rows per tile
     BLOCK_K = 256  # key/value rows per tile
 
-#: Whether the extension was compiled with OpenMP.
-openmp_enabled = bool(NUMPYLLM_OPENMP)
 #: Tile sizes, for documentation and tests of the block edges.
 block_q = BLOCK_Q
 block_k = BLOCK_K
@@ -219,7 +217,7 @@ cdef void forward_query_block(
     cdef int n_rows = <int> min(<Py_ssize_t> BLOCK_Q, n_q - row0)
     cdef Py_ssize_t offset = n_k - n_q
     cdef Py_ssize_t col0, last_col
-    cdef int n_cols, n_vis, i, j, c
+    cdef int n_cols, n_vis, i, c
     cdef double m_new, m_blk, alpha, block_sum
     cdef floating* s_row
     cdef floating* acc_row
@@ -436,13 +434,12 @@ def forward(q, k, v, bint causal, double scale, int num_threads=0):
         scores = np.empty((n_threads, rows * BLOCK_K), dtype=q.dtype)
         acc = np.empty((n_threads, rows * d), dtype=q.dtype)
         stats = np.empty((n_threads, 2 * rows), dtype=np.float64)
+        q, k, v = _rows(q), _rows(k), _rows(v)
         with _single_threaded_blas(work):
             if q.dtype == np.float32:
-                forward_all[float](_rows(q), _rows(k), _rows(v), out, lse, causal, <float> scale,
-                                   scores, acc, stats, n_threads)
+                forward_all[float](q, k, v, out, lse, causal, <float> scale, scores, acc, stats, n_threads)
             else:
-                forward_all[double](_rows(q), _rows(k), _rows(v), out, lse, causal, scale,
-                                    scores, acc, stats, n_threads)
+                forward_all[double](q, k, v, out, lse, causal, scale, scores, acc, stats, n_threads)
     return out.reshape(B, H, n_q, d), lse.reshape(B, H, n_q)
 
 
@@ -461,13 +458,12 @@ def backward(dout, q, k, v, out, lse, bint causal, double scale, int num_threads
         dscores = np.empty((n_threads, rows * BLOCK_K), dtype=q.dtype)
         d_row = np.empty((n_threads, n_q), dtype=np.float64)
         lse_heads = np.ascontiguousarray(lse, dtype=np.float64).reshape(B * H, n_q)
+        q, k, v, out, dout = _rows(q), _rows(k), _rows(v), _rows(out), _rows(dout)
         with _single_threaded_blas(work):
             if q.dtype == np.float32:
-                backward_all[float](_rows(q), _rows(k), _rows(v), _rows(out), _rows(dout),
-                                    lse_heads, dq, dk, dv, causal, <float> scale,
+                backward_all[float](q, k, v, out, dout, lse_heads, dq, dk, dv, causal, <float> scale,
                                     probs, dscores, d_row, n_threads)
             else:
-                backward_all[double](_rows(q), _rows(k), _rows(v), _rows(out), _rows(dout),
-                                     lse_heads, dq, dk, dv, causal, scale,
+                backward_all[double](q, k, v, out, dout, lse_heads, dq, dk, dv, causal, scale,
                                      probs, dscores, d_row, n_threads)
     return (dq.reshape(B, H, n_q, d), dk.reshape(B, H, n_k, d), dv.reshape(B, H, n_k, d))

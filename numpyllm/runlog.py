@@ -70,12 +70,6 @@ class RunLog:
     def close(self):
         self._file.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
 
 def plot_losses(log_path, png_path):
     """Draw train and validation loss against step from ``log_path`` into ``png_path``.
