@@ -27,6 +27,9 @@ from .fileio import atomic_write
 __all__ = ["AdamW", "clip_grad_norm"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# The entries of a state_dict: scalars, then one {name: array} dict per moment.
+_SCALARS = ("step", "lr", "betas", "eps", "weight_decay")
+_MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 def _check_tensor_dict(tensors, name):
@@ -155,12 +158,11 @@ class AdamW:
         """
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict from AdamW.state_dict(), got {type(state).__name__}")
-        required = ("step", "lr", "betas", "eps", "weight_decay", "exp_avg", "exp_avg_sq")
-        missing = [key for key in required if key not in state]
+        missing = [key for key in _SCALARS + _MOMENTS if key not in state]
         if missing:
             raise ValueError(f"state is missing the entries {missing}")
         step = check_int(state["step"], "state['step']", 0)
-        for key in ("exp_avg", "exp_avg_sq"):
+        for key in _MOMENTS:
             _check_tensor_dict(state[key], f"state[{key!r}]")
             _check_same_tensors(state[key], self.params, f"state[{key!r}]", "params")
         self._set_hyperparameters(state["lr"], tuple(state["betas"]), state["eps"], state["weight_decay"])
@@ -176,8 +178,8 @@ class AdamW:
         moment, "exp_avg/<name>" and "exp_avg_sq/<name>".
         """
         state = self.state_dict()
-        arrays = {key: np.asarray(state[key]) for key in ("step", "lr", "betas", "eps", "weight_decay")}
-        for key in ("exp_avg", "exp_avg_sq"):
+        arrays = {key: np.asarray(state[key]) for key in _SCALARS}
+        for key in _MOMENTS:
             arrays.update({f"{key}/{name}": array for name, array in state[key].items()})
         with atomic_write(path) as f:
             np.savez(f, **arrays)
