@@ -23,6 +23,7 @@ import numpy as np
 
 import numpyllm
 from numpyllm import GPT, GPTConfig, attention
+from numpyllm.hub import config_to_hf
 from numpyllm.model import param_shapes
 
 from ._timing import format_machine, interleaved_medians, machine_info, markdown_table, usable_cores
@@ -53,10 +54,7 @@ def torch_runner(config, params, idx, targets):
     import torch
     import transformers
 
-    hf_config = transformers.GPT2Config(
-        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
-        n_layer=config.n_layer, n_head=config.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    hf_config = transformers.GPT2Config(**config_to_hf(config), bos_token_id=0, eos_token_id=0)
     model = transformers.GPT2LMHeadModel(hf_config).train()
     model.load_state_dict({"transformer." + name: torch.from_numpy(p.copy()) for name, p in params.items()},
                           strict=False)  # lm_head.weight is tied to wte

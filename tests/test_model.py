@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from finite_differences import assert_gradient_matches
 from numpyllm import GPT, GPTConfig, attention
+from numpyllm.hub import config_to_hf
 from numpyllm.model import flat_views, param_shapes
 from tiny_models import TINY, perturbed_model
 
@@ -203,10 +204,7 @@ def test_gradients_are_the_same_through_numpy_and_cython_attention(dtype, rtol):
 def transformers_twin(model, torch, transformers):
     """A GPT2LMHeadModel with ``model``'s config and exactly its weights (the LM head tied)."""
     c = model.config
-    hf_config = transformers.GPT2Config(
-        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
-        activation_function="gelu_new", layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    hf_config = transformers.GPT2Config(**config_to_hf(c), bos_token_id=0, eos_token_id=0)
     hf_config._attn_implementation = "eager"
     twin = transformers.GPT2LMHeadModel(hf_config).to(getattr(torch, c.dtype)).eval()
     state = {"transformer." + name: torch.from_numpy(p.copy()) for name, p in model.params.items()}
