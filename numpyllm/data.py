@@ -169,12 +169,10 @@ class BatchSampler:
                              f"got shape {np.shape(tokens)}")
         self.tokens = tokens
         self._rng = np.random.default_rng(seed)
-        self._offsets = np.arange(block_size + 1)
 
     def sample(self):
         starts = self._rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
-        windows = self.tokens[starts[:, None] + self._offsets].astype(np.int64)  # (B, T + 1)
-        return windows[:, :-1], windows[:, 1:]
+        return _windows(self.tokens, starts, self.block_size)
 
     @property
     def state(self):
@@ -199,12 +197,15 @@ def sequential_batches(tokens, block_size, batch_size):
     if n < 2:
         raise ValueError(f"need at least 2 tokens to score one prediction, got {n}")
     n_full = (n - 1) // block_size
-    offsets = np.arange(block_size + 1)
     for first in range(0, n_full, batch_size):
-        starts = np.arange(first, min(first + batch_size, n_full)) * block_size
-        windows = tokens[starts[:, None] + offsets].astype(np.int64)  # (b, T + 1)
-        yield windows[:, :-1], windows[:, 1:]
+        yield _windows(tokens, np.arange(first, min(first + batch_size, n_full)) * block_size, block_size)
     tail_start = n_full * block_size
     if tail_start < n - 1:
-        tail = np.asarray(tokens[tail_start:], dtype=np.int64)[None, :]  # (1, t + 1)
-        yield tail[:, :-1], tail[:, 1:]
+        yield _windows(tokens, np.array([tail_start]), n - 1 - tail_start)
+
+
+def _windows(tokens, starts, length):
+    """Inputs x = tokens[s : s + length] and targets y = tokens[s + 1 : s + length + 1] for
+    each start s: two int64 (len(starts), length) arrays, views of one gathered copy."""
+    windows = tokens[starts[:, None] + np.arange(length + 1)].astype(np.int64)  # (b, length + 1)
+    return windows[:, :-1], windows[:, 1:]
