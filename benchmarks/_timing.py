@@ -9,12 +9,15 @@
   memory sees every allocation (NumPy, torch, a C extension's raw ``malloc``), which
   ``tracemalloc`` does not. ``run_in_fresh_process`` runs such a measurement in a fresh
   child process, so the parent's heap cannot hide or inflate it.
+- ``limited_threads(n)``: BLAS/OpenMP (threadpoolctl) and torch limited to ``n`` threads in a block.
 - ``machine_info`` / ``format_machine``, ``markdown_table``.
 
-Depends only on the standard library (and threadpoolctl when present).
+Depends only on the standard library (and threadpoolctl and torch when present;
+``limited_threads`` needs threadpoolctl).
 """
 
 import concurrent.futures
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -183,6 +186,27 @@ def run_in_fresh_process(function, *args, preload=()):
 
 
 # --------------------------------------------------------------------------- machine
+
+
+@contextlib.contextmanager
+def limited_threads(n_threads, user_api=None):
+    """Inside the block, threadpoolctl's pools (all of them, or those of ``user_api``, e.g.
+    "blas") and torch, when it imports, use ``n_threads`` threads; the previous counts return after."""
+    from threadpoolctl import threadpool_limits
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    previous = torch.get_num_threads() if torch else None
+    with threadpool_limits(limits=n_threads, user_api=user_api):
+        if torch:
+            torch.set_num_threads(n_threads)
+        try:
+            yield
+        finally:
+            if torch:
+                torch.set_num_threads(previous)
 
 
 def usable_cores():

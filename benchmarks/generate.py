@@ -19,7 +19,6 @@ token, so a NumPy decoder of this model cannot run faster than that row on this 
 """
 
 import argparse
-import contextlib
 import sys
 import tempfile
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from numpyllm import GPT, GPTConfig, attention
 
-from ._timing import format_machine, interleaved_medians, machine_info, markdown_table
+from ._timing import format_machine, interleaved_medians, limited_threads, machine_info, markdown_table
 
 FULL = dict(vocab_size=4096, block_size=128, n_layer=6, n_head=6, n_embd=384)
 QUICK = dict(FULL, n_layer=2)
@@ -107,26 +106,6 @@ def format_results(results, new_tokens):
         same = "n/a" if name == WEIGHT_PRODUCTS else "yes" if np.array_equal(tokens, first_tokens) else "NO"
         rows.append([name, f"{new_tokens / seconds:.0f}", f"{1e3 * seconds / new_tokens:.2f}", speedup, same])
     return markdown_table(["implementation", "tokens/s", "ms/token", "vs transformers", "same tokens"], rows)
-
-
-@contextlib.contextmanager
-def limited_threads(n_threads):
-    """BLAS/OpenMP (threadpoolctl) and torch use ``n_threads`` threads inside the block."""
-    from threadpoolctl import threadpool_limits
-
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    previous = torch.get_num_threads() if torch else None
-    with threadpool_limits(limits=n_threads):
-        if torch:
-            torch.set_num_threads(n_threads)
-        try:
-            yield
-        finally:
-            if torch:
-                torch.set_num_threads(previous)
 
 
 def main(argv=None):

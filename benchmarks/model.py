@@ -26,7 +26,7 @@ from numpyllm import GPT, GPTConfig, attention
 from numpyllm.hub import config_to_hf
 from numpyllm.model import param_shapes
 
-from ._timing import format_machine, interleaved_medians, machine_info, markdown_table, usable_cores
+from ._timing import format_machine, interleaved_medians, limited_threads, machine_info, markdown_table, usable_cores
 
 PACKAGES = ("numpy", "torch", "transformers", "threadpoolctl")
 ADAMW = dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
@@ -101,11 +101,9 @@ def make_runners(args, config, idx, targets):
 
 def time_rounds(runners, rounds, threads):
     """Median seconds of each (row, measurement) over ``rounds`` interleaved rounds after one warm-up,
-    and each row's first loss (before any optimizer step)."""
-    from threadpoolctl import threadpool_limits
-
+    and each row's first loss (before any optimizer step); BLAS and torch use ``threads`` threads."""
     calls = {(name, kind): call for name, pair in runners.items() for kind, call in enumerate(pair)}
-    with threadpool_limits(limits=threads, user_api="blas"):
+    with limited_threads(threads, user_api="blas"):
         timings = interleaved_medians(calls, rounds)
     first_loss = {name: timings[name, 0].first_result for name in runners}  # the warm-up forward+backward
     return {key: timing.median for key, timing in timings.items()}, first_loss
@@ -113,11 +111,9 @@ def time_rounds(runners, rounds, threads):
 
 def profile_step(runners, threads, top):
     """cProfile one numpyllm training step (the first numpyllm row); the top functions by own time."""
-    from threadpoolctl import threadpool_limits
-
     name, (_, training_step) = next((n, r) for n, r in runners.items() if n.startswith("numpyllm"))
     profiler = cProfile.Profile()
-    with threadpool_limits(limits=threads, user_api="blas"):
+    with limited_threads(threads, user_api="blas"):
         training_step()  # warm-up
         start = time.perf_counter()
         profiler.runcall(training_step)
@@ -183,12 +179,6 @@ def main(argv=None):
     targets = rng.integers(0, config.vocab_size, (args.batch, args.seq))
     runners, notes = make_runners(args, config, idx, targets)
     notes += [note for note in [openblas_kernel_note()] if note]
-    try:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    except ImportError:
-        pass
 
     print("# GPT training-step benchmark\n")
     print(format_machine(machine_info(PACKAGES)))
