@@ -15,7 +15,6 @@ load hits all of them alike; the first round is a warm-up; the table shows media
 import argparse
 import cProfile
 import io
-import math
 import pstats
 import time
 
@@ -24,7 +23,6 @@ import numpy as np
 import numpyllm
 from numpyllm import GPT, GPTConfig, attention
 from numpyllm.hub import config_to_hf
-from numpyllm.model import param_shapes
 
 from ._timing import format_machine, interleaved_medians, limited_threads, machine_info, markdown_table, usable_cores
 
@@ -80,9 +78,10 @@ def torch_runner(config, params, idx, targets):
     return forward_backward, training_step
 
 
-def make_runners(args, config, idx, targets):
-    """{row name: (forward_backward, training_step)}, and notes on rows left out."""
-    reference = GPT(config, seed=0)
+def make_runners(args, reference, idx, targets):
+    """{row name: (forward_backward, training_step)}, each holding ``reference``'s weights,
+    and notes on rows left out."""
+    config = reference.config
     runners, notes = {}, []
     backends = [b for b in ("cython", "numpy") if b in attention.available_backends()]
     if "cython" not in backends:
@@ -177,7 +176,8 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     idx = rng.integers(0, config.vocab_size, (args.batch, args.seq))
     targets = rng.integers(0, config.vocab_size, (args.batch, args.seq))
-    runners, notes = make_runners(args, config, idx, targets)
+    reference = GPT(config, seed=0)
+    runners, notes = make_runners(args, reference, idx, targets)
     notes += [note for note in [openblas_kernel_note()] if note]
 
     print("# GPT training-step benchmark\n")
@@ -185,7 +185,7 @@ def main(argv=None):
     for note in notes:
         print(f"- {note}")
     print(f"\nn_layer={config.n_layer}, n_head={config.n_head}, n_embd={config.n_embd}, "
-          f"vocab={config.vocab_size}, B={args.batch}, T={args.seq}, float32, {sum(math.prod(shape) for _, shape in param_shapes(config)):,} "
+          f"vocab={config.vocab_size}, B={args.batch}, T={args.seq}, float32, {reference.num_params:,} "
           f"parameters; {args.threads} threads; median of {rounds} interleaved rounds after a warm-up.\n")
     medians, first_loss = time_rounds(runners, rounds, args.threads)
     tokens = args.batch * args.seq
