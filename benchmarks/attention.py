@@ -536,14 +536,6 @@ def _progress(message):
     print(message, file=sys.stderr, flush=True)
 
 
-def _kernel_missing_reason():
-    try:
-        import numpyllm._attention  # noqa: F401
-    except ImportError as exc:
-        return str(exc)
-    return "numpyllm._attention imported, but a dependency of the kernel did not"
-
-
 def choose_backends(args):
     """The backends this run measures, and notes to print about the ones left out."""
     names, notes = [], []
@@ -553,7 +545,7 @@ def choose_backends(args):
         names.append("cython")
     else:
         notes.append(
-            f"The Cython kernel is not built ({_kernel_missing_reason()}); measuring the others. "
+            f"The Cython kernel is not built ({attention._kernel_error}); measuring the others. "
             "Build it with `pip install -e .`."
         )
     if not args.no_torch:
@@ -577,7 +569,7 @@ def build_problems(args, sizes):
 def run_memory_n(args, threads, progress):
     """--memory-n: the kernel alone, a fresh process per mask, one call per pass; prints a table."""
     if "cython" not in attention.available_backends():
-        print(f"--memory-n measures the Cython kernel, which is not built ({_kernel_missing_reason()}).")
+        print(f"--memory-n measures the Cython kernel, which is not built ({attention._kernel_error}).")
         return []
     records, rows = [], []
     for problem in build_problems(args, [args.memory_n]):
