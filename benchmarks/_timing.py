@@ -42,8 +42,8 @@ class Timing:
     calls_per_repeat: int
 
 
-def measure(run, *, repeats, setup=None, min_seconds=0.0, max_calls=10_000):
-    """Time ``run(state)``; ``state = setup()`` is built before the timer starts.
+def measure(run, *, repeats, setup=lambda: None, min_seconds=0.0, max_calls=10_000):
+    """Time ``run(state)``; ``state = setup()`` is built before the timer starts (default: None).
 
     One warm-up call first (it pays one-time costs: thread pools, lazy imports, page
     faults). Then ``repeats`` repeats, each timing enough back-to-back calls to last
@@ -54,15 +54,14 @@ def measure(run, *, repeats, setup=None, min_seconds=0.0, max_calls=10_000):
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    make_state = setup if setup is not None else (lambda: None)
-    state = make_state()
+    state = setup()
     start = time.perf_counter()
     result = run(state)
     warm_up_seconds = time.perf_counter() - start
     calls = min(max_calls, max(1, math.ceil(min_seconds / max(warm_up_seconds, 1e-9))))
     samples = []
     for _ in range(repeats):
-        states = [make_state() for _ in range(calls)]
+        states = [setup() for _ in range(calls)]
         start = time.perf_counter()
         for state in states:
             result = run(state)
@@ -137,11 +136,16 @@ def _malloc_trim():
             trim(0)
 
 
+def _reset_peak_rss():
+    """Reset VmHWM, the resident-memory high-water mark, to the current resident size."""
+    with open(_CLEAR_REFS, "w") as clear_refs:
+        clear_refs.write("5")
+
+
 def peak_rss_unsupported_reason():
     """None when ``PeakRSS`` works here, else why not (a sentence)."""
     try:
-        with open(_CLEAR_REFS, "w") as clear_refs:
-            clear_refs.write("5")
+        _reset_peak_rss()
         _status_bytes("VmHWM")
     except (OSError, RuntimeError) as exc:
         return f"cannot reset the resident-memory high-water mark ({exc})"
@@ -161,8 +165,7 @@ class PeakRSS:
     def __enter__(self):
         gc.collect()
         _malloc_trim()
-        with open(_CLEAR_REFS, "w") as clear_refs:
-            clear_refs.write("5")
+        _reset_peak_rss()
         self.start_bytes = _status_bytes("VmRSS")
         return self
 

@@ -126,7 +126,7 @@ class Call:
 
     run: object
     outputs: object
-    setup: object = None
+    setup: object = lambda: None
 
 
 class NumpyllmBackend:
@@ -299,10 +299,10 @@ def measure_memory(backend_name, problem, threads):
     with backend.thread_limit():
         for pass_name in passes_for(problem):
             warm_up_call = backend.call(pass_name, warm_up, warm_up_arrays)
-            warm_up_call.run(warm_up_call.setup() if warm_up_call.setup else None)
+            warm_up_call.run(warm_up_call.setup())
             del warm_up_call
             call = backend.call(pass_name, problem, arrays)
-            state = call.setup() if call.setup else None
+            state = call.setup()
             with PeakRSS() as peak:
                 start = time.perf_counter()
                 result = call.run(state)
