@@ -20,6 +20,7 @@ import string
 import tempfile
 
 from numpyllm import BPETokenizer
+from numpyllm.bpe_files import MERGES_FILE, VOCAB_FILE
 from numpyllm.corpus import read_texts, stdlib_corpus_files
 
 from ._timing import measure
@@ -102,7 +103,8 @@ def main(argv=None):
 
             hf_train_seconds, _ = median_seconds(train_hf, args.repeats)
             def load_hf():
-                return tokenizers.ByteLevelBPETokenizer.from_file(f"{directory}/vocab.json", f"{directory}/merges.txt")
+                return tokenizers.ByteLevelBPETokenizer.from_file(f"{directory}/{VOCAB_FILE}",
+                                                                  f"{directory}/{MERGES_FILE}")
 
             hf_cold_seconds, hf_encodings = median_seconds(lambda: load_hf().encode_batch(held_out), args.repeats)
             if [encoding.ids for encoding in hf_encodings] != ids:
