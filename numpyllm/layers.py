@@ -28,6 +28,7 @@ __all__ = [
     "layernorm_forward", "layernorm_backward",
     "linear_forward", "linear_backward",
     "gelu_forward", "gelu_backward",
+    "gelu_erf_forward", "gelu_erf_backward",
     "cross_entropy_forward", "cross_entropy_backward",
     "qkv_forward", "qkv_backward", "merge_heads", "split_heads",
     "self_attention_forward", "self_attention_backward",
@@ -145,6 +146,7 @@ def linear_backward(dy, cache):
 
 _GELU_SCALE = math.sqrt(2.0 / math.pi)
 _GELU_CUBIC = 0.044715
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def gelu_forward(x):
@@ -174,6 +176,33 @@ def gelu_backward(dy, cache):
     dx += 1.0 + tanh_u
     dx *= 0.5 * dy
     return dx
+
+
+def gelu_erf_forward(x):
+    """GELU in its exact form (BERT's "gelu"), element-wise, with Φ the standard normal CDF:
+
+        y = x · Φ(x) = x · (1 + erf(x / √2)) / 2
+
+    Φ comes from scipy's ``ndtr`` (NumPy has no erf), which stays accurate in the
+    negative tail where ``1 + erf`` would cancel.
+    x: any shape -> y: same shape. Saves x and Φ(x).
+    """
+    from scipy.special import ndtr  # scipy is a dependency of the package, not of the import
+
+    cdf = ndtr(x)
+    return x * cdf, (x, cdf)
+
+
+def gelu_erf_backward(dy, cache):
+    """Derivative of the exact form, with φ(x) = exp(-x²/2) / √(2π) the normal density:
+
+        dx = dy · (Φ(x) + x · φ(x))
+
+    dy: any shape -> dx: same shape.
+    """
+    x, cdf = cache
+    density = np.exp(-0.5 * x * x) * _INV_SQRT_2PI
+    return dy * (cdf + x * density)
 
 
 # --------------------------------------------------------------------------- cross-entropy

@@ -94,6 +94,20 @@ def test_gelu_is_the_tanh_approximation_of_x_times_normal_cdf():
     np.testing.assert_allclose(y[x < -10], 0, atol=1e-15)
 
 
+@given(seeds, st.integers(1, 40))
+def test_gelu_erf_backward_matches_finite_differences(seed, n):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n) * 3
+    check_pair(L.gelu_erf_forward, L.gelu_erf_backward, [x], rng)
+
+
+def test_gelu_erf_is_x_times_normal_cdf():
+    x = np.linspace(-12, 12, 1201)
+    y, _ = L.gelu_erf_forward(x)
+    np.testing.assert_allclose(y, x * ndtr(x), rtol=1e-14, atol=1e-300)
+    assert L.gelu_erf_forward(x.astype(np.float32))[0].dtype == np.float32
+
+
 def random_targets(rng, B, T, vocab, ignored_fraction):
     targets = rng.integers(0, vocab, (B, T))
     targets[rng.random((B, T)) < ignored_fraction] = L.IGNORE_INDEX
