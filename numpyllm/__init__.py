@@ -5,7 +5,7 @@ regex, tqdm and matplotlib are used when present (see the README).
 """
 
 from . import attention
-from .model import GPT, GPTConfig
+from .gpt import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm
 from .tokenizer import BPETokenizer
 

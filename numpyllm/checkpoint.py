@@ -146,7 +146,7 @@ def load_model_and_tokenizer(path, direction, tokenizer_path=None, attention_bac
     vocabularies do not fit. The tokenizer loads first, so its errors come before a
     large model is read.
     """
-    from .model import GPT
+    from .gpt import GPT
     from .tokenizer import BPETokenizer
 
     if direction not in ("encode", "decode"):

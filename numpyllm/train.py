@@ -268,7 +268,7 @@ def _new_run(out, config, files, progress):
     (new or --init), optimizer."""
     from .checkpoint import load_model_and_tokenizer
     from .corpus import read_texts
-    from .model import GPT, GPTConfig
+    from .gpt import GPT, GPTConfig
     from .tokenizer import BPETokenizer
 
     if config.init:

@@ -10,7 +10,7 @@ from scipy.special import log_softmax, ndtr
 from finite_differences import assert_gradient_matches
 from numpyllm import attention
 from numpyllm import layers as L
-from numpyllm.model import block_param_shapes
+from numpyllm.gpt import block_param_shapes
 
 seeds = st.integers(0, 2**32 - 1)
 batch = st.integers(1, 2)

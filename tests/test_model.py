@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from finite_differences import assert_gradient_matches
 from numpyllm import GPT, GPTConfig, attention
-from numpyllm.hub import config_to_hf
-from numpyllm.model import flat_views, param_shapes
+from numpyllm.gpt import config_to_hf
+from numpyllm.gpt import param_shapes
+from numpyllm.params import flat_views
 from tiny_models import TINY, perturbed_model
 
 

@@ -1,0 +1,29 @@
+"""One flat parameter buffer with a named view per tensor, shared by every model family.
+
+All of a model's parameters live in one 1-D array and ``params[name]`` is a view into
+it (llm.c's layout); gradients and the optimizer's moments mirror it, so zeroing, an
+AdamW step, a norm or a checkpoint is one vector operation. Depends on NumPy only.
+"""
+
+import math
+
+__all__ = ["DTYPES", "flat_views"]
+
+DTYPES = ("float32", "float64")  # the dtypes a model computes in
+
+
+def flat_views(buffer, shapes):
+    """{name: view} of consecutive slices of the 1-D ``buffer``, reshaped to ``shapes``.
+
+    buffer: 1-D array of exactly Σ prod(shape) elements; shapes: [(name, shape), ...].
+    Writing into a view writes into ``buffer``, so one vector operation on the buffer
+    (zeroing, an optimizer step, a norm) covers every tensor.
+    """
+    sizes = [math.prod(shape) for _, shape in shapes]
+    if buffer.ndim != 1 or buffer.size != sum(sizes):
+        raise ValueError(f"buffer must be 1-D with {sum(sizes)} elements for these shapes, got shape {buffer.shape}")
+    views, offset = {}, 0
+    for (name, shape), size in zip(shapes, sizes):
+        views[name] = buffer[offset: offset + size].reshape(shape)
+        offset += size
+    return views
