@@ -17,9 +17,9 @@ import sys
 
 # name -> (module, one-line summary)
 SUBCOMMANDS = {
-    "train": ("numpyllm.train", "train a GPT on text files (default: the Python standard library's source)"),
-    "eval": ("numpyllm.evaluate", "print the loss and perplexity of a model on a text file"),
-    "generate": ("numpyllm.generation", "continue a prompt with a trained model, streaming the text"),
+    "train": ("numpyllm.cli.train", "train a GPT on text files (default: the Python standard library's source)"),
+    "eval": ("numpyllm.cli.eval", "print the loss and perplexity of a model on a text file"),
+    "generate": ("numpyllm.cli.generate", "continue a prompt with a trained model, streaming the text"),
 }
 
 

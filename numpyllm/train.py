@@ -1,28 +1,11 @@
-"""Train a GPT on text files; checkpoints resume exactly and load in eval and generate.
+"""The training loop: a GPT on text, with checkpoints that resume exactly.
 
-With no --data the corpus is the Python standard library's own .py source files, found
-on this machine at run time (site-packages and test directories left out): nothing is
-downloaded. The tiny preset uses the first 3 MB of it (--corpus-bytes).
-
-A byte-level BPE is trained on the corpus (unless --tokenizer or --init brings one),
-the files, shuffled by --seed, are encoded once into OUT/tokens.npy (read
-memory-mapped), the last --val-fraction of the tokens is held out for validation, and
-the model trains on random windows with AdamW, linear warmup then cosine decay of the
-learning rate, and global-norm gradient clipping. A preset sets every option; any
-option given overrides it.
-
-OUT (--out, default runs/PRESET) receives
-  checkpoint/   every --checkpoint-interval steps and at the end: the model in Hugging
-                Face GPT-2 format, its tokenizer, the optimizer and data-sampler state
-  tokens.npy    the encoded corpus
-  log.csv       one row per step: train loss, validation loss and perplexity, lr, ...
-  loss.png      train and validation loss against step (when matplotlib is installed)
-
---resume continues OUT's checkpoint so that the result is bit-identical to a run never
-stopped. Ctrl-C finishes the current step, saves a checkpoint and exits (status 130).
-A non-finite loss stops the run and keeps the last good checkpoint. Then:
-  python -m numpyllm eval --model OUT --data FILE
-  python -m numpyllm generate --model OUT --prompt TEXT
+``train(out, preset, overrides)`` sets up or resumes a run directory and trains:
+AdamW, linear warmup then cosine decay, global-norm clipping, a tqdm bar, log.csv and
+loss.png, atomic checkpoints every ``checkpoint_interval`` steps, bit-exact resume,
+Ctrl-C saving and a stop on a non-finite loss. ``TrainConfig`` holds every setting and
+``PRESETS`` the named starting points. The command line (``numpyllm.cli.train``) turns
+each TrainConfig field into a flag.
 """
 
 import dataclasses
@@ -40,7 +23,7 @@ from . import attention
 from ._checks import check_int, check_real
 from .checkpoint import CHECKPOINT_DIR
 
-__all__ = ["TrainConfig", "PRESETS", "add_arguments", "main", "train"]
+__all__ = ["TrainConfig", "PRESETS", "RESUMABLE", "make_config", "check_config", "flag", "train"]
 
 
 def _option(default, help, **argparse_kwargs):
@@ -100,7 +83,7 @@ PRESETS = {
 }
 
 # Options a --resume may change: they alter neither the model nor the batches already drawn.
-_RESUMABLE = ("max_steps", "eval_interval", "eval_steps", "checkpoint_interval", "log_interval",
+RESUMABLE = ("max_steps", "eval_interval", "eval_steps", "checkpoint_interval", "log_interval",
               "attention_backend")
 _SHAPE_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd")  # come from the checkpoint with --init
 _POSITIVE_INTS = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_steps",
@@ -109,14 +92,15 @@ _NON_NEGATIVE_INTS = ("corpus_bytes", "warmup_steps", "seed")
 _TOKENS_FILE, _LOG_FILE, _PLOT_FILE = "tokens.npy", "log.csv", "loss.png"
 
 
-def _flag(name):
+def flag(name):
+    """The command-line flag of a TrainConfig field: max_steps -> --max-steps."""
     return "--" + name.replace("_", "-")
 
 
 def check_config(config):
     """Raise TypeError / ValueError naming the flag of the first setting of a wrong type or out of range."""
     for name in _POSITIVE_INTS + _NON_NEGATIVE_INTS:
-        check_int(getattr(config, name), _flag(name), 1 if name in _POSITIVE_INTS else 0)
+        check_int(getattr(config, name), flag(name), 1 if name in _POSITIVE_INTS else 0)
     check_real(config.lr, "--lr", 0, low_inclusive=False)
     check_real(config.min_lr, "--min-lr", 0, config.lr, high_inclusive=True, optional=True)
     check_real(config.weight_decay, "--weight-decay", 0)
@@ -142,46 +126,6 @@ def make_config(preset="tiny", **overrides):
         config = dataclasses.replace(config, warmup_steps=min(config.warmup_steps, config.max_steps))
     check_config(config)
     return config
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_arguments(parser):
-    parser.add_argument("--preset", default="tiny", choices=list(PRESETS),
-                        help="starting values of every option: tiny (about a minute on 2 cores), small, "
-                             "gpt2 (the 124M shape) (default: tiny)")
-    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/PRESET)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the checkpoint in --out exactly; may change only "
-                             + ", ".join(_flag(name) for name in _RESUMABLE))
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar: print a line every --log-interval steps "
-                             "(the default when stderr is not a terminal)")
-    types = {int: int, float: float, str: str, tuple: str}
-    for field in dataclasses.fields(TrainConfig):
-        kwargs = dict(field.metadata)
-        kwargs.setdefault("type", types[field.type])
-        kwargs.setdefault("metavar", {int: "N", float: "X"}.get(kwargs["type"]))
-        if "choices" in kwargs:
-            kwargs.pop("metavar")
-        preset_value = PRESETS["tiny"].__dict__[field.name]
-        kwargs["help"] += "" if preset_value is None else f" (tiny: {preset_value})"
-        parser.add_argument(_flag(field.name), default=None, **kwargs)
-
-
-def main(args):
-    overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
-                 if getattr(args, field.name) is not None}
-    if "data" in overrides:  # absolute, so a resume from another directory can re-read them
-        overrides["data"] = tuple(os.path.abspath(path) for path in overrides["data"])
-    out = args.out or os.path.join("runs", args.preset)
-    progress = not args.no_progress and sys.stderr.isatty()
-    try:
-        return train(out, args.preset, overrides, resume=args.resume, progress=progress)
-    except KeyboardInterrupt:
-        print("numpyllm train: interrupted", file=sys.stderr)
-        return 130
 
 
 # --------------------------------------------------------------------------- setting up a run
@@ -301,10 +245,10 @@ def _resumed_run(out, overrides, progress):
     checkpoint = find_checkpoint(out)
     if checkpoint is None:
         raise FileNotFoundError(f"--resume: --out {out!r} has no training checkpoint to continue")
-    fixed = sorted(set(overrides) - set(_RESUMABLE))
+    fixed = sorted(set(overrides) - set(RESUMABLE))
     if fixed:
-        raise ValueError(f"--resume continues the saved configuration; {', '.join(map(_flag, fixed))} cannot "
-                         f"change (only {', '.join(map(_flag, _RESUMABLE))} can)")
+        raise ValueError(f"--resume continues the saved configuration; {', '.join(map(flag, fixed))} cannot "
+                         f"change (only {', '.join(map(flag, RESUMABLE))} can)")
     state = read_trainer_state(checkpoint)
     try:
         saved = dict(state["train_config"])
@@ -398,7 +342,7 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
         _print_config(run.config, out)
     else:
         config = make_config(preset, **overrides)
-        shape = [_flag(name) for name in _SHAPE_FIELDS if name in overrides]
+        shape = [flag(name) for name in _SHAPE_FIELDS if name in overrides]
         if config.init and shape:
             raise ValueError(f"{', '.join(shape)} cannot be combined with --init: the model's shape comes "
                              "from the checkpoint it starts from")
