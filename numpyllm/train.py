@@ -6,11 +6,16 @@ loss.png, atomic checkpoints every ``checkpoint_interval`` steps, bit-exact resu
 Ctrl-C saving and a stop on a non-finite loss. ``TrainConfig`` holds every setting and
 ``PRESETS`` the named starting points. The command line (``numpyllm.cli.train``) turns
 each TrainConfig field into a flag.
+
+Under ``mpiexec -n K`` the same loop is data-parallel through the hooks of
+``numpyllm.distributed`` (``world.shard``, ``world.mean``, ``world.is_root``, ...): each
+rank takes its slice of the one-process batch and every rank applies the same update.
 """
 
 import dataclasses
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -19,7 +24,7 @@ import time
 
 import numpy as np
 
-from . import attention
+from . import attention, distributed
 from ._checks import check_int, check_real
 from .checkpoint import CHECKPOINT_DIR
 
@@ -90,6 +95,7 @@ _POSITIVE_INTS = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "ba
                   "eval_interval", "eval_steps", "checkpoint_interval", "log_interval")
 _NON_NEGATIVE_INTS = ("corpus_bytes", "warmup_steps", "seed")
 _TOKENS_FILE, _LOG_FILE, _PLOT_FILE = "tokens.npy", "log.csv", "loss.png"
+_SHARED_TOKENIZER_DIR = "tokenizer.shared"  # under MPI, while the ranks start
 
 
 def flag(name):
@@ -207,9 +213,41 @@ def _corpus_description(config):
     return f"the Python standard library's source files ({size})"
 
 
-def _new_run(out, config, files, progress):
+def _new_run(out, config, files, progress, world):
     """Fresh run on the text ``files``: tokenizer (given, from --init, or trained), model
-    (new or --init), optimizer."""
+    (new or --init), optimizer. Under MPI rank 0 alone makes the tokenizer and encodes the
+    corpus; the others wait, then build the model's shape (train() broadcasts its weights)."""
+    from .gpt import GPT
+    from .tokenizer import BPETokenizer
+
+    if world.is_root:
+        config, model, tokenizer = _new_model(out, config, files, progress)
+    config, model_config = world.share((config, model.config) if world.is_root else None)
+    if not world.is_root:
+        model = GPT(model_config, seed=config.seed, attention_backend=config.attention_backend)
+    tokenizer = _share_tokenizer(out, tokenizer if world.is_root else None, BPETokenizer, world)
+    return _Run(out, config, model, tokenizer, _optimizer(model, config))
+
+
+def _share_tokenizer(out, tokenizer, tokenizer_class, world):
+    """Rank 0's ``tokenizer`` on every rank, through OUT/tokenizer.shared/ (rank 0 saves it there,
+    the others wait, then load it with ``tokenizer_class.from_pretrained``; rank 0 then removes it)."""
+    if world.size == 1:
+        return tokenizer
+    directory = os.path.join(out, _SHARED_TOKENIZER_DIR)
+    if world.is_root:
+        tokenizer.save(directory)
+    world.barrier()
+    if not world.is_root:
+        tokenizer = tokenizer_class.from_pretrained(directory)
+    world.barrier()
+    if world.is_root:
+        shutil.rmtree(directory)
+    return tokenizer
+
+
+def _new_model(out, config, files, progress):
+    """(config, model, tokenizer) of a fresh run, with OUT/tokens.npy written."""
     from .checkpoint import load_model_and_tokenizer
     from .corpus import read_texts
     from .gpt import GPT, GPTConfig
@@ -235,10 +273,10 @@ def _new_run(out, config, files, progress):
                                  dtype=config.dtype)
         model = GPT(model_config, seed=config.seed, attention_backend=config.attention_backend)
     _encode_corpus(out, config, files, tokenizer, progress)
-    return _Run(out, config, model, tokenizer, _optimizer(model, config))
+    return config, model, tokenizer
 
 
-def _resumed_run(out, overrides, progress):
+def _resumed_run(out, overrides, progress, world):
     """The run saved in OUT's checkpoint, with the few options a resume may change."""
     from .checkpoint import OPTIMIZER_FILE, find_checkpoint, load_model_and_tokenizer, read_trainer_state
 
@@ -258,6 +296,7 @@ def _resumed_run(out, overrides, progress):
     except (KeyError, TypeError) as error:
         raise ValueError(f"{checkpoint} has a trainer state this version cannot read ({error})") from None
     check_config(config)
+    world.check_divisible(config.batch_size, flag("batch_size"))
     if step >= config.max_steps:
         raise ValueError(f"the checkpoint is at step {step} and --max-steps is {config.max_steps}; "
                          "pass a larger --max-steps to train further")
@@ -265,8 +304,9 @@ def _resumed_run(out, overrides, progress):
                                                    dtype=config.dtype)
     optimizer = _optimizer(model, config)
     optimizer.load(os.path.join(checkpoint, OPTIMIZER_FILE))
-    if not os.path.isfile(os.path.join(out, _TOKENS_FILE)):  # deleted: encode the same files again
+    if world.is_root and not os.path.isfile(os.path.join(out, _TOKENS_FILE)):  # deleted: encode them again
         _encode_corpus(out, config, _corpus_files(config), tokenizer, progress)
+    world.barrier()
     print(f"resuming {checkpoint} at step {step}")
     return _Run(out, config, model, tokenizer, optimizer, step, elapsed, sampler_state)
 
@@ -280,7 +320,7 @@ def _print_config(config, out):
         print(f"  {field.name:<20} = {shown}")
 
 
-def _print_summary(run, train_tokens, val_tokens):
+def _print_summary(run, train_tokens, val_tokens, world):
     from .attention import available_backends
 
     model = run.model
@@ -290,6 +330,9 @@ def _print_summary(run, train_tokens, val_tokens):
     print(f"model: {model.num_params:,} parameters ({model.config.n_layer} layers, {model.config.n_embd} wide, "
           f"vocab {model.config.vocab_size}), {model.config.dtype}, attention {backend}; "
           f"tokens: {len(train_tokens):,} train, {len(val_tokens):,} validation")
+    if world.size > 1:
+        print(f"{world.describe()}: {run.config.batch_size // world.size} of the {run.config.batch_size} "
+              "windows of every batch on each")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -324,21 +367,28 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
     0: finished max_steps. 130: stopped by Ctrl-C after saving a checkpoint. 1: stopped
     by a non-finite loss or gradient, the last good checkpoint kept. Bad settings and
     files raise ValueError / TypeError / OSError (``python -m numpyllm`` prints them as one line).
+    Under ``mpiexec -n K`` every rank calls this and rank 0 alone prints and writes; an
+    exception on any rank ends the whole job instead (see ``numpyllm.distributed``).
     """
+    world = distributed.world()
+    with world.training():
+        return _train(world, os.fspath(out), preset, dict(overrides or {}), resume, progress and world.is_root)
+
+
+def _train(world, out, preset, overrides, resume, progress):
     from tqdm.auto import tqdm
 
     from .checkpoint import find_checkpoint
     from .data import BatchSampler, load_tokens, split_tokens
     from .evaluate import mean_loss, perplexity
     from .optim import clip_grad_norm
+    from .params import flat_buffer
     from .runlog import RunLog, plot_losses, read_log
     from .schedule import lr_at
 
-    out = os.fspath(out)
-    overrides = dict(overrides or {})
     _prepare_out_dir(out)
     if resume:
-        run = _resumed_run(out, overrides, progress)
+        run = _resumed_run(out, overrides, progress, world)
         _print_config(run.config, out)
     else:
         config = make_config(preset, **overrides)
@@ -346,13 +396,15 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
         if config.init and shape:
             raise ValueError(f"{', '.join(shape)} cannot be combined with --init: the model's shape comes "
                              "from the checkpoint it starts from")
+        world.check_divisible(config.batch_size, flag("batch_size"))
         existing = find_checkpoint(out)
         if existing is not None:
             raise ValueError(f"--out {out!r} already holds a training checkpoint ({existing}); "
                              "pass --resume to continue it, or choose another --out")
         files = _corpus_files(config)  # a missing file fails before any output
         _print_config(config, out)
-        run = _new_run(out, config, files, progress)
+        run = _new_run(out, config, files, progress, world)
+    world.broadcast_(run.model.flat_params)
     config = run.config
     train_tokens, val_tokens = split_tokens(load_tokens(os.path.join(out, _TOKENS_FILE)),
                                             config.val_fraction, config.block_size + 1)
@@ -361,32 +413,45 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
         sampler.state = run.sampler_state
     # The same validation windows at every evaluation, from their own generator.
     val_sampler = BatchSampler(val_tokens, config.batch_size, config.block_size, seed=config.seed + 1)
-    val_batches = [val_sampler.sample() for _ in range(config.eval_steps)]
+    val_batches = [tuple(map(world.shard, val_sampler.sample())) for _ in range(config.eval_steps)]
     schedule = dict(max_lr=config.lr, min_lr=config.lr / 10 if config.min_lr is None else config.min_lr,
                     warmup_steps=config.warmup_steps, max_steps=config.max_steps)
-    _print_summary(run, train_tokens, val_tokens)
+    _print_summary(run, train_tokens, val_tokens, world)
 
-    log = RunLog(os.path.join(out, _LOG_FILE), keep_until_step=run.step if resume else None)
+    log_path = os.path.join(out, _LOG_FILE)
+    log = RunLog(log_path, keep_until_step=run.step if resume else None) if world.is_root else None
     bar = tqdm(total=config.max_steps, initial=run.step, unit="step", dynamic_ncols=True, disable=not progress)
     saved_step = run.step if resume else None
 
     def validate():
-        loss, _ = mean_loss(run.model, val_batches)
+        loss = world.mean(*mean_loss(run.model, val_batches))
         val_perplexity = perplexity(loss)
         bar.write(f"step {run.step}: val loss {loss:.4f}, perplexity {val_perplexity:.2f}")
         return {"val_loss": loss, "val_perplexity": val_perplexity}
+
+    def record(**row):
+        if world.is_root:
+            log.write(**row)
+
+    def save():
+        world.check_same(run.model.flat_params, "the parameters")
+        if world.is_root:
+            run.save(sampler)
+        world.barrier()  # the others wait for the checkpoint
 
     status = 0
     loop_started = time.perf_counter() - run.elapsed_seconds
     try:
         with _StopOnInterrupt() as interrupt:
             if not resume:
-                log.write(step=0, elapsed_seconds=0.0, **validate())
-            while run.step < config.max_steps and not interrupt.requested:
+                record(step=0, elapsed_seconds=0.0, **validate())
+            while run.step < config.max_steps and not world.any(interrupt.requested):
                 step_started = time.perf_counter()
                 lr = lr_at(run.step, **schedule)
                 x, y = sampler.sample()
-                loss, grads = run.model.loss_and_grads(x, y)
+                x_rank, y_rank = world.shard(x), world.shard(y)  # this rank's rows of the batch
+                loss, grads = run.model.loss_and_grads(x_rank, y_rank)
+                loss = world.mean(loss, np.count_nonzero(y_rank >= 0), flat_buffer(grads))  # negatives: ignored
                 grad_norm = clip_grad_norm(grads, config.grad_clip or math.inf)
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     kept = (f"the last good checkpoint (step {saved_step}) is in {os.path.join(out, CHECKPOINT_DIR)}"
@@ -403,31 +468,32 @@ def train(out, preset="tiny", overrides=None, *, resume=False, progress=False):
                            tokens_per_second=tokens_per_second, elapsed_seconds=run.elapsed_seconds)
                 if run.step % config.eval_interval == 0 or run.step == config.max_steps:
                     row.update(validate())
-                log.write(**row)
+                record(**row)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_second:,.0f}", refresh=False)
                 bar.update(1)
                 if not progress and run.step % config.log_interval == 0:
                     print(f"step {run.step}/{config.max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
                           f"grad norm {grad_norm:.3f} | {tokens_per_second:,.0f} tok/s", flush=True)
                 if run.step % config.checkpoint_interval == 0 or run.step == config.max_steps:
-                    run.save(sampler)
+                    save()
                     saved_step = run.step
-            if interrupt.requested:
+            if world.any(interrupt.requested):
                 if saved_step != run.step:
-                    run.save(sampler)
+                    save()
                 bar.write(f"stopped at step {run.step}; checkpoint saved in {os.path.join(out, CHECKPOINT_DIR)}; "
                           f"continue with --resume --out {out}")
                 status = 130
     finally:
         bar.close()
-        log.close()
-        plotted = plot_losses(log.path, os.path.join(out, _PLOT_FILE))
-    if status == 0:
+        if world.is_root:
+            log.close()
+            plotted = plot_losses(log_path, os.path.join(out, _PLOT_FILE))
+    if status == 0 and world.is_root:
         summary = f"done: {run.step} steps in {run.elapsed_seconds:.0f} s"
-        val_losses = [row["val_loss"] for row in read_log(log.path) if row["val_loss"] is not None]
+        val_losses = [row["val_loss"] for row in read_log(log_path) if row["val_loss"] is not None]
         if len(val_losses) >= 2:
             summary += f"; val loss {val_losses[0]:.3f} -> {val_losses[-1]:.3f}"
         print(summary)
-        print(f"checkpoint: {os.path.join(out, CHECKPOINT_DIR)}; log: {log.path}"
+        print(f"checkpoint: {os.path.join(out, CHECKPOINT_DIR)}; log: {log_path}"
               + (f"; plot: {os.path.join(out, _PLOT_FILE)}" if plotted else " (pip install matplotlib for a plot)"))
     return status
