@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+from benchmarks._timing import usable_cores
 from numpyllm import GPT, AdamW
 from numpyllm.checkpoint import OPTIMIZER_FILE, find_checkpoint, read_trainer_state
 from numpyllm.distributed import World, launched_size, world
@@ -244,3 +245,14 @@ def test_one_process_training_imports_nothing_of_mpi(tmp_path, corpus):
     job = _run([sys.executable, "-c", code])
     assert job.returncode == 0, job.stderr
     assert job.stdout.splitlines()[-1] == "0 []"
+
+
+@needs_mpiexec
+def test_benchmark_prints_the_scaling_table(corpus, capsys):
+    from benchmarks import distributed as bench
+
+    result = bench.main(["--quick", "--steps", "5", "--data", str(corpus)])
+    out = capsys.readouterr().out
+    assert "| processes K | threads each |" in out and "communication per step at K=2" in out
+    assert set(result["rates"]) == {f"1x{usable_cores()}", f"2x{max(1, usable_cores() // 2)}"}
+    assert all(rate > 0 for rates in result["rates"].values() for rate in rates)
