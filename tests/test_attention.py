@@ -14,6 +14,7 @@ from hypothesis import given, settings
 
 from numpyllm import attention
 from numpyllm.testing import AttentionProblem, attention_problems, check_attention
+from finite_differences import assert_gradient_matches
 
 KERNEL_BUILT = "cython" in attention.available_backends()
 # In CI (and whenever NUMPYLLM_REQUIRE_KERNEL is set) a missing kernel is a failure,
@@ -187,6 +188,88 @@ def test_reference_backward_matches_finite_differences(problem):
         assert error <= allowed, f"error {error:.2e} > {allowed:.2e} for {problem!r}"
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n_head, n_kv_head", [(1, 1), (4, 2), (3, 1), (2, 2)])
+def test_reference_backward_matches_finite_differences_with_padding_and_groups(causal, n_head, n_kv_head):
+    """Central differences of L = Σ dout ∘ out with padded keys and grouped heads; padded
+    keys get exactly zero gradient."""
+    rng = np.random.default_rng(n_head * 10 + n_kv_head + causal)
+    B, n_q, n_k, d, scale = 3, 4, 6, 3, -0.7
+    q = rng.standard_normal((B, n_head, n_q, d))
+    k, v = (rng.standard_normal((B, n_kv_head, n_k, d)) for _ in range(2))
+    dout = rng.standard_normal(q.shape)
+    lengths = np.array([n_k, 1, 4])
+
+    def loss():
+        out, _ = attention.reference_forward(q, k, v, causal, scale, lengths)
+        return float(np.sum(dout * out))
+
+    out, lse = attention.reference_forward(q, k, v, causal, scale, lengths)
+    grads = attention.reference_backward(dout, q, k, v, out, lse, causal, scale, lengths)
+    for name, x, grad in zip(("dq", "dk", "dv"), (q, k, v), grads):
+        assert grad.shape == x.shape
+        assert_gradient_matches(loss, x, grad, rng, name, n_entries=x.size)
+    for b, length in enumerate(lengths):
+        assert not grads[1][b, :, length:].any() and not grads[2][b, :, length:].any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reference_padding_equals_truncated_keys(dtype):
+    """Non-causal: batch b with key_lengths[b] = L gives what k[b, :, :L], v[b, :, :L] alone give."""
+    q, k, v = random_qkv((3, 2, 5, 4), 7, dtype, seed=3)
+    lengths = np.array([7, 1, 3], dtype=np.int32)
+    out, lse = attention.forward(q, k, v, key_lengths=lengths, backend="numpy")
+    dout = np.random.default_rng(4).standard_normal(q.shape).astype(dtype)
+    dq, dk, dv = attention.backward(dout, q, k, v, out, lse, key_lengths=lengths, backend="numpy")
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-5 if dtype == np.float32 else 1e-13,
+                              atol=1e-5 if dtype == np.float32 else 1e-14)
+    for b, n in enumerate(lengths):
+        sl = slice(b, b + 1)
+        out_b, lse_b = attention.forward(q[sl], k[sl, :, :n], v[sl, :, :n], backend="numpy")
+        close(out[sl], out_b)
+        close(lse[sl], lse_b)
+        dq_b, dk_b, dv_b = attention.backward(dout[sl], q[sl], k[sl, :, :n], v[sl, :, :n], out_b, lse_b,
+                                              backend="numpy")
+        close(dq[sl], dq_b)
+        close(dk[sl, :, :n], dk_b)
+        close(dv[sl, :, :n], dv_b)
+
+
+def test_reference_padding_with_causal_hides_both():
+    """Causal and padded: row i of batch b sees j <= i + Nk - Nq and j < L[b], nothing else."""
+    q, k, v = random_qkv((2, 1, 4, 3), 6, seed=5)
+    lengths = np.array([3, 6])
+    out, _ = attention.forward(q, k, v, causal=True, key_lengths=lengths, backend="numpy")
+    scores = np.einsum("bhid,bhjd->bhij", q, k) / np.sqrt(3)
+    for b in range(2):
+        for i in range(4):
+            n_seen = min(i + 2 + 1, lengths[b])
+            p = np.exp(scores[b, 0, i, :n_seen] - scores[b, 0, i, :n_seen].max())
+            np.testing.assert_allclose(out[b, 0, i], (p / p.sum()) @ v[b, 0, :n_seen], rtol=1e-13)
+
+
+@pytest.mark.parametrize("n_kv_head", [1, 2])
+def test_reference_grouped_heads_equal_repeated_heads(n_kv_head):
+    """Query head h reads kv head h // (H // H_kv); dk, dv sum over each group of query heads."""
+    H = 4
+    q, _, _ = random_qkv((2, H, 5, 3), 6, seed=6)
+    _, k, v = random_qkv((2, n_kv_head, 5, 3), 6, seed=7)
+    group = H // n_kv_head
+    k_full, v_full = (np.stack([x[:, h // group] for h in range(H)], axis=1) for x in (k, v))
+    out, lse = attention.forward(q, k, v, causal=True, backend="numpy")
+    out_full, lse_full = attention.forward(q, k_full, v_full, causal=True, backend="numpy")
+    np.testing.assert_array_equal(out, out_full)
+    np.testing.assert_array_equal(lse, lse_full)
+    dout = np.random.default_rng(8).standard_normal(q.shape)
+    dq, dk, dv = attention.backward(dout, q, k, v, out, lse, causal=True, backend="numpy")
+    dq_full, dk_full, dv_full = attention.backward(dout, q, k_full, v_full, out, lse, causal=True, backend="numpy")
+    assert dk.shape == k.shape and dv.shape == v.shape
+    np.testing.assert_array_equal(dq, dq_full)
+    for g in range(n_kv_head):
+        np.testing.assert_allclose(dk[:, g], dk_full[:, g * group:(g + 1) * group].sum(1), rtol=1e-13)
+        np.testing.assert_allclose(dv[:, g], dv_full[:, g * group:(g + 1) * group].sum(1), rtol=1e-13)
+
+
 def test_reference_lse_is_log_sum_exp_of_scaled_masked_scores():
     q, k, v = random_qkv((1, 2, 5, 4), 7)
     _, lse = attention.forward(q, k, v, causal=True, scale=0.3, backend="numpy")
@@ -266,8 +349,18 @@ BAD_FORWARD_INPUTS = [
     (dict(v=np.zeros((2, 3, 5, 8), dtype=np.float16)), TypeError, "v must have dtype"),
     (dict(q=np.zeros((2, 3, 4, 8), dtype=np.float32)), TypeError, "share one dtype"),
     (dict(q=[[[[1.0]]]]), TypeError, "q must be a numpy.ndarray"),
-    (dict(k=np.zeros((1, 3, 5, 8)), v=np.zeros((1, 3, 5, 8))), ValueError, "share (B, H)"),
-    (dict(k=np.zeros((2, 2, 5, 8)), v=np.zeros((2, 2, 5, 8))), ValueError, "share (B, H)"),
+    (dict(k=np.zeros((1, 3, 5, 8)), v=np.zeros((1, 3, 5, 8))), ValueError, "must share B"),
+    (dict(k=np.zeros((2, 2, 5, 8)), v=np.zeros((2, 2, 5, 8))), ValueError, "H % H_kv == 0 for q's H=3"),
+    (dict(k=np.zeros((2, 6, 5, 8)), v=np.zeros((2, 6, 5, 8))), ValueError, "got H_kv=6"),
+    (dict(k=np.zeros((2, 0, 5, 8)), v=np.zeros((2, 0, 5, 8))), ValueError, "got H_kv=0"),
+    (dict(key_lengths=np.array([5])), ValueError, "key_lengths must have shape (B,) = (2,), got (1,)"),
+    (dict(key_lengths=np.array([[5, 5]])), ValueError, "key_lengths must have shape (B,) = (2,), got (1, 2)"),
+    (dict(key_lengths=np.array([5, 0])), ValueError, "key_lengths entries must be in [1, Nk] = [1, 5], got 0"),
+    (dict(key_lengths=np.array([6, 5])), ValueError, "key_lengths entries must be in [1, Nk] = [1, 5], got 6"),
+    (dict(key_lengths=np.array([-1, 5])), ValueError, "must be in [1, Nk] = [1, 5], got -1"),
+    (dict(key_lengths=np.array([5.0, 5.0])), TypeError, "key_lengths must be None or an integer array"),
+    (dict(key_lengths=np.array([True, True])), TypeError, "got dtype bool"),
+    (dict(key_lengths=5), ValueError, "key_lengths must have shape (B,) = (2,), got ()"),
     (dict(k=np.zeros((2, 3, 5, 4)), v=np.zeros((2, 3, 5, 4))), ValueError, "head dimension d=8"),
     (dict(v=np.zeros((2, 3, 6, 8))), ValueError, "k and v must have the same shape"),
     (dict(k=np.zeros((2, 3, 0, 8)), v=np.zeros((2, 3, 0, 8))), ValueError, "Nk >= 1"),
@@ -310,6 +403,8 @@ BAD_BACKWARD_INPUTS = [
     (dict(lse=np.zeros((2, 3, 4), dtype=np.int32)), TypeError, "lse must have dtype"),
     (dict(lse=None), TypeError, "lse must be a numpy.ndarray"),
     (dict(q=np.zeros((2, 3, 4))), ValueError, "q must be 4-D"),
+    (dict(key_lengths=np.array([3, 9])), ValueError, "key_lengths entries must be in [1, Nk] = [1, 5], got 9"),
+    (dict(key_lengths=np.array([3.0, 2.0])), TypeError, "key_lengths must be None or an integer array"),
 ]
 
 
@@ -413,3 +508,16 @@ def test_strategy_respects_the_contract(problem):
     assert problem.q.shape[:2] == problem.k.shape[:2] and problem.k.shape == problem.v.shape
     if problem.causal:
         assert problem.q.shape[2] <= problem.k.shape[2]
+
+
+@needs_kernel
+def test_kernel_refuses_what_it_cannot_do_yet_and_auto_takes_the_reference():
+    q, k, v = random_qkv((2, 2, 4, 3), 5)
+    lengths = np.array([2, 5])
+    with pytest.raises(NotImplementedError, match="key_lengths or grouped heads"):
+        attention.forward(q, k, v, key_lengths=lengths, backend="cython")
+    with pytest.raises(NotImplementedError, match="key_lengths or grouped heads"):
+        attention.forward(q, k[:, :1], v[:, :1], backend="cython")
+    auto = attention.forward(q, k, v, key_lengths=lengths, backend="auto")
+    reference = attention.forward(q, k, v, key_lengths=lengths, backend="numpy")
+    np.testing.assert_array_equal(auto[0], reference[0])
