@@ -38,15 +38,18 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # --------------------------------------------------------------------------- reference
 
 
-def _visible(n_q, n_k, causal, key_lengths):
+def _visible(n_q, n_k, causal, key_lengths, causal_offset=None):
     """Where query i may see key j: a bool mask broadcastable to (B, H, Nq, Nk), or None.
 
-    Causal is bottom-right aligned (row i sees j <= i + Nk - Nq; one query row, a
-    decoding step, sees every key); key_lengths (B,) hides keys j >= key_lengths[b].
+    Causal rows see j <= i + causal_offset; None is the contract's bottom-right alignment,
+    Nk - Nq (one query row, a decoding step, then sees every key). numpyllm.testing also
+    checks top-left kernels (PyTorch's is_causal), causal_offset = 0. key_lengths (B,)
+    hides keys j >= key_lengths[b].
     """
     mask = None
-    if causal and n_q > 1:
-        mask = np.tri(n_q, n_k, k=n_k - n_q, dtype=bool)  # (Nq, Nk), True where j <= i + Nk - Nq
+    offset = n_k - n_q if causal_offset is None else causal_offset
+    if causal and offset < n_k - 1:  # else every row sees every key: nothing to mask
+        mask = np.tri(n_q, n_k, k=offset, dtype=bool)  # (Nq, Nk), True where j <= i + offset
     if key_lengths is not None:
         unpadded = np.arange(n_k) < key_lengths[:, None, None, None]  # (B, 1, 1, Nk)
         mask = unpadded if mask is None else mask & unpadded  # (B, 1, Nq, Nk)
@@ -64,25 +67,26 @@ def _sum_kv_heads(dx, n_kv_head):
     return dx.reshape(B, n_kv_head, H // n_kv_head, N, d).sum(axis=2)
 
 
-def _scores(q, k, causal, scale, key_lengths=None):
+def _scores(q, k, causal, scale, key_lengths=None, causal_offset=None):
     """Scaled, masked scores S = scale · Q Kᵀ, -inf where a key is hidden.
 
     q: (B, H, Nq, d), k: (B, H_kv, Nk, d), key_lengths: (B,) or None -> S: (B, H, Nq, Nk).
     """
     k = _repeat_kv_heads(k, q.shape[1])  # (B, H, Nk, d)
     s = scale * (q @ k.swapaxes(-1, -2))  # (B, H, Nq, d) @ (B, H, d, Nk) -> (B, H, Nq, Nk)
-    visible = _visible(q.shape[-2], k.shape[-2], causal, key_lengths)
+    visible = _visible(q.shape[-2], k.shape[-2], causal, key_lengths, causal_offset)
     return s if visible is None else np.where(visible, s, -np.inf)
 
 
-def reference_forward(q, k, v, causal, scale, key_lengths=None):
+def reference_forward(q, k, v, causal, scale, key_lengths=None, causal_offset=None):
     """Reference forward: out = softmax(S) V and lse = logsumexp(S) per row.
 
     q: (B, H, Nq, d), k, v: (B, H_kv, Nk, d), key_lengths: (B,) ints or None ->
     out: (B, H, Nq, d) in q's dtype, lse: (B, H, Nq) float64. The row max is
     subtracted before exp, so scores of any finite size give finite results.
+    causal_offset: see ``_visible`` (None: bottom-right, the contract).
     """
-    s = _scores(q, k, causal, scale, key_lengths)
+    s = _scores(q, k, causal, scale, key_lengths, causal_offset)
     row_max = s.max(axis=-1, keepdims=True)  # (B, H, Nq, 1), finite: key 0 is always visible
     p = np.exp(s - row_max)  # unnormalised probabilities, each <= 1
     row_sum = p.sum(axis=-1, keepdims=True)  # (B, H, Nq, 1), >= 1
@@ -91,7 +95,7 @@ def reference_forward(q, k, v, causal, scale, key_lengths=None):
     return out.astype(q.dtype, copy=False), lse
 
 
-def reference_backward(dout, q, k, v, out, lse, causal, scale, key_lengths=None):
+def reference_backward(dout, q, k, v, out, lse, causal, scale, key_lengths=None, causal_offset=None):
     """Reference backward of ``reference_forward``.
 
     With P = exp(S - lse) rebuilt from the saved lse, D_i = Σ_c dO[i, c] O[i, c], and
@@ -107,7 +111,7 @@ def reference_backward(dout, q, k, v, out, lse, causal, scale, key_lengths=None)
     dout, out: (B, H, Nq, d); lse: (B, H, Nq) -> dq: (B, H, Nq, d), dk, dv: (B, H_kv, Nk, d).
     """
     n_head, n_kv_head = q.shape[1], k.shape[1]
-    s = _scores(q, k, causal, scale, key_lengths)
+    s = _scores(q, k, causal, scale, key_lengths, causal_offset)
     p = np.exp(s - lse[..., None].astype(s.dtype))  # (B, H, Nq, Nk)
     k, v = _repeat_kv_heads(k, n_head), _repeat_kv_heads(v, n_head)  # (B, H, Nk, d)
     dv = p.swapaxes(-1, -2) @ dout  # (B, H, Nk, Nq) @ (B, H, Nq, d) -> (B, H, Nk, d)
@@ -260,26 +264,6 @@ def _check_num_threads(num_threads):
     return check_int(num_threads, "num_threads", 1, optional=True) or 0
 
 
-def _kernel_supports(q, k, key_lengths):
-    """Whether the compiled kernel handles this call (it does not yet do padding or grouped heads)."""
-    return key_lengths is None and k.shape[1] == q.shape[1]
-
-
-def _use_kernel(backend, q, k, key_lengths):
-    """True to run the kernel. "auto" takes the reference for what the kernel cannot do yet;
-    "cython" raises for it instead of silently dropping key_lengths or the head grouping."""
-    if _resolve(backend) != "cython":
-        return False
-    if _kernel_supports(q, k, key_lengths):
-        return True
-    if backend == "cython":
-        raise NotImplementedError(
-            "backend='cython' does not support key_lengths or grouped heads (H_kv < H) yet; "
-            "use backend='numpy' or 'auto' (which takes the reference for such calls)"
-        )
-    return False
-
-
 def forward(q, k, v, causal=False, scale=None, key_lengths=None, backend="auto", *, num_threads=None):
     """Attention forward: ``out = softmax(scale · Q Kᵀ + mask) V``.
 
@@ -310,8 +294,8 @@ def forward(q, k, v, causal=False, scale=None, key_lengths=None, backend="auto",
     """
     scale, key_lengths = _check_inputs(q, k, v, causal, scale, key_lengths)
     n_threads = _check_num_threads(num_threads)
-    if _use_kernel(backend, q, k, key_lengths):
-        return _kernel.forward(q, k, v, bool(causal), scale, n_threads)
+    if _resolve(backend) == "cython":
+        return _kernel.forward(q, k, v, bool(causal), scale, key_lengths, n_threads)
     return reference_forward(q, k, v, bool(causal), scale, key_lengths)
 
 
@@ -339,6 +323,6 @@ def backward(dout, q, k, v, out, lse, causal=False, scale=None, key_lengths=None
     scale, key_lengths = _check_inputs(q, k, v, causal, scale, key_lengths)
     _check_backward_inputs(dout, q, out, lse)
     n_threads = _check_num_threads(num_threads)
-    if _use_kernel(backend, q, k, key_lengths):
-        return _kernel.backward(dout, q, k, v, out, lse, bool(causal), scale, n_threads)
+    if _resolve(backend) == "cython":
+        return _kernel.backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths, n_threads)
     return reference_backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths)

@@ -10,10 +10,10 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 
 from numpyllm import attention
-from numpyllm.testing import AttentionProblem, attention_problems, check_attention
+from numpyllm.testing import AttentionProblem, attention_problems, check_attention, make_attention_problem
 from finite_differences import assert_gradient_matches
 
 KERNEL_BUILT = "cython" in attention.available_backends()
@@ -55,6 +55,56 @@ def test_kernel_is_built():
 @given(attention_problems())
 def test_kernel_matches_reference(problem):
     check_attention(kernel_forward, kernel_backward, problem)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@given(problem=attention_problems(max_len=140, max_heads=6))
+@settings(max_examples=30)
+def test_kernel_matches_reference_with_padding_and_grouped_heads(dtype, problem):
+    """The strategy's padded or grouped problems, per dtype, with any layout of q, k, v."""
+    assume(problem.key_lengths is not None or problem.k.shape[1] < problem.q.shape[1])
+    check_attention(kernel_forward, kernel_backward, make_attention_problem(**dict(problem.recipe, dtype=dtype)))
+
+
+@needs_kernel
+@pytest.mark.parametrize("causal", [False, True])
+def test_kernel_matches_reference_with_padding_at_tile_edges(causal):
+    """Lengths on and around the key tile edge, grouped heads, odd strides, both dtypes."""
+    bk = attention._kernel.block_k
+    n_k = 2 * bk + 3
+    lengths = [1, bk - 1, bk, bk + 1, n_k]
+    for dtype in (np.float32, np.float64):
+        q, _, _ = random_qkv((len(lengths), 4, 130, 5), n_k, dtype, seed=11)
+        _, k, v = random_qkv((len(lengths), 2, 130, 5), n_k, dtype, seed=12)
+        dout = np.random.default_rng(13).standard_normal(q.shape).astype(dtype)
+        views = [odd_views(x)["padded rows and heads (in place)"] for x in (q, k, v)]
+        for arrays in ((q, k, v), views):
+            problem = AttentionProblem(*arrays, dout, causal=causal, scale=-0.3, key_lengths=np.array(lengths))
+            check_attention(kernel_forward, kernel_backward, problem)
+
+
+@needs_kernel
+def test_kernel_ignores_padded_keys_entirely():
+    """Keys and values past key_lengths may hold anything, NaN included: results do not change,
+    and their gradients are exactly zero."""
+    q, k, v = random_qkv((2, 2, 40, 8), 300, np.float32, seed=14)
+    lengths = np.array([7, 257])
+    out, lse = attention.forward(q, k, v, key_lengths=lengths, backend="cython")
+    dout = np.ones_like(q)
+    grads = attention.backward(dout, q, k, v, out, lse, key_lengths=lengths, backend="cython")
+    k2, v2 = k.copy(), v.copy()
+    for b, n in enumerate(lengths):
+        k2[b, :, n:] = np.nan
+        v2[b, :, n:] = np.inf
+    out2, lse2 = attention.forward(q, k2, v2, key_lengths=lengths, backend="cython")
+    np.testing.assert_array_equal(out, out2)
+    np.testing.assert_array_equal(lse, lse2)
+    grads2 = attention.backward(dout, q, k2, v2, out2, lse2, key_lengths=lengths, backend="cython")
+    for g, g2 in zip(grads, grads2):
+        np.testing.assert_array_equal(g, g2)
+    for b, n in enumerate(lengths):
+        assert not grads[1][b, :, n:].any() and not grads[2][b, :, n:].any()
 
 
 def tile_edge_shapes():
@@ -116,15 +166,20 @@ def test_reference_meets_its_own_tolerances(problem):
 
 
 @needs_kernel
-def test_kernel_result_does_not_depend_on_thread_count():
-    q, k, v = random_qkv((2, 3, 150, 16), 150, np.float32)
-    one = attention.forward(q, k, v, causal=True, backend="cython", num_threads=1)
-    two = attention.forward(q, k, v, causal=True, backend="cython", num_threads=2)
+@pytest.mark.parametrize("n_kv_head, key_lengths", [(3, None), (1, [150, 61]), (1, None)])
+def test_kernel_result_does_not_depend_on_thread_count(n_kv_head, key_lengths):
+    """Bitwise equal at 1 and 2 threads: with grouped heads too, no thread's dk, dv
+    accumulation races with another's."""
+    q, _, _ = random_qkv((2, 3, 150, 16), 150, np.float32)
+    _, k, v = random_qkv((2, n_kv_head, 150, 16), 150, np.float32, seed=1)
+    options = dict(causal=True, key_lengths=None if key_lengths is None else np.array(key_lengths), backend="cython")
+    one = attention.forward(q, k, v, **options, num_threads=1)
+    two = attention.forward(q, k, v, **options, num_threads=2)
     np.testing.assert_array_equal(one[0], two[0])
     np.testing.assert_array_equal(one[1], two[1])
     dout = np.ones_like(q)
-    grads_one = attention.backward(dout, q, k, v, *one, causal=True, backend="cython", num_threads=1)
-    grads_two = attention.backward(dout, q, k, v, *one, causal=True, backend="cython", num_threads=2)
+    grads_one = attention.backward(dout, q, k, v, *one, **options, num_threads=1)
+    grads_two = attention.backward(dout, q, k, v, *one, **options, num_threads=2)
     for a, b in zip(grads_one, grads_two):
         np.testing.assert_array_equal(a, b)
 
@@ -505,19 +560,10 @@ def test_check_attention_runs_its_own_search():
 @settings(max_examples=20)
 def test_strategy_respects_the_contract(problem):
     assert problem.q.dtype == problem.k.dtype == problem.v.dtype == problem.dout.dtype
-    assert problem.q.shape[:2] == problem.k.shape[:2] and problem.k.shape == problem.v.shape
+    B, H, n_q, d = problem.q.shape
+    assert problem.k.shape[0] == B and H % problem.k.shape[1] == 0 and problem.k.shape == problem.v.shape
     if problem.causal:
-        assert problem.q.shape[2] <= problem.k.shape[2]
-
-
-@needs_kernel
-def test_kernel_refuses_what_it_cannot_do_yet_and_auto_takes_the_reference():
-    q, k, v = random_qkv((2, 2, 4, 3), 5)
-    lengths = np.array([2, 5])
-    with pytest.raises(NotImplementedError, match="key_lengths or grouped heads"):
-        attention.forward(q, k, v, key_lengths=lengths, backend="cython")
-    with pytest.raises(NotImplementedError, match="key_lengths or grouped heads"):
-        attention.forward(q, k[:, :1], v[:, :1], backend="cython")
-    auto = attention.forward(q, k, v, key_lengths=lengths, backend="auto")
-    reference = attention.forward(q, k, v, key_lengths=lengths, backend="numpy")
-    np.testing.assert_array_equal(auto[0], reference[0])
+        assert n_q <= problem.k.shape[2]
+    if problem.key_lengths is not None:
+        assert problem.key_lengths.shape == (B,)
+        assert 1 <= problem.key_lengths.min() and problem.key_lengths.max() <= problem.k.shape[2]
