@@ -37,7 +37,7 @@ SKIPPED_STEPS = 3  # the first steps pay one-time costs (thread pools, page faul
 _QUICK_MODEL = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=8, vocab_size=300)
 
 
-def _train_command(k, out, args, settings):
+def _train_command(k, out, settings):
     launcher = [] if k == 1 else [_mpiexec(), "-n", str(k)]
     flags = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
     return [*launcher, sys.executable, "-m", "numpyllm", "train", "--out", out, "--no-progress", *flags]
@@ -129,14 +129,14 @@ def main(argv=None):
     print(format_machine(machine_info(PACKAGES)))
     with tempfile.TemporaryDirectory(prefix="numpyllm-bench-") as tmp:
         base = os.path.join(tmp, "tokenizer-run")  # trains the BPE once; every row reuses it
-        _run(_train_command(1, base, args, {**settings, "vocab_size": config.vocab_size, "max_steps": 1,
+        _run(_train_command(1, base, {**settings, "vocab_size": config.vocab_size, "max_steps": 1,
                                             "warmup_steps": 0, "eval_interval": 1, "checkpoint_interval": 1}))
         settings["tokenizer"] = os.path.join(base, "checkpoint")
         rates = {row: [] for row in rows}
         for round_index in range(rounds):
             for k, threads in rows:
                 out = os.path.join(tmp, f"k{k}-t{threads}-r{round_index}")
-                _run(_train_command(k, out, args, settings), threads)
+                _run(_train_command(k, out, settings), threads)
                 rates[k, threads].append(_tokens_per_second(out))
                 shutil.rmtree(out)
         gpt = GPT(GPTConfig(vocab_size=config.vocab_size, block_size=config.block_size, n_layer=config.n_layer,

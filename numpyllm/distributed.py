@@ -52,6 +52,7 @@ _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS
 # Errors a user can fix: printed as one line (as the command line does), exit status 2.
 _USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
 _POLL_SECONDS = 0.002  # a waiting rank sleeps this long between checks instead of spinning
+_mpi_world = None  # this process's MPIWorld once made: there is one MPI.COMM_WORLD per process
 
 
 def launched_size(environ=None):
@@ -68,9 +69,12 @@ def world():
     when the MPI library mpi4py loaded sees a world of one process (the launcher belongs
     to another MPI: every process would silently train its own copy of the model).
     """
+    global _mpi_world
     size = launched_size()
     if size == 1:
         return World()
+    if _mpi_world is not None:
+        return _mpi_world
     try:
         from mpi4py import MPI
     except ImportError as error:
@@ -83,7 +87,8 @@ def world():
             f"({_library_name(MPI)}) sees a world of 1: each process would train "
             "its own model. Launch with the mpiexec of the MPI mpi4py uses (python -c \"import mpi4py; "
             "print(mpi4py.get_config())\"; with pip install mpich it is that package's mpiexec)")
-    return MPIWorld(MPI)
+    _mpi_world = MPIWorld(MPI)
+    return _mpi_world
 
 
 def _library_name(MPI):
