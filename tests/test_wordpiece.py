@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from numpyllm import WordPieceTokenizer
 from numpyllm.corpus import read_texts, stdlib_corpus_files
 from numpyllm.wordpiece import truncated_lengths, wordpiece_split
-from numpyllm.wordpiece_basic import BasicTokenizer, _is_dropped, is_punctuation, is_whitespace
+from numpyllm.wordpiece_basic import BasicTokenizer, is_dropped, is_punctuation, is_whitespace
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -124,7 +124,7 @@ tricky_text = st.one_of(
 @given(tricky_text)
 def test_basic_split_keeps_every_character_but_whitespace_and_dropped(text):
     words = BasicTokenizer(lowercase=False, strip_accents=False).split(text)
-    assert "".join(words) == "".join(char for char in text if not _is_dropped(char) and not is_whitespace(char))
+    assert "".join(words) == "".join(char for char in text if not is_dropped(char) and not is_whitespace(char))
     for word in words:
         assert not any(map(is_whitespace, word))
         assert len(word) == 1 or not any(map(is_punctuation, word))
@@ -163,7 +163,7 @@ def test_tokenize_loses_no_character_when_the_vocab_covers_it(text):
                              strip_accents=False, max_input_chars_per_word=10_000)
     pieces = [token.removeprefix("##") for token in tok.tokenize(text)]
     assert "[UNK]" not in pieces or "[UNK]" in text
-    assert "".join(pieces) == "".join(char for char in text if not _is_dropped(char) and not is_whitespace(char))
+    assert "".join(pieces) == "".join(char for char in text if not is_dropped(char) and not is_whitespace(char))
 
 
 def assert_basic_matches_tokenizers(text, lowercase, strip_accents):
