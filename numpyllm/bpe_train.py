@@ -1,7 +1,8 @@
 """Learning byte-level BPE merges from text: count pre-tokens once, then merge incrementally.
 
 1. ``count_pretokens`` streams over the texts, splits each into pre-tokens with the
-   given pattern, and counts how often each distinct pre-token occurs.
+   given pattern, and counts how often each distinct pre-token occurs (``count_words``,
+   which WordPiece's trainer calls with BERT's basic tokenizer).
 2. ``learn_merges`` turns every distinct pre-token into a list of byte ids and merges
    the most frequent adjacent pair again and again. Only the words that contain the
    merged pair are touched: a merge of (a, b) into c changes the pair counts around each
@@ -18,7 +19,7 @@ Depends on tqdm for the progress bar.
 import heapq
 from collections import Counter, defaultdict
 
-__all__ = ["count_pretokens", "learn_merges", "merge_pairs", "progress_bar"]
+__all__ = ["count_pretokens", "count_words", "learn_merges", "merge_pairs", "progress_bar"]
 
 
 def progress_bar(iterable=None, *, enabled, **kwargs):
@@ -28,33 +29,43 @@ def progress_bar(iterable=None, *, enabled, **kwargs):
     return tqdm(iterable, disable=None if enabled is None else not enabled, **kwargs)
 
 
-def count_pretokens(texts, pattern, special_pattern=None, progress=None):
-    """Count the pre-tokens of every text, reading the texts one at a time.
+def count_words(texts, split, special_pattern=None, progress=None, desc="counting pre-tokens"):
+    """Count what ``split`` makes of every text, reading the texts one at a time.
 
     Parameters
     ----------
     texts : iterable of str
-    pattern : compiled ``regex`` pattern whose ``findall`` gives the pre-tokens
+    split : function str -> list of str (a pattern's ``findall``, BERT's basic tokenizer)
     special_pattern : compiled pattern with one capturing group matching special-token
         text, or None. Matches are cut out of the training text (they are document
         separators, not language).
     progress : bool or None, tqdm bar over the texts (None: only on a terminal)
+    desc : the bar's label
 
-    Returns
-    -------
-    dict bytes -> int, each distinct pre-token as UTF-8 bytes and its count.
-    Raises TypeError for a non-str item, ValueError for a lone surrogate.
+    Returns a Counter str -> int. Raises TypeError for a non-str item.
     """
     counts = Counter()
-    for index, text in enumerate(progress_bar(texts, enabled=progress, desc="counting pre-tokens", unit=" texts")):
+    for index, text in enumerate(progress_bar(texts, enabled=progress, desc=desc, unit=" texts")):
         if not isinstance(text, str):
             raise TypeError(f"texts must be a str or an iterable of str; item {index} is {type(text).__name__}")
         # split() on a capturing pattern alternates text / special token: keep the even entries
         chunks = special_pattern.split(text)[::2] if special_pattern is not None else (text,)
         for chunk in chunks:
-            counts.update(pattern.findall(chunk))
+            counts.update(split(chunk))
+    return counts
+
+
+def count_pretokens(texts, pattern, special_pattern=None, progress=None):
+    """Count the pre-tokens of every text (``count_words`` with ``pattern.findall``), as UTF-8 bytes.
+
+    pattern : compiled ``regex`` pattern whose ``findall`` gives the pre-tokens; the other
+    arguments as for ``count_words``.
+
+    Returns dict bytes -> int, each distinct pre-token as UTF-8 bytes and its count.
+    Raises TypeError for a non-str item, ValueError for a lone surrogate.
+    """
     word_counts = {}
-    for piece, count in counts.items():
+    for piece, count in count_words(texts, pattern.findall, special_pattern, progress).items():
         try:
             word_counts[piece.encode("utf-8")] = count
         except UnicodeEncodeError as error:

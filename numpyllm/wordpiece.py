@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-from . import wordpiece_files, wordpiece_train
+from . import bpe_train, wordpiece_files, wordpiece_train
 from ._checks import check_int, check_token_ids
 from .wordpiece_basic import BasicTokenizer
 from .wordpiece_files import SPECIAL_TOKEN_NAMES
@@ -207,7 +207,7 @@ class WordPieceTokenizer:
         min_frequency = check_int(min_frequency, "min_frequency", 1)
         basic = BasicTokenizer(lowercase, strip_accents, tokenize_chinese_chars)
         special_pattern = re.compile("(" + "|".join(map(re.escape, specials)) + ")")
-        word_counts = wordpiece_train.count_words(texts, basic, special_pattern, progress)
+        word_counts = bpe_train.count_words(texts, basic.split, special_pattern, progress, desc="counting words")
         learned = wordpiece_train.learn_vocab(word_counts, vocab_size - len(specials), min_frequency, progress)
         return cls(specials + learned, lowercase=lowercase,
                    strip_accents=strip_accents, tokenize_chinese_chars=tokenize_chinese_chars)

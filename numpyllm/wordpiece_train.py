@@ -1,7 +1,7 @@
 """Learning a WordPiece vocabulary: count words once, then merge pieces by frequency.
 
-1. ``count_words`` streams over the texts, cuts out special-token text, runs BERT's basic
-   tokenizer on the rest and counts each distinct word.
+1. ``bpe_train.count_words`` streams over the texts, cuts out special-token text, runs
+   BERT's basic tokenizer on the rest and counts each distinct word.
 2. ``learn_vocab`` writes every word as its characters, the first as itself and the
    others with the ``##`` continuation prefix (``"word"`` -> ``w ##o ##r ##d``); those
    pieces are the alphabet. Then, as Hugging Face ``tokenizers``' WordPiece trainer does,
@@ -16,39 +16,16 @@ takes, each remaining character has its ``##`` piece in the alphabet. When the a
 alone is larger than the room left, only its most frequent pieces are kept (ties: the
 smaller piece), and words with a dropped piece take no part in merging.
 
-Depends on ``bpe_train`` (merge loop, progress bar).
+Depends on ``bpe_train`` (the merge loop).
 """
 
 from collections import Counter
 
-from .bpe_train import merge_pairs, progress_bar
+from .bpe_train import merge_pairs
 
-__all__ = ["PREFIX", "count_words", "learn_vocab"]
+__all__ = ["PREFIX", "learn_vocab"]
 
 PREFIX = "##"
-
-
-def count_words(texts, basic, special_pattern=None, progress=None):
-    """Count the words of every text, read one at a time.
-
-    Parameters
-    ----------
-    texts : iterable of str
-    basic : wordpiece_basic.BasicTokenizer, whose ``split`` gives the words
-    special_pattern : compiled pattern with one capturing group matching special-token
-        text (cut out of the training text), or None
-    progress : bool or None, tqdm bar over the texts (None: only on a terminal)
-
-    Returns a Counter word -> count. Raises TypeError for a non-str item.
-    """
-    counts = Counter()
-    for index, text in enumerate(progress_bar(texts, enabled=progress, desc="counting words", unit=" texts")):
-        if not isinstance(text, str):
-            raise TypeError(f"texts must be a str or an iterable of str; item {index} is {type(text).__name__}")
-        chunks = special_pattern.split(text)[::2] if special_pattern is not None else (text,)
-        for chunk in chunks:
-            counts.update(basic.split(chunk))
-    return counts
 
 
 def _pieces(word):
@@ -66,7 +43,7 @@ def learn_vocab(word_counts, n_tokens, min_frequency=2, progress=None):
 
     Parameters
     ----------
-    word_counts : dict str -> int, from ``count_words``
+    word_counts : dict str -> int, from ``bpe_train.count_words``
     n_tokens : int >= 0, room in the vocabulary after the special tokens
     min_frequency : int >= 1, a pair must occur this often to be merged
     progress : bool or None, tqdm bar over the merges
