@@ -42,6 +42,7 @@ __all__ = [
     "read_trainer_state",
     "model_directory",
     "load_model_and_tokenizer",
+    "load_bert_and_tokenizer",
     "OPTIMIZER_FILE",
     "TRAINER_STATE_FILE",
 ]
@@ -174,4 +175,31 @@ def load_model_and_tokenizer(path, direction, tokenizer_path=None, attention_bac
     if direction == "decode" and n_model > n_tokenizer:
         raise ValueError(f"the model in {directory} has {n_model} token ids but the tokenizer in {tokenizer_dir} "
                          f"only {n_tokenizer}: sampled ids could not be decoded")
+    return directory, model, tokenizer
+
+
+def load_bert_and_tokenizer(path, model_class, tokenizer_path=None, flag="--model"):
+    """(directory, model, tokenizer): the BERT at ``path`` as ``model_class`` and its WordPiece.
+
+    path: a model directory (numpyllm's or Hugging Face's: config.json with model_type
+    "bert", its weights, vocab.txt) or a training run's (see ``model_directory``).
+    model_class: BertForMaskedLM, BertForSequenceClassification, ... tokenizer_path: a
+    directory with vocab.txt (default: ``directory``). flag names the option in messages.
+    Raises FileNotFoundError for missing files and ValueError for a model that is not a
+    BERT (a GPT-2 directory, say) or a tokenizer with ids the model does not have.
+    """
+    from .hub import read_config
+    from .wordpiece import WordPieceTokenizer
+
+    directory = model_directory(path)
+    model_type = read_config(directory, "a BERT configuration object").get("model_type")
+    if model_type != "bert":
+        raise ValueError(f"{flag} {os.fspath(path)!r}: {os.path.join(directory, CONFIG_NAME)} has model_type "
+                         f"{model_type!r}; this command needs a BERT (model_type 'bert')")
+    tokenizer_dir = os.fspath(tokenizer_path or directory)
+    tokenizer = WordPieceTokenizer.from_pretrained(tokenizer_dir)
+    model = model_class.from_pretrained(directory)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer in {tokenizer_dir} has {tokenizer.vocab_size} ids but the model in "
+                         f"{directory} only {model.config.vocab_size}: text could encode to ids the model does not have")
     return directory, model, tokenizer
