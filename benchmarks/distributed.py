@@ -73,9 +73,10 @@ def communication_seconds(n_params, dtype, repeats):
     """Seconds of one step's MPI calls on a gradient of ``n_params`` (run under mpiexec): the
     median of 5 timed batches of ``repeats`` back-to-back calls, after a warm-up batch."""
     from numpyllm.distributed import world
+    from numpyllm.params import flat_views
 
     ranks = world()
-    grads = np.ones(n_params, dtype=dtype)
+    grads = flat_views(np.ones(n_params, dtype=dtype), [("all", (n_params,))])  # as loss_and_grads returns them
     samples = []
     for _ in range(6):  # the first is a warm-up
         ranks.barrier()  # the ranks leave it up to a poll interval apart: many calls amortize that

@@ -10,9 +10,9 @@ runs unchanged on one process or K:
     world.check_divisible(batch_size, "--batch-size")
     state = world.share(state)                  rank 0's setup (tokenizer, config) for all
     world.broadcast_(model.flat_params)         every rank starts from rank 0's weights
-    x_r = world.shard(x)                        rank r's rows r·B/K .. (r+1)·B/K - 1 of a
-                                                global batch every rank drew alike
-    loss = world.mean(loss_r, n_r, flat_grads)  the global batch's mean loss and gradient
+    batch_r = world.shard(batch)                rank r's rows r·B/K .. (r+1)·B/K - 1 of every
+                                                array of a global batch every rank drew alike
+    loss = world.mean(loss_r, n_r, grads)       the global batch's mean loss and gradient
     if world.is_root: write files; world.barrier()
     while not world.any(interrupted): ...       every rank stops at the same step
 
@@ -22,8 +22,8 @@ targets (negative targets are ignored), so with N = Σ n_r
     loss = Σ_r n_r · loss_r / N            grads = Σ_r (n_r / N) · grads_r
 
 which is the one-process mean over the same N targets, up to rounding. The gradient
-sum is one in-place Allreduce of the flat gradient buffer; the two scalars go in a
-second, tiny one.
+sum is one in-place Allreduce of the flat buffer the grads dict is a view of (every
+model's ``loss_and_grads`` returns such views); the two scalars go in a second, tiny one.
 
 The processes must see one file system (the run directory, --data, --init): rank 0
 writes the encoded corpus and the checkpoints there and the others read them. Each
@@ -117,13 +117,15 @@ class World:
         """Raise ValueError unless ``batch_size`` splits evenly over the processes."""
 
     def shard(self, batch):
-        """This rank's equal slice of the rows of ``batch`` (the whole of it on one process)."""
+        """This rank's equal slice of the rows of ``batch``: an array, or a tuple, list or dict
+        of them (each sliced alike). The whole batch, as it is, on one process."""
         return batch
 
-    def mean(self, loss, count, flat_grads=None):
+    def mean(self, loss, count, grads=None):
         """The global batch's mean ``loss`` over every rank's ``count`` scored targets; with
-        ``flat_grads`` (1-D, this rank's mean gradient) that buffer becomes the global mean
-        gradient, in place, identical on every rank. See the module docstring."""
+        ``grads`` (this rank's mean gradient, a dict of views into one flat buffer) those
+        become the global mean gradient, in place, identical on every rank. See the module
+        docstring."""
         return loss
 
     def sum_(self, array):
@@ -223,14 +225,19 @@ class MPIWorld(World):
                              f"each takes an equal slice of the batch (try {batch_size + -batch_size % self.size})")
 
     def shard(self, batch):
+        if isinstance(batch, dict):
+            return {key: self.shard(value) for key, value in batch.items()}
+        if isinstance(batch, (tuple, list)):
+            return type(batch)(self.shard(value) for value in batch)
         rows = len(batch) // self.size
         return batch[self.rank * rows:(self.rank + 1) * rows]
 
-    def mean(self, loss, count, flat_grads=None):
+    def mean(self, loss, count, grads=None):
         totals = np.array([loss * count, count], dtype=np.float64)
         self._comm.Allreduce(self._MPI.IN_PLACE, totals, op=self._MPI.SUM)
         loss_sum, total = totals
-        if flat_grads is not None:
+        if grads is not None:
+            flat_grads = _flat_buffer(grads)
             flat_grads *= count / total
             self.sum_(flat_grads)
         return float(loss_sum / total)
@@ -259,3 +266,17 @@ class MPIWorld(World):
             differ = [rank for rank, c in enumerate(checksums) if c != checksums[0]]
             raise RuntimeError(f"{what} on rank(s) {differ} differ from rank 0's: the ranks no longer train "
                                "one model (an Allreduce that is not bitwise identical on every rank?)")
+
+
+def _flat_buffer(views):
+    """The 1-D buffer behind ``views``, a {name: view} dict from ``numpyllm.params.flat_views``.
+
+    Raises ValueError when the arrays are not views that cover one 1-D buffer exactly.
+    """
+    arrays = list(views.values())
+    buffer = arrays[0].base if arrays else None
+    if (buffer is None or buffer.ndim != 1 or any(a.base is not buffer for a in arrays)
+            or sum(a.size for a in arrays) != buffer.size):
+        raise ValueError("grads must be views of one flat 1-D buffer, as flat_views makes them, "
+                         "for the one Allreduce of a step")
+    return buffer

@@ -7,7 +7,7 @@ AdamW step, a norm or a checkpoint is one vector operation. Depends on NumPy onl
 
 import math
 
-__all__ = ["DTYPES", "flat_views", "flat_buffer"]
+__all__ = ["DTYPES", "flat_views"]
 
 DTYPES = ("float32", "float64")  # the dtypes a model computes in
 
@@ -27,16 +27,3 @@ def flat_views(buffer, shapes):
         views[name] = buffer[offset: offset + size].reshape(shape)
         offset += size
     return views
-
-
-def flat_buffer(views):
-    """The 1-D buffer behind ``views``, a {name: view} dict from ``flat_views`` (e.g. a model's grads).
-
-    Raises ValueError when the arrays are not views covering one 1-D buffer exactly.
-    """
-    arrays = list(views.values())
-    buffer = arrays[0].base if arrays else None
-    if (buffer is None or buffer.ndim != 1 or any(a.base is not buffer for a in arrays)
-            or sum(a.size for a in arrays) != buffer.size):
-        raise ValueError("views must be the views of one flat 1-D buffer, as flat_views makes them")
-    return buffer

@@ -17,8 +17,8 @@ import pytest
 from benchmarks._timing import usable_cores
 from numpyllm import GPT, AdamW
 from numpyllm.checkpoint import OPTIMIZER_FILE, find_checkpoint, read_trainer_state
-from numpyllm.distributed import World, launched_size, world
-from numpyllm.params import flat_buffer, flat_views
+from numpyllm.distributed import World, _flat_buffer, launched_size, world
+from numpyllm.params import flat_views
 from numpyllm.runlog import read_log
 from numpyllm.train import flag, train
 
@@ -119,7 +119,7 @@ def test_two_processes_train_the_one_process_model_in_float64(two_processes, one
     out, stdout = two_processes
     _assert_same_run(out, one_process["float64"], rtol=1e-12)
     threads = max(1, len(os.sched_getaffinity(0)) // 2) if hasattr(os, "sched_getaffinity") else None
-    assert "data-parallel on 2 MPI processes" in stdout and "2 of the 4 windows" in stdout
+    assert "data-parallel on 2 MPI processes" in stdout and "2 of the 4 examples" in stdout
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:
         assert f"{threads} BLAS thread" in stdout
     assert stdout.count("done: 12 steps") == 1  # rank 0 alone prints
@@ -133,6 +133,43 @@ def test_k_processes_train_the_one_process_model(tmp_path, corpus, one_process, 
     job = _mpi_train(k, tmp_path, *_flags(_settings(corpus, dtype=dtype)))
     assert job.returncode == 0, job.stderr
     _assert_same_run(tmp_path, one_process[dtype], rtol)
+
+
+@needs_mpiexec
+def test_the_mean_weights_each_rank_by_its_scored_targets():
+    # Rank 0 scores 3 targets (mean 7/3), rank 1 one (8): the global mean is 15/4, not (7/3 + 8) / 2.
+    code = ("import numpy as np; from numpyllm.distributed import world; from numpyllm.params import flat_views; "
+            "w = world(); values = [np.array([1.0, 2.0, 4.0]), np.array([8.0])][w.rank]; "
+            "grads = flat_views(np.array([values.mean(), -values.mean()]), [('g', (2,))]); "
+            "loss = w.mean(float(values.mean()), values.size, grads); "
+            "print(f\"{w.rank} {loss} {grads['g'].tolist()}\", flush=True)")  # one write per rank
+    job = _run([MPIEXEC, "-n", "2", sys.executable, "-c", code])
+    assert job.returncode == 0, job.stderr
+    assert sorted(job.stdout.splitlines()) == ["0 3.75 [3.75, -3.75]", "1 3.75 [3.75, -3.75]"]
+
+
+@needs_mpiexec
+def test_masked_lm_on_two_processes_trains_the_one_process_model(tmp_path, corpus):
+    # Each rank's windows hold a different number of masked positions: the global count decides.
+    bert = pytest.importorskip("numpyllm.bert", reason="needs numpyllm.bert (the BERT family)")
+    if not hasattr(bert, "BertForMaskedLM"):
+        pytest.skip("needs numpyllm.bert's BertForMaskedLM")
+    from numpyllm.mlm import TASK
+    from numpyllm.loop import run_training
+
+    settings = dict(data=(str(corpus),), vocab_size=200, hidden_size=16, num_hidden_layers=1,
+                    num_attention_heads=2, intermediate_size=32, max_position_embeddings=32, block_size=16,
+                    batch_size=4, max_steps=12, warmup_steps=2, lr=1e-2, eval_interval=6, eval_steps=2,
+                    checkpoint_interval=6, dtype="float64")
+    assert run_training(TASK, tmp_path / "one", overrides=settings) == 0
+    job = _run([MPIEXEC, "-n", "2", sys.executable, "-m", "numpyllm", "train-mlm", "--out", str(tmp_path / "two"),
+                "--no-progress", *_flags(settings)])
+    assert job.returncode == 0, job.stderr
+    one = bert.BertForMaskedLM.from_pretrained(find_checkpoint(tmp_path / "one")).flat_params
+    two = bert.BertForMaskedLM.from_pretrained(find_checkpoint(tmp_path / "two")).flat_params
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-12 * np.abs(one).max())
+    for name in ("train_loss", "val_loss", "grad_norm"):
+        np.testing.assert_allclose(_column(tmp_path / "two", name), _column(tmp_path / "one", name), rtol=1e-12)
 
 
 @needs_mpiexec
@@ -223,7 +260,7 @@ def test_one_process_is_a_world_that_changes_nothing():
     alone = World()
     x = np.arange(6.0).reshape(3, 2)
     grads = x.ravel().copy()
-    assert alone.shard(x) is x and alone.mean(0.25, 3, grads) == 0.25 and alone.share("v") == "v"
+    assert alone.shard(x) is x and alone.mean(0.25, 3, {"g": grads}) == 0.25 and alone.share("v") == "v"
     np.testing.assert_array_equal(grads, x.ravel())
     alone.check_divisible(3, "--batch-size")
 
@@ -231,11 +268,11 @@ def test_one_process_is_a_world_that_changes_nothing():
 def test_flat_buffer_is_the_buffer_behind_flat_views():
     buffer = np.zeros(10)
     views = flat_views(buffer, [("a", (2, 3)), ("b", (4,))])
-    assert flat_buffer(views) is buffer
+    assert _flat_buffer(views) is buffer
     with pytest.raises(ValueError, match="views of one flat 1-D buffer"):
-        flat_buffer({"a": np.zeros(3)})
+        _flat_buffer({"a": np.zeros(3)})
     with pytest.raises(ValueError, match="views of one flat 1-D buffer"):
-        flat_buffer({"a": views["a"]})  # part of the buffer only
+        _flat_buffer({"a": views["a"]})  # part of the buffer only
 
 
 def test_one_process_training_imports_nothing_of_mpi(tmp_path, corpus):
