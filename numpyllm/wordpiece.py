@@ -143,7 +143,8 @@ class WordPieceTokenizer:
             tokens = list(vocab)
             vocab = {token: token_id for token_id, token in enumerate(tokens)}
             if len(vocab) != len(tokens):
-                raise ValueError("vocab lists a token twice")
+                repeated = next(token for token_id, token in enumerate(tokens) if vocab[token] != token_id)
+                raise ValueError(f"vocab lists the token {repeated!r} more than once")
         id_to_token = [None] * len(vocab)
         for token, token_id in vocab.items():
             if not isinstance(token, str) or not token:
@@ -152,8 +153,7 @@ class WordPieceTokenizer:
                 raise ValueError(f"vocab ids must be 0..{len(vocab) - 1}, each once; {token!r} has id {token_id!r}")
             id_to_token[token_id] = token
         self._special_tokens = {}
-        for name, token in (("pad_token", pad_token), ("unk_token", unk_token), ("cls_token", cls_token),
-                            ("sep_token", sep_token), ("mask_token", mask_token)):
+        for name, token in zip(SPECIAL_TOKEN_NAMES, (pad_token, unk_token, cls_token, sep_token, mask_token)):
             if not isinstance(token, str):
                 raise TypeError(f"{name} must be a str, got {type(token).__name__}")
             if token not in vocab:
