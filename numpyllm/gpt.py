@@ -36,7 +36,6 @@ from . import attention, hub
 from ._checks import check_int, check_token_ids
 from .params import DTYPES, flat_views
 from .layers import (
-    IGNORE_INDEX,
     block_backward,
     block_forward,
     cross_entropy_backward,
@@ -350,11 +349,11 @@ class GPT:
         ``params``, views into one fresh flat buffer of config.dtype).
         """
         idx = _check_tokens(idx, "idx", self.config, low=0)
-        targets = _check_tokens(targets, "targets", self.config, low=IGNORE_INDEX)
+        targets = _check_tokens(targets, "targets", self.config, low=None)
         if targets.shape != idx.shape:
             raise ValueError(f"targets must have idx's shape {idx.shape}, got {targets.shape}")
-        if np.all(targets == IGNORE_INDEX):
-            raise ValueError(f"targets has no position to score: every entry is {IGNORE_INDEX} (ignored)")
+        if np.all(targets < 0):
+            raise ValueError("targets has no position to score: every entry is negative (ignored)")
         logits, caches = self._forward(idx)
         loss, cross_entropy = cross_entropy_forward(logits, targets)
         del logits  # the cross-entropy cache holds the probabilities; free the logits now

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 LAYERNORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
-IGNORE_INDEX = -1  # a target equal to this is padding: no loss, no gradient
+IGNORE_INDEX = -1  # the padding target numpyllm writes; every negative target is ignored (HF uses -100)
 
 
 # --------------------------------------------------------------------------- embedding
@@ -209,7 +209,7 @@ def gelu_erf_backward(dy, cache):
 
 
 def cross_entropy_forward(logits, targets):
-    """Softmax cross-entropy, fused, averaged over the targets that are not IGNORE_INDEX (-1).
+    """Softmax cross-entropy, fused, averaged over the targets that are not negative (ignored: padding).
 
         loss = (1 / N) Σ_{(b,t) : targets[b,t] != -1} [logsumexp(logits[b, t]) - logits[b, t, targets[b, t]]]
 
@@ -217,7 +217,7 @@ def cross_entropy_forward(logits, targets):
     logits: (B, T, V), targets: (B, T) int -> loss: Python float (summed in float64).
     Saves the softmax probabilities (B, T, V) for the backward.
     """
-    valid = targets != IGNORE_INDEX  # (B, T)
+    valid = targets >= 0  # (B, T); -1 (ours) and -100 (Hugging Face's) alike are ignored
     n_valid = int(np.count_nonzero(valid))
     safe_targets = np.where(valid, targets, 0)  # any in-range index; masked out below
     probs = logits - logits.max(axis=-1, keepdims=True)  # shifted so exp cannot overflow
@@ -233,7 +233,7 @@ def cross_entropy_forward(logits, targets):
 def cross_entropy_backward(dloss, cache):
     """Gradient with the loss's own 1/N scaling:
 
-        dlogits[b, t] = dloss / N · (softmax(logits[b, t]) - onehot(targets[b, t]))   if targets[b, t] != -1
+        dlogits[b, t] = dloss / N · (softmax(logits[b, t]) - onehot(targets[b, t]))   if targets[b, t] >= 0
         dlogits[b, t] = 0                                                               otherwise
 
     dloss: float (1.0 for the loss itself) -> dlogits: (B, T, V).
