@@ -31,10 +31,11 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_WEIGHTS_NAME = "pytorch_model.bin"
 
 
-def read_config(directory, description):
+def read_config(directory, description, model_type=None):
     """The parsed config.json of checkpoint ``directory`` (a dict), or a FileNotFoundError/ValueError.
 
     description: what the JSON object should be, for the error message ("a GPT-2 configuration object").
+    model_type: the ``model_type`` the file must name ("gpt2", "bert"), or None to accept any.
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
@@ -42,7 +43,11 @@ def read_config(directory, description):
     config_path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"checkpoint directory {directory!r} has no {CONFIG_NAME}")
-    return read_json_object(config_path, description)
+    config = read_json_object(config_path, description)
+    if model_type is not None and config.get("model_type") != model_type:
+        raise ValueError(f"{config_path} has model_type {config.get('model_type')!r}, expected {model_type!r} "
+                         f"({description})")
+    return config
 
 
 # --------------------------------------------------------------------------- weight files
