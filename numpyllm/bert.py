@@ -132,15 +132,20 @@ class BertConfig:
 
     def _set_labels(self):
         """Fill in and check id2label / label2id (a frozen dataclass: set through object.__setattr__)."""
-        id2label = self.id2label
-        if id2label is None:
-            id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        id2label, label2id = self.id2label, self.label2id
+
+        def default_names(n):
+            return {i: f"LABEL_{i}" for i in range(n)}
+
+        if id2label is None or (id2label == default_names(len(id2label)) and len(id2label) != self.num_labels):
+            # unnamed labels follow num_labels (as transformers' num_labels setter does), e.g. after
+            # dataclasses.replace(config, num_labels=3)
+            id2label, label2id = default_names(self.num_labels), None
         if not isinstance(id2label, dict) or sorted(id2label) != list(range(self.num_labels)) \
                 or not all(isinstance(name, str) for name in id2label.values()):
             raise ValueError(f"BertConfig.id2label must map each id 0..num_labels-1 ({self.num_labels} labels) "
                              f"to a str name, got {id2label!r}")
         id2label = {i: id2label[i] for i in range(self.num_labels)}
-        label2id = self.label2id
         if label2id is None:
             label2id = {name: i for i, name in id2label.items()}
         if not isinstance(label2id, dict) or any(id2label.get(i) != name for name, i in label2id.items()) \

@@ -410,9 +410,7 @@ def self_attention_forward(x, w_attn, b_attn, w_proj, b_proj, n_head, backend="a
     (the NumPy attention backend rebuilds one transiently; the Cython one never does).
     """
     (q, k, v), qkv_cache = qkv_forward(x, w_attn, b_attn, n_head)
-    mask = dict(causal=causal, backend=backend)
-    if key_lengths is not None:  # only then: main's attention gains key_lengths with the attention branch
-        mask["key_lengths"] = key_lengths
+    mask = dict(causal=causal, key_lengths=key_lengths, backend=backend)
     o, lse = attention.forward(q, k, v, **mask)  # (B, H, T, hd), (B, H, T)
     y, proj_cache = linear_forward(merge_heads(o), w_proj, b_proj)  # (B, T, C) -> (B, T, C)
     return y, (qkv_cache, q, k, v, o, lse, proj_cache, mask)
