@@ -446,7 +446,7 @@ class _Bert:
         config, tensors = _read_checkpoint(directory, dtype, config_changes)
         model = cls.__new__(cls)
         model._allocate(config, attention_backend)
-        fresh, unused = _load_into(model, tensors, os.path.join(os.fspath(directory), hub.WEIGHTS_NAME))
+        fresh, unused = _load_into(model, tensors, hub.weights_file(os.fspath(directory)))
         if fresh:
             model._initialize(seed, fresh)
         if fresh or unused:
