@@ -1,7 +1,9 @@
-"""Tokenizer speed: train a 4096-token vocabulary and encode held-out text, numpyllm beside HF `tokenizers`.
+"""Tokenizer speed: train vocabularies and encode held-out text, numpyllm beside HF `tokenizers`.
 
     python -m benchmarks.tokenizer            # ~10 MB of the standard library's source
     python -m benchmarks.tokenizer --quick    # ~2 MB, for a fast look
+
+Byte-level BPE first (the table below), then WordPiece (the last paragraph).
 
 Both implementations train on the same files (in the same run) with the same vocabulary
 size, special token and minimum pair frequency; both encode the same held-out files
@@ -12,14 +14,23 @@ an empty pre-token cache (the load from disk is included), "warm" encodes the sa
 text again with the same object. "Long pre-token" encodes one word of 100,000 random
 letters (a single pre-token, merged as one piece) with a freshly loaded tokenizer, load
 not timed. Each number is the median of --repeats runs; the table is markdown.
+
+WordPiece: numpyllm's WordPieceTokenizer and `tokenizers`' BertWordPieceTokenizer train
+an --wordpiece-vocab-size vocabulary on the same files; both encode the held-out files
+with the vocabulary numpyllm learned, loaded into `transformers.BertTokenizerFast` from
+the directory numpyllm saved (the ids must agree), one file at a time, [CLS]/[SEP]
+included, no truncation. `tokenizers` runs on one thread (TOKENIZERS_PARALLELISM=false,
+which its encode_batch and trainer obey), and again on all cores for reference.
 """
 
 import argparse
+import contextlib
+import os
 import random
 import string
 import tempfile
 
-from numpyllm import BPETokenizer
+from numpyllm import BPETokenizer, WordPieceTokenizer
 from numpyllm.bpe_files import MERGES_FILE, VOCAB_FILE
 from numpyllm.corpus import read_texts, stdlib_corpus_files
 
@@ -56,10 +67,69 @@ def encode_each(tokenizer, texts):
     return [tokenizer.encode(text) for text in texts]
 
 
+@contextlib.contextmanager
+def tokenizers_parallelism(enabled):
+    """TOKENIZERS_PARALLELISM set to "true"/"false" inside the block (tokenizers reads it on each call)."""
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if enabled else "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+
+def wordpiece_rows(train_files, held_out, vocab_size, repeats):
+    """Rows (name, train s, cold MB/s, warm MB/s, bytes per token) for numpyllm and BertTokenizerFast."""
+    held_out_bytes = sum(len(text.encode("utf-8")) for text in held_out)
+    held_out_mb = held_out_bytes / 1e6
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        train_seconds, ours = median_seconds(
+            lambda: WordPieceTokenizer.train(read_texts(train_files), vocab_size, progress=False), repeats)
+        ours.save(directory)
+        cold_seconds, ids = median_seconds(
+            lambda: encode_each(WordPieceTokenizer.from_pretrained(directory), held_out), repeats)
+        warm_seconds, _ = median_seconds(lambda: encode_each(ours, held_out), repeats)
+        n_tokens = sum(map(len, ids))
+        rows.append(("numpyllm WordPieceTokenizer (pure Python, 1 thread)", train_seconds,
+                     held_out_mb / cold_seconds, held_out_mb / warm_seconds, held_out_bytes / n_tokens))
+        try:
+            import tokenizers
+            import transformers
+        except ImportError:
+            print("(transformers / tokenizers are not installed: their WordPiece rows are left out)")
+            return rows
+
+        def train_hf():
+            hf = tokenizers.BertWordPieceTokenizer()
+            hf.train_from_iterator(read_texts(train_files), vocab_size=vocab_size, show_progress=False)
+            return hf
+
+        def load_hf():
+            return transformers.BertTokenizerFast.from_pretrained(directory).backend_tokenizer
+
+        for parallel, threads in ((False, "1 thread"), (True, "all cores")):
+            with tokenizers_parallelism(parallel):
+                hf_train_seconds, _ = median_seconds(train_hf, repeats)
+                hf_cold_seconds, encodings = median_seconds(lambda: load_hf().encode_batch(held_out), repeats)
+                if [encoding.ids for encoding in encodings] != ids:
+                    raise SystemExit("BertTokenizerFast and numpyllm disagree on the held-out text's WordPiece ids")
+                hf = load_hf()
+                hf_warm_seconds, _ = median_seconds(lambda: hf.encode_batch(held_out), repeats)
+            rows.append((f"HF BertTokenizerFast, tokenizers {tokenizers.__version__} (Rust, {threads})",
+                         hf_train_seconds, held_out_mb / hf_cold_seconds, held_out_mb / hf_warm_seconds,
+                         held_out_bytes / n_tokens))
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="~2 MB of training text instead of ~10 MB")
     parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument("--wordpiece-vocab-size", type=int, default=8000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
@@ -125,6 +195,14 @@ def main(argv=None):
     print("|---|---:|---:|---:|---:|---:|")
     for name, train_s, cold, warm, long_seconds, bytes_per_token in rows:
         print(f"| {name} | {train_s:.1f} | {cold:.1f} | {warm:.1f} | {long_seconds * 1e3:.0f} | {bytes_per_token:.2f} |")
+
+    rows = wordpiece_rows(train_files, held_out, args.wordpiece_vocab_size, args.repeats)
+    print()
+    print(f"| WordPiece tokenizer | train {args.wordpiece_vocab_size} vocab on {train_mb:.0f} MB (s) "
+          "| encode, cold cache (MB/s) | encode, warm cache (MB/s) | bytes per token |")
+    print("|---|---:|---:|---:|---:|")
+    for name, train_s, cold, warm, bytes_per_token in rows:
+        print(f"| {name} | {train_s:.1f} | {cold:.1f} | {warm:.1f} | {bytes_per_token:.2f} |")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from . import attention
 from .gpt import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm
 from .tokenizer import BPETokenizer
+from .wordpiece import WordPieceTokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "GPT", "GPTConfig", "AdamW", "clip_grad_norm", "BPETokenizer"]
+__all__ = ["attention", "GPT", "GPTConfig", "AdamW", "clip_grad_norm", "BPETokenizer", "WordPieceTokenizer"]
