@@ -43,6 +43,14 @@ cdef extern from "rows.h" nogil:
     double numpyllm_row_sumsq_dev_f32(const float* a, long n, double shift)
     double numpyllm_row_sumsq_dev_f64(const double* a, long n, double shift)
     double numpyllm_row_max_f64(const double* a, long n)
+    void numpyllm_row_accumulate_f32(double* acc, const float* row, long n)
+    void numpyllm_row_accumulate_f64(double* acc, const double* row, long n)
+    void numpyllm_adamw_f32(float* p, const float* g, float* m, float* v, long n, float decay, float beta1,
+                            float beta2, float one_minus_beta1, float one_minus_beta2, float step_size,
+                            float sqrt_bias_correction2, float eps)
+    void numpyllm_adamw_f64(double* p, const double* g, double* m, double* v, long n, double decay,
+                            double beta1, double beta2, double one_minus_beta1, double one_minus_beta2,
+                            double step_size, double sqrt_bias_correction2, double eps)
     void numpyllm_gelu_tanh_f32(const float* x, float* y, float* tanh_u, long n)
     void numpyllm_gelu_tanh_backward_f32(const float* dy, const float* x, const float* tanh_u, float* dx, long n)
     void numpyllm_gelu_erf_f32(const float* x, float* y, float* cdf, long n)
@@ -159,7 +167,7 @@ cdef void _layernorm_all(floating[:, ::1] x, floating[::1] w, floating[::1] b, f
                          floating[::1] mean, floating[::1] rstd, double eps, int n_threads) noexcept nogil:
     cdef Py_ssize_t i
     cdef long C = x.shape[1]
-    for i in prange(x.shape[0], num_threads=n_threads, schedule="dynamic"):
+    for i in prange(x.shape[0], num_threads=n_threads, schedule="guided"):
         _layernorm_row(&x[i, 0], &w[0], &b[0], &y[i, 0], &mean[i], &rstd[i], C, eps)
 
 
@@ -172,7 +180,7 @@ cdef void _layernorm_backward_all(floating[:, ::1] dy, floating[:, ::1] x, float
     cdef long C = x.shape[1]
     with parallel(num_threads=n_threads):
         t = threadid()
-        for i in prange(x.shape[0], schedule="dynamic"):
+        for i in prange(x.shape[0], schedule="guided"):
             _layernorm_backward_row(&dy[i, 0], &x[i, 0], &w[0], mean[i], rstd[i], &dx[i, 0],
                                     &scratch[t, 0], &scratch[t, C], &dw_acc[t, 0], &db_acc[t, 0], C)
 
@@ -352,7 +360,7 @@ cdef void _softmax_all(floating[:, ::1] logits, const Py_ssize_t[::1] targets, f
                        double[::1] row_loss, int n_threads) noexcept nogil:
     cdef Py_ssize_t i
     cdef long V = logits.shape[1]
-    for i in prange(logits.shape[0], num_threads=n_threads, schedule="dynamic"):
+    for i in prange(logits.shape[0], num_threads=n_threads, schedule="guided"):
         row_loss[i] = _softmax_row(&logits[i, 0], &probs[i, 0], V, targets[i])
 
 
@@ -361,7 +369,7 @@ cdef void _cross_entropy_backward_all(floating[:, ::1] probs, const Py_ssize_t[:
                                       int n_threads) noexcept nogil:
     cdef Py_ssize_t i, j
     cdef floating s
-    for i in prange(probs.shape[0], num_threads=n_threads, schedule="dynamic"):
+    for i in prange(probs.shape[0], num_threads=n_threads, schedule="guided"):
         s = row_scale[i]
         for j in range(probs.shape[1]):
             dlogits[i, j] = probs[i, j] * s
@@ -401,13 +409,15 @@ def cross_entropy_backward(probs, targets, row_scale):
 
 
 cdef void _sum_rows_all(floating[:, ::1] x, double[:, ::1] acc, int n_threads) noexcept nogil:
-    cdef Py_ssize_t i, c
+    cdef Py_ssize_t i
     cdef int t = 0
     with parallel(num_threads=n_threads):
         t = threadid()
-        for i in prange(x.shape[0], schedule="dynamic"):
-            for c in range(x.shape[1]):
-                acc[t, c] += x[i, c]
+        for i in prange(x.shape[0], schedule="guided"):
+            if floating is float:
+                numpyllm_row_accumulate_f32(&acc[t, 0], &x[i, 0], x.shape[1])
+            else:
+                numpyllm_row_accumulate_f64(&acc[t, 0], &x[i, 0], x.shape[1])
 
 
 def sum_rows(x):
@@ -430,15 +440,18 @@ cdef void _adamw_all(floating[::1] p, floating[::1] g, floating[::1] m, floating
                      floating one_minus_beta2, floating step_size, floating sqrt_bias_correction2,
                      floating eps, int n_threads) noexcept nogil:
     """p ← p · decay; m ← β₁ m + (1 - β₁) g; v ← β₂ v + (1 - β₂) g²;
-    p ← p - step_size · m / (√v / √(1 - β₂ᵗ) + ε), element by element."""
-    cdef Py_ssize_t j
-    cdef floating gj, mj, vj
-    for j in prange(p.shape[0], num_threads=n_threads, schedule="dynamic"):
-        gj = g[j]
-        mj = beta1 * m[j] + one_minus_beta1 * gj
-        vj = beta2 * v[j] + one_minus_beta2 * (gj * gj)
-        m[j], v[j] = mj, vj
-        p[j] = p[j] * decay_factor - step_size * (mj / (sqrt(vj) / sqrt_bias_correction2 + eps))
+    p ← p - step_size · m / (√v / √(1 - β₂ᵗ) + ε), element by element (rows.h), in chunks."""
+    cdef Py_ssize_t k, start, length
+    cdef Py_ssize_t n = p.shape[0]
+    for k in prange((n + CHUNK - 1) // CHUNK, num_threads=n_threads, schedule="dynamic"):
+        start = k * CHUNK
+        length = min(CHUNK, n - start)
+        if floating is float:
+            numpyllm_adamw_f32(&p[start], &g[start], &m[start], &v[start], length, decay_factor, beta1, beta2,
+                               one_minus_beta1, one_minus_beta2, step_size, sqrt_bias_correction2, eps)
+        else:
+            numpyllm_adamw_f64(&p[start], &g[start], &m[start], &v[start], length, decay_factor, beta1, beta2,
+                               one_minus_beta1, one_minus_beta2, step_size, sqrt_bias_correction2, eps)
 
 
 def adamw_update(p, g, m, v, double decay_factor, double beta1, double beta2, double step_size,

@@ -152,4 +152,38 @@ static void numpyllm_gelu_erf_backward_f32(const float *restrict dy, const float
     }
 }
 
+/* acc[c] += row[c] for c < n: one row's share of a column sum (a bias gradient), in double. */
+#define NUMPYLLM_ROW_ACCUMULATE(T, SUFFIX)                                                 \
+    NUMPYLLM_ROW_CLONES                                                                    \
+    static void numpyllm_row_accumulate_##SUFFIX(double *restrict acc, const T *restrict row, long n) \
+    {                                                                                      \
+        for (long c = 0; c < n; c++)                                                       \
+            acc[c] += (double)row[c];                                                      \
+    }
+NUMPYLLM_ROW_ACCUMULATE(float, f32)
+NUMPYLLM_ROW_ACCUMULATE(double, f64)
+
+/* The AdamW step for j < n, in T's precision, in optim.py's order of operations:
+ *     p ← p · decay;  m ← β₁ m + (1 - β₁) g;  v ← β₂ v + (1 - β₂) g²;
+ *     p ← p - step_size · m / (√v / √(1 - β₂ᵗ) + ε)
+ * errno is never read, so sqrt may compile to the vector instruction (no -ffast-math). */
+#define NUMPYLLM_ADAMW(T, SUFFIX, SQRT)                                                    \
+    NUMPYLLM_ROW_CLONES __attribute__((optimize("no-math-errno")))                         \
+    static void numpyllm_adamw_##SUFFIX(T *restrict p, const T *restrict g, T *restrict m,  \
+                                        T *restrict v, long n, T decay, T beta1, T beta2,  \
+                                        T one_minus_beta1, T one_minus_beta2, T step_size, \
+                                        T sqrt_bias_correction2, T eps)                    \
+    {                                                                                      \
+        for (long j = 0; j < n; j++) {                                                     \
+            T gj = g[j];                                                                   \
+            T mj = beta1 * m[j] + one_minus_beta1 * gj;                                    \
+            T vj = beta2 * v[j] + one_minus_beta2 * (gj * gj);                             \
+            m[j] = mj;                                                                     \
+            v[j] = vj;                                                                     \
+            p[j] = p[j] * decay - step_size * (mj / (SQRT(vj) / sqrt_bias_correction2 + eps)); \
+        }                                                                                  \
+    }
+NUMPYLLM_ADAMW(float, f32, sqrtf)
+NUMPYLLM_ADAMW(double, f64, sqrt)
+
 #endif
