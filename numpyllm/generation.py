@@ -17,7 +17,8 @@ import numpy as np
 
 from . import attention
 from ._checks import check_int, check_real, check_token_ids
-from .layers import embedding_forward, layernorm_forward, linear_forward, merge_heads, mlp_forward, qkv_forward
+from .layers import (embedding_forward, layernorm_forward, linear_forward, merge_heads, mlp_forward, qkv_forward,
+                     tied_decoder_forward)
 
 __all__ = ["KVCache", "Decoder", "generate", "iter_tokens", "sample_logits", "check_sampling",
            "StreamDecoder"]
@@ -97,7 +98,7 @@ class Decoder:
             x += h
         cache.length = end
         x, _ = layernorm_forward(x[:, -1], p["ln_f.weight"], p["ln_f.bias"])  # (B, C)
-        logits, _ = linear_forward(x, p["wte.weight"].T)  # tied head: (B, C) @ (C, V)
+        logits, _ = tied_decoder_forward(x, p["wte.weight"])  # tied head: (B, C) @ (C, V)
         return logits
 
 
