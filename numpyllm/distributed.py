@@ -12,6 +12,7 @@ runs unchanged on one process or K:
     world.broadcast_(model.flat_params)         every rank starts from rank 0's weights
     batch_r = world.shard(batch)                rank r's rows r·B/K .. (r+1)·B/K - 1 of every
                                                 array of a global batch every rank drew alike
+                                                (B not a multiple of K: r·B//K .., within one)
     loss = world.mean(loss_r, n_r, grads)       the global batch's mean loss and gradient
     if world.is_root: write files; world.barrier()
     while not world.any(interrupted): ...       every rank stops at the same step
@@ -229,8 +230,8 @@ class MPIWorld(World):
             return {key: self.shard(value) for key, value in batch.items()}
         if isinstance(batch, (tuple, list)):
             return type(batch)(self.shard(value) for value in batch)
-        rows = len(batch) // self.size
-        return batch[self.rank * rows:(self.rank + 1) * rows]
+        n = len(batch)  # rows r·n//K .. (r+1)·n//K - 1: equal for a full batch, within one for a short last one
+        return batch[self.rank * n // self.size:(self.rank + 1) * n // self.size]
 
     def mean(self, loss, count, grads=None):
         totals = np.array([loss * count, count], dtype=np.float64)

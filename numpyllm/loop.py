@@ -44,6 +44,8 @@ import tempfile
 import threading
 import time
 
+import numpy as np
+
 from . import distributed
 from ._checks import check_int, check_real
 from .checkpoint import BEST_DIR, CHECKPOINT_DIR
@@ -287,6 +289,13 @@ class _StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def _zeros(model):
+    """A zero gradient of ``model``: views into one flat buffer laid out as its parameters."""
+    from .params import flat_views
+
+    return flat_views(np.zeros_like(model.flat_params), [(name, p.shape) for name, p in model.params.items()])
+
+
 def _is_better(value, best_value, direction):
     if value is None or not math.isfinite(value):
         return False
@@ -383,8 +392,10 @@ def _run_training(world, task, out, preset, overrides, resume, progress):
                     loss, grads = objective.loss_and_grads(run.model, batch)
                 else:  # this rank's rows; then the global batch's mean loss and gradient on every rank
                     shard = world.shard(batch)
-                    loss, grads = objective.loss_and_grads(run.model, shard)
-                    loss = world.mean(loss, objective.scored(shard), grads)
+                    scored = objective.scored(shard)
+                    # A rank with nothing to score (a short last batch) adds zero.
+                    loss, grads = objective.loss_and_grads(run.model, shard) if scored else (0.0, _zeros(run.model))
+                    loss = world.mean(loss, scored, grads)
                 grad_norm = clip_grad_norm(grads, config.grad_clip or math.inf)
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     kept = (f"the last good checkpoint (step {saved_step}) is in {os.path.join(out, CHECKPOINT_DIR)}"

@@ -172,6 +172,38 @@ def test_masked_lm_on_two_processes_trains_the_one_process_model(tmp_path, corpu
         np.testing.assert_allclose(_column(tmp_path / "two", name), _column(tmp_path / "one", name), rtol=1e-12)
 
 
+def _write_labelled(path, n):
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa"]
+    rows = [f"{' '.join(words[(i + j) % 7] for j in range(3 + i % 4))},{'long' if i % 4 > 1 else 'short'}"
+            for i in range(n)]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@needs_mpiexec
+def test_a_classifier_on_two_processes_trains_the_one_process_model(tmp_path):
+    # 13 training examples in batches of 4: each epoch ends with one example, which rank 1
+    # takes alone while rank 0 adds a zero gradient.
+    from numpyllm.bert import BertForSequenceClassification
+    from numpyllm.classification import TASK
+    from numpyllm.loop import run_training
+
+    settings = dict(data=_write_labelled(tmp_path / "train.csv", 13), val=_write_labelled(tmp_path / "val.csv", 4),
+                    vocab_size=120, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=32, max_length=16, epochs=2, batch_size=4, warmup_steps=2, lr=1e-2,
+                    dtype="float64")
+    assert run_training(TASK, tmp_path / "one", overrides=settings) == 0
+    job = _run([MPIEXEC, "-n", "2", sys.executable, "-m", "numpyllm", "train-classifier", "--out",
+                str(tmp_path / "two"), "--no-progress", *_flags(settings)])
+    assert job.returncode == 0, job.stderr
+    for directory in ("checkpoint", "best"):
+        one = BertForSequenceClassification.from_pretrained(tmp_path / "one" / directory).flat_params
+        two = BertForSequenceClassification.from_pretrained(tmp_path / "two" / directory).flat_params
+        np.testing.assert_allclose(two, one, rtol=0, atol=1e-12 * np.abs(one).max())
+    for name in ("train_loss", "val_loss", "grad_norm"):
+        np.testing.assert_allclose(_column(tmp_path / "two", name), _column(tmp_path / "one", name), rtol=1e-12)
+
+
 @needs_mpiexec
 def test_a_batch_that_does_not_split_evenly_is_refused(tmp_path, corpus):
     job = _mpi_train(2, tmp_path, *_flags(_settings(corpus, batch_size=3)))
