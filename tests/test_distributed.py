@@ -31,6 +31,7 @@ needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py (pip ins
 needs_mpiexec = pytest.mark.skipif(not (HAVE_MPI4PY and MPIEXEC),
                                    reason="needs mpi4py and an mpiexec (pip install mpi4py mpich)")
 TIMEOUT = 120  # seconds; a hung job fails the test instead of the suite
+FAULT_TIMEOUT = 60  # a job with a fault must end well within this
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +51,10 @@ def _flags(settings):
     return args
 
 
-def _run(command, env=None):
+def _run(command, env=None, timeout=TIMEOUT):
     """Run ``command`` from the repository root (so it imports this numpyllm); the CompletedProcess."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout)
 
 
 def _mpi_train(k, out, *train_args, fault=None):
@@ -61,7 +62,7 @@ def _mpi_train(k, out, *train_args, fault=None):
     with ``fault`` = (what, rank, step), tests/mpi_job.py runs it with that fault injected."""
     program = ["-m", "numpyllm"] if fault is None else [str(ROOT / "tests" / "mpi_job.py"), *map(str, fault)]
     return _run([MPIEXEC, "-n", str(k), sys.executable, *program, *([] if fault else ["train"]),
-                 "--out", str(out), "--no-progress", *train_args])
+                 "--out", str(out), "--no-progress", *train_args], timeout=TIMEOUT if fault is None else FAULT_TIMEOUT)
 
 
 def _weights(run):
