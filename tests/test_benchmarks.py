@@ -202,3 +202,34 @@ def test_plot_is_written_as_a_png(tmp_path):
     bench.main(["--quick", "--sizes", "16", "--causal", "no", "--repeats", "1", "--no-torch", "--no-padded",
                 "--plot", str(path)])
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_model_benchmark_prints_the_floor_and_machine(capsys):
+    from benchmarks import model as bench_model
+
+    results = bench_model.main(["--quick", "--rounds", "1", "--n-layer", "1", "--n-head", "2", "--n-embd", "8",
+                                "--vocab", "16", "--batch", "2", "--seq", "8"])
+    output = capsys.readouterr().out
+    assert "- CPU: " in output and "- BLAS: " in output
+    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in output.splitlines()
+             if line.startswith("| ")]
+    headers, rows = table[0], table[2:]
+    assert "% of floor (step)" in headers
+    names = [row[0] for row in rows]
+    assert names[-1] == bench_model.FLOOR and rows[-1][headers.index("% of floor (step)")] == "100%"
+    assert results[bench_model.FLOOR]["first_loss"] is None
+    losses = {results[name]["first_loss"] for name in names[:-1]}  # every model row: the same weights and batch
+    assert max(losses) - min(losses) < 1e-4
+
+
+def test_machine_lines_name_the_cpu_and_each_blas_kernel():
+    from benchmarks._timing import blas_kernels, format_machine, machine_info
+
+    np.ones((2, 2)) @ np.ones((2, 2))  # NumPy's BLAS is loaded
+    info = machine_info()
+    text = format_machine(info)
+    assert text.startswith("- CPU: ") and info["cpu"] in text
+    pools = [pool for pool in info["thread_pools"] if pool["user_api"] == "blas"]
+    assert pools and all(any(pool["library"] in line and pool["internal_api"] in line for line in blas_kernels(pools))
+                         for pool in pools)
+    assert "- BLAS: " + "; ".join(blas_kernels(info["thread_pools"])) in text
