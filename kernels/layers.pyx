@@ -529,8 +529,11 @@ cdef void _attend_one(const floating* q, floating* keys, floating* values, int l
     for j in range(length):
         scores[j] = <floating> (scale * _dot(q, keys + j * hd, hd))
     cdef floating shift = <floating> _max(scores, length)
-    for j in range(length):
-        scores[j] = exp(scores[j] - shift)
+    if floating is float:
+        numpyllm_exp_shift_f32(scores, length, shift)
+    else:
+        for j in range(length):
+            scores[j] = exp(scores[j] - shift)
     cdef floating inv = <floating> (1.0 / _sum(scores, length))
     for c in range(hd):
         out[c] = 0
