@@ -585,8 +585,8 @@ def decode_block(x, params, keys, values, int position, double eps):
     """One GPT-2 block on one new position of each row, in place: x += attention(layernorm_1(x)),
     then x += mlp(layernorm_2(x)), writing the position's key and value into the cache.
 
-    x: (B, C) C-contiguous, updated in place. params: the block's 12 arrays in block_param_shapes'
-    order (ln_1, c_attn, attn c_proj, ln_2, c_fc, mlp c_proj; weight then bias), C-contiguous.
+    x: (B, C) C-contiguous, updated in place. params: the block's 12 arrays, C-contiguous, in the
+    order ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, weight then bias of each.
     keys, values: (B, H, capacity, hd) C-contiguous; positions < position hold the cache, and the
     new position's query attends to positions <= position (all it may see).
     """

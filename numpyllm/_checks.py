@@ -69,8 +69,8 @@ def check_real(value, name, low=-math.inf, high=math.inf, *, low_inclusive=True,
 def check_token_ids(ids, name, vocab_size, low=0):
     """Return ``ids`` as an ndarray after checking it holds integer token ids in [low, vocab_size).
 
-    ids: array-like of any shape (the caller checks the shape). low: -1 admits the loss's
-    ignore index in targets. Raises TypeError for a non-integer dtype and ValueError
+    ids: array-like of any shape (the caller checks the shape). low: None admits every
+    negative value (targets: the loss ignores them, -1 and Hugging Face's -100 alike). Raises TypeError for a non-integer dtype and ValueError
     naming the first id outside the range. An empty array passes whatever its dtype
     (``np.asarray([])`` is float64 but holds no id of the wrong type).
     """
@@ -79,7 +79,11 @@ def check_token_ids(ids, name, vocab_size, low=0):
         return ids
     if ids.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array of token ids, got dtype {ids.dtype}")
-    if ids.min() < low or ids.max() >= vocab_size:  # two reductions; the mask only on failure
+    if low is None:
+        if ids.max() >= vocab_size:
+            bad = ids[ids >= vocab_size].flat[0]
+            raise ValueError(f"{name} entries must be < {vocab_size} (negative: ignored), got {bad}")
+    elif ids.min() < low or ids.max() >= vocab_size:  # two reductions; the mask only on failure
         bad = ids[(ids < low) | (ids >= vocab_size)].flat[0]
         raise ValueError(f"{name} entries must be in [{low}, {vocab_size}), got {bad}")
     return ids

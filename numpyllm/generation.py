@@ -1,14 +1,4 @@
-"""Continue a prompt with a trained GPT, streaming the text as it is produced.
-
-    python -m numpyllm generate --model DIR --prompt "The quick brown fox"
-
-DIR is a checkpoint directory (numpyllm's, or a Hugging Face GPT-2 one) that also holds
-the tokenizer's vocab.json and merges.txt. The prompt and its continuation are written
-to stdout as they are decoded (then one newline), and nothing else is; --verbose adds
-timings on stderr. The same --seed gives the same text. Special-token text in the
-prompt (e.g. "<|endoftext|>") becomes the special token.
-
-The library side (``GPT.generate`` delegates here):
+"""Generation with a KV cache: the decoder, the samplers, and streaming text out of token ids.
 
 - ``KVCache`` and ``Decoder``: the model's forward run on a few positions at a time
   against cached keys and values, composed from the same layer functions as
@@ -17,27 +7,29 @@ The library side (``GPT.generate`` delegates here):
 - ``sample_logits``: temperature, top-k and top-p (nucleus) sampling.
 - ``StreamDecoder``: token ids -> text, holding back a UTF-8 character split across tokens.
 
-Depends on NumPy only; the command line loads the checkpoint via ``numpyllm.checkpoint``.
+``GPT.generate`` delegates here; the command line is ``numpyllm.cli.generate``.
+Depends on NumPy, ``layers`` and ``attention``; it imports no model module.
 """
 
 import codecs
-import os
-import sys
-import time
 
 import numpy as np
 
 from . import attention, backend
 from ._checks import check_int, check_real, check_token_ids
 from .layers import (LAYERNORM_EPS, embedding_forward, layernorm_forward, linear_forward, merge_heads, mlp_forward,
-                     qkv_forward)
-from .model import block_param_shapes
+                     qkv_forward, tied_decoder_forward)
 
-__all__ = ["KVCache", "Decoder", "generate", "iter_tokens", "sample_logits", "StreamDecoder",
-           "add_arguments", "main"]
+__all__ = ["KVCache", "Decoder", "generate", "iter_tokens", "sample_logits", "check_sampling",
+           "StreamDecoder"]
 
 
 # --------------------------------------------------------------------------- the cached forward
+
+# A block's parameters in the order numpyllm._layers.decode_block takes them.
+_FUSED_BLOCK_PARAMS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+                       "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                       "mlp.c_proj.weight", "mlp.c_proj.bias")
 
 
 class KVCache:
@@ -85,8 +77,7 @@ class Decoder:
         self.model = model
         self.cache = KVCache(config, batch_size, capacity)
         self._blocks = [model.block_params(i) for i in range(config.n_layer)]  # looked up once
-        names = [name for name, _ in block_param_shapes(config.n_embd)]
-        self._block_arrays = [tuple(block[name] for name in names) for block in self._blocks]
+        self._block_arrays = [tuple(block[name] for name in _FUSED_BLOCK_PARAMS) for block in self._blocks]
 
     def prefill(self, idx):
         self.cache.length = 0
@@ -104,7 +95,7 @@ class Decoder:
         x = self._fused_blocks(kernel, x[:, 0], start)[:, None] if kernel else self._blocks_forward(x, start, end)
         cache.length = end
         x, _ = layernorm_forward(x[:, -1], p["ln_f.weight"], p["ln_f.bias"])  # (B, C)
-        logits, _ = linear_forward(x, p["wte.weight"].T)  # tied head: (B, C) @ (C, V)
+        logits, _ = tied_decoder_forward(x, p["wte.weight"])  # tied head: (B, C) @ (C, V)
         return logits
 
     def _blocks_forward(self, x, start, end):
@@ -137,7 +128,7 @@ class Decoder:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_sampling(temperature, top_k, top_p, names=("temperature", "top_k", "top_p")):
+def check_sampling(temperature, top_k, top_p, names=("temperature", "top_k", "top_p")):
     """Validate the sampler settings; return (temperature, top_k, top_p) as float/int/float or None.
 
     names: what the errors call them (the command line passes its flags).
@@ -179,7 +170,7 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
 
     rng: a numpy Generator (default: a fresh unseeded one).
     """
-    temperature, top_k, top_p = _check_sampling(temperature, top_k, top_p)
+    temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
     logits = np.asarray(logits)
     if logits.ndim != 2 or logits.dtype.kind != "f":
         raise ValueError(f"logits must be a 2-D float array (B, V), got {logits.dtype} {logits.shape}")
@@ -222,7 +213,7 @@ def iter_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=N
     for. Stops after max_new_tokens columns, or once every row has produced a stop token.
     """
     idx, stop_tokens = _check_generate_args(model, idx, max_new_tokens, seed, stop_tokens)
-    sampling = _check_sampling(temperature, top_k, top_p)
+    sampling = check_sampling(temperature, top_k, top_p)
     return _decode(model, idx, max_new_tokens, sampling, np.random.default_rng(seed), stop_tokens)
 
 
@@ -306,74 +297,3 @@ class StreamDecoder:
     def finish(self):
         """The text of any bytes still held back (an incomplete character -> U+FFFD)."""
         return self._utf8.decode(b"", final=True)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_arguments(parser):
-    parser.add_argument("--model", required=True, metavar="DIR",
-                        help="a training run's directory (e.g. runs/tiny) or a model directory with "
-                             "config.json, the weights, vocab.json and merges.txt")
-    parser.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue (not empty)")
-    parser.add_argument("--max-new-tokens", type=int, default=100, metavar="N", help="default: %(default)s")
-    parser.add_argument("--temperature", type=float, default=1.0, metavar="T",
-                        help="0 is greedy; default: %(default)s")
-    parser.add_argument("--top-k", type=int, default=None, metavar="K", help="sample from the K most likely tokens")
-    parser.add_argument("--top-p", type=float, default=None, metavar="P",
-                        help="sample from the smallest set of tokens with total probability >= P, in (0, 1]")
-    parser.add_argument("--seed", type=int, default=None, metavar="S", help="same seed, same text")
-    parser.add_argument("--verbose", action="store_true", help="report timings (tokens/s) on stderr")
-
-
-def _stream(out, text, prompt, tokens):
-    """Write the prompt, then each token's text as it comes, then a newline, flushing each
-    piece. Returns (number of new tokens, perf_counter time of the first one or None)."""
-    out.write(text.push(prompt))
-    out.flush()
-    n_new, first = 0, None
-    for column in tokens:
-        first = first or time.perf_counter()
-        n_new += 1
-        out.write(text.push(column))
-        out.flush()
-    out.write(text.finish() + "\n")
-    out.flush()
-    return n_new, first
-
-
-def main(args):
-    from .checkpoint import load_model_and_tokenizer
-
-    # check what needs no files first, so a typo fails before a large model loads
-    _check_sampling(args.temperature, args.top_k, args.top_p, names=("--temperature", "--top-k", "--top-p"))
-    check_int(args.max_new_tokens, "--max-new-tokens", 0)
-    check_int(args.seed, "--seed", 0, optional=True)
-    if not args.prompt:
-        raise ValueError("--prompt must not be empty: the model needs at least one token to continue")
-
-    start = time.perf_counter()
-    _, model, tokenizer = load_model_and_tokenizer(args.model, "decode")
-    prompt = tokenizer.encode(args.prompt, allowed_special="all")
-    outside = [i for i in prompt if i >= model.config.vocab_size]  # the tokenizer may know more ids
-    if outside:
-        raise ValueError(f"--prompt encodes to token id {outside[0]}, outside the model's vocabulary "
-                         f"[0, {model.config.vocab_size}) (its tokenizer has {tokenizer.vocab_size} ids)")
-    loaded = time.perf_counter()
-
-    tokens = iter_tokens(model, np.array([prompt]), args.max_new_tokens, args.temperature, args.top_k,
-                         args.top_p, args.seed)
-    try:
-        n_new, first = _stream(sys.stdout, StreamDecoder(tokenizer), prompt, tokens)
-    except BrokenPipeError:  # the reader stopped reading (e.g. `| head`): not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush is silent
-        return 0
-    done = time.perf_counter()
-
-    if args.verbose:
-        print(f"loaded {args.model} in {loaded - start:.2f} s; prompt: {len(prompt)} tokens", file=sys.stderr)
-        if n_new:
-            rate = f", then {(n_new - 1) / (done - first):.1f} tokens/s" if n_new > 1 else ""
-            print(f"generated {n_new} tokens in {done - loaded:.2f} s: the first after "
-                  f"{first - loaded:.3f} s (prefill){rate}", file=sys.stderr)
-    return 0

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from numpyllm import hub
+from numpyllm import gpt
 from numpyllm.fileio import atomic_write
-from numpyllm.model import GPT, GPTConfig, param_shapes
+from numpyllm.gpt import GPT, GPTConfig, param_shapes
 from tiny_models import TINY, perturbed_model
 
 def random_params(config, seed=0):
@@ -41,7 +41,7 @@ def tiny_checkpoint(tmp_path):
     """(directory, config, params) of a checkpoint written by write_checkpoint."""
     config = GPTConfig(**TINY)
     params = random_params(config)
-    hub.write_checkpoint(tmp_path / "ckpt", config, params)
+    gpt.write_checkpoint(tmp_path / "ckpt", config, params)
     return tmp_path / "ckpt", config, params
 
 
@@ -61,8 +61,8 @@ def test_write_then_read_round_trips_exactly(vocab_size, block_size, n_layer, n_
                        n_embd=n_head * head_size, dtype=dtype)
     params = random_params(config, seed=vocab_size)
     with tempfile.TemporaryDirectory() as directory:
-        hub.write_checkpoint(directory, config, params)
-        read_config, read_params = hub.read_checkpoint(directory)
+        gpt.write_checkpoint(directory, config, params)
+        read_config, read_params = gpt.read_checkpoint(directory)
     assert read_config == config
     assert_params_equal(read_params, params)
 
@@ -82,7 +82,7 @@ def test_written_files_have_the_transformers_layout(tiny_checkpoint):
 
 def test_read_can_change_dtype(tiny_checkpoint):
     directory, config, params = tiny_checkpoint
-    read_config, read_params = hub.read_checkpoint(directory, dtype="float64")
+    read_config, read_params = gpt.read_checkpoint(directory, dtype="float64")
     assert read_config.dtype == "float64"
     for name, array in read_params.items():
         assert array.dtype == np.float64
@@ -104,10 +104,10 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tiny_checkpoint, monkey
         monkeypatch.setattr(os, failing.removeprefix("os."), crash)
     new_params = {name: array + 1 for name, array in params.items()}
     with pytest.raises(OSError, match="simulated crash"):
-        hub.write_checkpoint(directory, GPTConfig(**TINY), new_params)
+        gpt.write_checkpoint(directory, GPTConfig(**TINY), new_params)
     monkeypatch.undo()
     assert sorted(os.listdir(directory)) == ["config.json", "model.safetensors"]  # temp files removed
-    read_config, read_params = hub.read_checkpoint(directory)
+    read_config, read_params = gpt.read_checkpoint(directory)
     assert read_config == config
     assert_params_equal(read_params, params)
 
@@ -143,7 +143,7 @@ def test_reads_unprefixed_names_and_drops_the_mask_buffers(tmp_path):
         tensors[f"h.{i}.attn.bias"] = np.tril(np.ones((8, 8), np.float32))[None, None]
         tensors[f"h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
     write_raw_checkpoint(tmp_path, gpt2_config_json(), tensors)
-    assert_params_equal(hub.read_checkpoint(tmp_path)[1], params)
+    assert_params_equal(gpt.read_checkpoint(tmp_path)[1], params)
 
 
 def test_reads_sharded_safetensors(tmp_path):
@@ -158,7 +158,7 @@ def test_reads_sharded_safetensors(tmp_path):
         save_file({"transformer." + n: params[n] for n in shard_names}, tmp_path / shard, metadata={"format": "pt"})
     weight_map = {"transformer." + n: shard for shard, shard_names in shards.items() for n in shard_names}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    assert_params_equal(hub.read_checkpoint(tmp_path)[1], params)
+    assert_params_equal(gpt.read_checkpoint(tmp_path)[1], params)
 
 
 def test_pytorch_model_bin_without_torch_says_what_to_install(tmp_path, monkeypatch):
@@ -166,13 +166,13 @@ def test_pytorch_model_bin_without_torch_says_what_to_install(tmp_path, monkeypa
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     with pytest.raises(ImportError, match=r"pytorch_model.bin is a PyTorch file .*\(pip install torch\)"):
-        hub.read_checkpoint(tmp_path)
+        gpt.read_checkpoint(tmp_path)
 
 
 def test_widens_float16(tmp_path):
     params16 = {name: array.astype(np.float16) for name, array in random_params(GPTConfig(**TINY)).items()}
     write_raw_checkpoint(tmp_path, gpt2_config_json(), params16)
-    config, params = hub.read_checkpoint(tmp_path)
+    config, params = gpt.read_checkpoint(tmp_path)
     assert config.dtype == "float32"
     assert_params_equal(params, {name: array.astype(np.float32) for name, array in params16.items()})
 
@@ -184,7 +184,7 @@ def test_widens_bfloat16(tmp_path):
     bf16 = {name: torch.from_numpy(array).bfloat16() for name, array in random_params(GPTConfig(**TINY)).items()}
     write_raw_checkpoint(tmp_path, gpt2_config_json(), {})
     save_file(bf16, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    assert_params_equal(hub.read_checkpoint(tmp_path)[1], {name: t.float().numpy() for name, t in bf16.items()})
+    assert_params_equal(gpt.read_checkpoint(tmp_path)[1], {name: t.float().numpy() for name, t in bf16.items()})
 
 
 def tiny_transformers_model(torch, transformers, seed=0):
@@ -207,7 +207,7 @@ def test_reads_transformers_save_pretrained(tmp_path):
     transformers = pytest.importorskip("transformers", reason="transformers writes the reference checkpoint")
     model = tiny_transformers_model(torch, transformers)
     model.save_pretrained(tmp_path)
-    config, params = hub.read_checkpoint(tmp_path)
+    config, params = gpt.read_checkpoint(tmp_path)
     assert config == GPTConfig(**TINY)
     state = model.state_dict()
     assert_params_equal(params, {name: state["transformer." + name].numpy() for name, _ in param_shapes(config)})
@@ -221,7 +221,7 @@ def test_reads_pytorch_model_bin(tmp_path):
     assert "lm_head.weight" in state  # a full state dict: the tied head is stored and must be accepted
     torch.save(state, tmp_path / "pytorch_model.bin")
     model.config.to_json_file(tmp_path / "config.json")
-    config, params = hub.read_checkpoint(tmp_path)
+    config, params = gpt.read_checkpoint(tmp_path)
     assert_params_equal(params, {name: state["transformer." + name].numpy() for name, _ in param_shapes(config)})
 
 
@@ -268,21 +268,21 @@ def test_transformers_saved_model_gives_the_same_logits_here(tmp_path):
 
 def test_missing_directory_config_or_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"checkpoint directory .*nowhere.* does not exist"):
-        hub.read_checkpoint(tmp_path / "nowhere")
+        gpt.read_checkpoint(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=r"has no config.json"):
-        hub.read_checkpoint(tmp_path)
+        gpt.read_checkpoint(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(gpt2_config_json()))
     with pytest.raises(FileNotFoundError, match=r"no weights .* expected model.safetensors"):
-        hub.read_checkpoint(tmp_path)
+        gpt.read_checkpoint(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"config.json is not a UTF-8 JSON file"):
-        hub.read_checkpoint(tmp_path)
+        gpt.read_checkpoint(tmp_path)
     (tmp_path / "config.json").write_bytes(b'{"n_embd": "\xff"}')
     with pytest.raises(ValueError, match=r"config.json is not a UTF-8 JSON file"):
-        hub.read_checkpoint(tmp_path)
+        gpt.read_checkpoint(tmp_path)
     (tmp_path / "config.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"config.json must hold a GPT-2 configuration object, got a JSON list"):
-        hub.read_checkpoint(tmp_path)
+        gpt.read_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize("index", ["[]", '{"metadata": {}}', '{"weight_map": ["model.safetensors"]}'])
@@ -290,13 +290,13 @@ def test_malformed_shard_index_is_named(tmp_path, index):
     (tmp_path / "config.json").write_text(json.dumps(gpt2_config_json()))
     (tmp_path / "model.safetensors.index.json").write_text(index)
     with pytest.raises(ValueError, match=r"model.safetensors.index.json must (hold an object|map tensor names)"):
-        hub.read_checkpoint(tmp_path)
+        gpt.read_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"model_type": "llama"}, r"model_type 'llama'; numpyllm reads GPT-2"),
+        ({"model_type": "llama"}, r"config.json has model_type 'llama', expected 'gpt2'"),
         ({"n_embd": None}, r"'n_embd' as a positive int, got None"),
         ({"layer_norm_epsilon": 1e-6}, r"layer_norm_epsilon=1e-06; numpyllm supports only \[1e-05\]"),
         ({"activation_function": "relu"}, r"activation_function='relu'"),
@@ -308,7 +308,7 @@ def test_malformed_shard_index_is_named(tmp_path, index):
 def test_unsupported_config_is_named(tmp_path, overrides, message):
     write_raw_checkpoint(tmp_path, gpt2_config_json(**overrides), {})
     with pytest.raises(ValueError, match=message):
-        hub.read_checkpoint(tmp_path)
+        gpt.read_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -329,7 +329,7 @@ def test_bad_tensors_are_named(tmp_path, edit, message):
     edit(tensors)
     write_raw_checkpoint(tmp_path, gpt2_config_json(), tensors)
     with pytest.raises((ValueError, TypeError), match=message):
-        hub.read_checkpoint(tmp_path)
+        gpt.read_checkpoint(tmp_path)
 
 
 def test_write_rejects_params_that_do_not_fit_the_config(tmp_path):
@@ -337,7 +337,7 @@ def test_write_rejects_params_that_do_not_fit_the_config(tmp_path):
     params = random_params(config)
     params["h.0.attn.c_attn.weight"] = params["h.0.attn.c_attn.weight"].T
     with pytest.raises(ValueError, match=r"h.0.attn.c_attn.weight: expected \(8, 24\), got \(24, 8\)"):
-        hub.write_checkpoint(tmp_path, config, params)
+        gpt.write_checkpoint(tmp_path, config, params)
     assert os.listdir(tmp_path) == []  # nothing written
     with pytest.raises(TypeError, match=r"config must be a GPTConfig, got dict"):
-        hub.write_checkpoint(tmp_path, TINY, random_params(config))
+        gpt.write_checkpoint(tmp_path, TINY, random_params(config))

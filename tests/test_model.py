@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from finite_differences import assert_gradient_matches
 from numpyllm import GPT, GPTConfig, attention
-from numpyllm.hub import config_to_hf
-from numpyllm.model import flat_views, param_shapes
+from numpyllm.gpt import config_to_hf
+from numpyllm.gpt import param_shapes
+from numpyllm.params import flat_views
 from tiny_models import TINY, perturbed_model
 
 
@@ -97,8 +98,9 @@ def test_bad_idx_is_rejected_with_its_name(idx, error, message):
 @pytest.mark.parametrize("targets, error, message", [
     (np.zeros((2, 3)), TypeError, "targets must be an integer array"),
     (np.zeros((2, 4), dtype=int), ValueError, r"targets must have idx's shape \(2, 3\)"),
-    (np.full((2, 3), -2), ValueError, r"targets entries must be in \[-1, 11\), got -2"),
+    (np.full((2, 3), 11), ValueError, r"targets entries must be < 11 \(negative: ignored\), got 11"),
     (np.full((2, 3), -1), ValueError, "no position to score"),
+    (np.full((2, 3), -100), ValueError, "no position to score"),
 ])
 def test_bad_targets_are_rejected_with_their_name(targets, error, message):
     model = GPT(GPTConfig(**TINY))
@@ -139,6 +141,7 @@ def test_ignored_targets_do_not_change_loss_or_gradients():
     idx, targets = batch(rng, model.config, 2, 8, ignored_fraction=0.0)
     padded = targets.copy()
     padded[:, 4:] = -1
+    padded[0, 6] = -100  # Hugging Face's ignore index counts as padding too
     loss, grads = model.loss_and_grads(idx, padded)
     short_loss, short_grads = model.loss_and_grads(idx[:, :4], targets[:, :4])
     assert loss == pytest.approx(short_loss, rel=1e-12)

@@ -20,7 +20,7 @@ from numpyllm.checkpoint import (
     read_trainer_state,
     save_checkpoint,
 )
-from numpyllm.model import param_shapes
+from numpyllm.gpt import param_shapes
 from numpyllm.runlog import read_log
 from numpyllm.schedule import lr_at
 from numpyllm.train import PRESETS, make_config, train

@@ -14,19 +14,28 @@ The LM head is tied to wte (logits = x @ wteᵀ) and has no tensor of its own. A
 parameters live in one flat buffer, ``model.flat_params``; ``model.params[name]`` are
 views into it. Gradients come back the same way: a dict of views into one flat buffer.
 
-Depends on NumPy only (``numpyllm.hub``, used by from_pretrained/save_pretrained, is
-imported when called).
+Checkpoints are Hugging Face GPT-2 directories: config.json holds GPT2Config keys
+(model_type "gpt2", vocab_size, n_positions, n_embd, n_layer, n_head, ...) plus
+numpyllm's own "numpyllm_dtype"; model.safetensors holds the tensors as
+"transformer.<name>", with nothing transposed and the tied LM head not stored. Reading
+also accepts names without the prefix (OpenAI's own GPT-2 files), and drops the old
+attention-mask buffers "h.<i>.attn.bias"/"h.<i>.attn.masked_bias". The files
+themselves are ``numpyllm.hub``'s business.
+
+Depends on NumPy, ``layers``, ``attention``, ``params`` and ``hub`` (``generation`` is
+imported by ``generate``).
 """
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 
-from . import attention
+from . import attention, hub
 from ._checks import check_int, check_token_ids
+from .params import DTYPES, flat_views
 from .layers import (
-    IGNORE_INDEX,
     block_backward,
     block_forward,
     cross_entropy_backward,
@@ -35,14 +44,15 @@ from .layers import (
     embedding_forward,
     layernorm_backward,
     layernorm_forward,
-    linear_backward,
-    linear_forward,
+    tied_decoder_backward,
+    tied_decoder_forward,
 )
 
-__all__ = ["GPTConfig", "GPT", "param_shapes", "block_param_shapes", "flat_views"]
+__all__ = ["GPTConfig", "GPT", "param_shapes", "block_param_shapes", "config_from_hf", "config_to_hf",
+           "read_checkpoint", "write_checkpoint"]
 
-_DTYPES = ("float32", "float64")
-
+_PREFIX = "transformer."  # Hugging Face GPT2LMHeadModel's state-dict prefix of the decoder
+_MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # causal-mask buffers, not parameters
 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
@@ -62,8 +72,8 @@ class GPTConfig:
             raise ValueError(
                 f"GPTConfig.n_embd must be a multiple of n_head, got n_embd={self.n_embd}, n_head={self.n_head}"
             )
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"GPTConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"GPTConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
 
 
 def block_param_shapes(n_embd):
@@ -95,23 +105,6 @@ def param_shapes(config):
     return shapes
 
 
-def flat_views(buffer, shapes):
-    """{name: view} of consecutive slices of the 1-D ``buffer``, reshaped to ``shapes``.
-
-    buffer: 1-D array of exactly Σ prod(shape) elements; shapes: [(name, shape), ...].
-    Writing into a view writes into ``buffer``, so one vector operation on the buffer
-    (zeroing, an optimizer step, a norm) covers every tensor.
-    """
-    sizes = [math.prod(shape) for _, shape in shapes]
-    if buffer.ndim != 1 or buffer.size != sum(sizes):
-        raise ValueError(f"buffer must be 1-D with {sum(sizes)} elements for these shapes, got shape {buffer.shape}")
-    views, offset = {}, 0
-    for (name, shape), size in zip(shapes, sizes):
-        views[name] = buffer[offset: offset + size].reshape(shape)
-        offset += size
-    return views
-
-
 def _check_tokens(array, name, config, low):
     """Validate a (B, T) integer array with entries in [low, vocab_size); return it as ndarray."""
     array = check_token_ids(array, name, config.vocab_size, low)
@@ -122,6 +115,130 @@ def _check_tokens(array, name, config, low):
         raise ValueError(f"{name} must have shape (B, T) with B >= 1 and 1 <= T <= block_size="
                          f"{config.block_size}, got {array.shape}")
     return array
+
+
+# --------------------------------------------------------------------------- Hugging Face files
+
+
+def config_from_hf(hf_config, dtype=None):
+    """Build a ``GPTConfig`` from a parsed GPT-2 config.json, rejecting what numpyllm cannot compute.
+
+    dtype: "float32"/"float64" to load as; None takes config.json's "numpyllm_dtype",
+    else float32 (Hugging Face's float16/bfloat16 checkpoints are widened).
+    """
+    model_type = hf_config.get("model_type")
+    if model_type != "gpt2":
+        raise ValueError(f"config.json has model_type {model_type!r}; numpyllm reads GPT-2 checkpoints ('gpt2')")
+    sizes = {}
+    for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        value = hf_config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.json must have {key!r} as a positive int, got {value!r}")
+        sizes[key] = value
+    # Settings GPT-2 may vary but numpyllm's model does not: each must have GPT-2's default.
+    fixed = {
+        "activation_function": ("gelu_new", "gelu_pytorch_tanh"),  # both the tanh approximation
+        "layer_norm_epsilon": (1e-5,),
+        "n_inner": (None, 4 * sizes["n_embd"]),
+        "scale_attn_weights": (True,),
+        "scale_attn_by_inverse_layer_idx": (False,),
+        "add_cross_attention": (False,),
+        "tie_word_embeddings": (True,),
+    }
+    for key, supported in fixed.items():
+        value = hf_config.get(key, supported[0])
+        if value not in supported:
+            raise ValueError(f"config.json has {key}={value!r}; numpyllm supports only {list(supported)}")
+    if dtype is None:
+        dtype = hf_config.get("numpyllm_dtype", "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    return GPTConfig(
+        vocab_size=sizes["vocab_size"],
+        block_size=sizes["n_positions"],
+        n_layer=sizes["n_layer"],
+        n_head=sizes["n_head"],
+        n_embd=sizes["n_embd"],
+        dtype=dtype,
+    )
+
+
+def config_to_hf(config):
+    """The config.json dict for ``config``: a GPT2Config that transformers loads as this model."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,  # the older name of n_positions, still read by old tools
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,  # 4 * n_embd
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        # numpyllm trains without dropout; zeros make a transformers fine-tune behave the same.
+        "attn_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "resid_pdrop": 0.0,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "dtype": config.dtype,
+        "numpyllm_dtype": config.dtype,
+    }
+
+
+def _params_from_stored(tensors, expected, source):
+    """Map stored names to numpyllm's: strip "transformer.", drop mask buffers, check the tied head."""
+    params = {}
+    lm_head = None
+    for stored_name, tensor in tensors.items():
+        name = stored_name[len(_PREFIX):] if stored_name.startswith(_PREFIX) else stored_name
+        if _MASK_BUFFER.fullmatch(name):
+            continue
+        if name == "lm_head.weight":
+            lm_head = tensor
+            continue
+        params[name] = tensor
+    hub.check_param_shapes(params, expected, source)
+    if lm_head is not None and not np.array_equal(lm_head, params["wte.weight"]):
+        raise ValueError(f"{source}: lm_head.weight differs from wte.weight; numpyllm ties the LM head "
+                         "to the token embedding and cannot load an untied one")
+    return params
+
+
+def read_checkpoint(directory, dtype=None):
+    """Read a GPT-2 checkpoint directory -> (config: GPTConfig, params: dict[str, ndarray]).
+
+    ``params`` holds every parameter by numpyllm's name (GPT-2's without "transformer."),
+    in the Conv1D layout (in, out), as C-contiguous arrays of ``config.dtype`` (copied only to convert).
+    dtype: "float32"/"float64" to load as; None takes config.json's "numpyllm_dtype",
+    else float32. Raises FileNotFoundError for a missing directory or file, ValueError
+    for a config that is not GPT-2 or a setting numpyllm does not compute, and for
+    missing, unexpected or mis-shaped tensors (each named).
+    """
+    config = config_from_hf(hub.read_config(directory, "a GPT-2 configuration object", "gpt2"), dtype)
+    expected = dict(param_shapes(config))
+    params = _params_from_stored(hub.read_weights(directory), expected, f"checkpoint {directory!r}")
+    return config, {name: np.ascontiguousarray(params[name], dtype=config.dtype) for name in expected}
+
+
+def write_checkpoint(directory, config, params):
+    """Write ``params`` and ``config`` as a GPT-2 checkpoint directory (created if missing).
+
+    Tensors are stored as "transformer.<name>" in ``config.dtype``; both files are
+    written atomically (see ``numpyllm.hub.write_pretrained``).
+    """
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+    expected = dict(param_shapes(config))
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of name -> numpy.ndarray, got {type(params).__name__}")
+    hub.check_param_shapes(params, expected, "params")
+    stored = {_PREFIX + name: np.asarray(params[name], dtype=config.dtype) for name in expected}
+    hub.write_pretrained(directory, config_to_hf(config), stored)
 
 
 class GPT:
@@ -194,7 +311,7 @@ class GPT:
             x, block = block_forward(x, self.block_params(i), config.n_head, backend)
             blocks.append(block)
         x, ln_f = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
-        logits, head = linear_forward(x, p["wte.weight"].T)  # tied head: (B, T, C) @ (C, V)
+        logits, head = tied_decoder_forward(x, p["wte.weight"])  # tied head: (B, T, C) @ (C, V)
         return logits, (embedding, blocks, ln_f, head)
 
     def _backward(self, dlogits, caches):
@@ -202,8 +319,7 @@ class GPT:
         embedding, blocks, ln_f, head = caches
         flat_grads = np.empty_like(self.flat_params)
         grads = flat_views(flat_grads, self._shapes)
-        dx, dwte_head, _ = linear_backward(dlogits, head)  # dwte_head: (C, V)
-        grads["wte.weight"][...] = dwte_head.T
+        dx, grads["wte.weight"][...], _ = tied_decoder_backward(dlogits, head)  # (V, C)
         dx, grads["ln_f.weight"][...], grads["ln_f.bias"][...] = layernorm_backward(dx, ln_f)
         for i in reversed(range(self.config.n_layer)):
             dx, block_grads = block_backward(dx, blocks[i])
@@ -232,11 +348,11 @@ class GPT:
         ``params``, views into one fresh flat buffer of config.dtype).
         """
         idx = _check_tokens(idx, "idx", self.config, low=0)
-        targets = _check_tokens(targets, "targets", self.config, low=IGNORE_INDEX)
+        targets = _check_tokens(targets, "targets", self.config, low=None)
         if targets.shape != idx.shape:
             raise ValueError(f"targets must have idx's shape {idx.shape}, got {targets.shape}")
-        if np.all(targets == IGNORE_INDEX):
-            raise ValueError(f"targets has no position to score: every entry is {IGNORE_INDEX} (ignored)")
+        if np.all(targets < 0):
+            raise ValueError("targets has no position to score: every entry is negative (ignored)")
         logits, caches = self._forward(idx)
         loss, cross_entropy = cross_entropy_forward(logits, targets)
         del logits  # the cross-entropy cache holds the probabilities; free the logits now
@@ -263,11 +379,9 @@ class GPT:
         """Load a GPT-2 checkpoint directory (Hugging Face's format, or one save_pretrained wrote).
 
         dtype: "float32"/"float64" to compute in; None takes the checkpoint's own
-        (numpyllm's saved dtype, else float32). See ``numpyllm.hub.read_checkpoint``.
+        (numpyllm's saved dtype, else float32). See ``read_checkpoint``.
         """
-        from . import hub
-
-        config, params = hub.read_checkpoint(directory, dtype=dtype)
+        config, params = read_checkpoint(directory, dtype=dtype)
         model = cls.__new__(cls)
         model._allocate(config, attention_backend)
         for name, view in model.params.items():  # read_checkpoint checked every name and shape
@@ -276,6 +390,4 @@ class GPT:
 
     def save_pretrained(self, directory):
         """Write config.json + model.safetensors that transformers.GPT2LMHeadModel loads (atomically)."""
-        from . import hub
-
-        hub.write_checkpoint(directory, self.config, self.params)
+        write_checkpoint(directory, self.config, self.params)
