@@ -22,7 +22,7 @@ import numpy as np
 
 import numpyllm
 from numpyllm import GPT, GPTConfig, attention
-from numpyllm.hub import config_to_hf
+from numpyllm.gpt import config_to_hf
 
 from ._timing import format_machine, interleaved_medians, limited_threads, machine_info, markdown_table, usable_cores
 

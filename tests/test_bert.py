@@ -203,6 +203,12 @@ def test_bad_labels_are_rejected_with_their_name(cls, labels, error, message):
         model.loss_and_grads(np.zeros((2, 3), int), labels)
 
 
+def test_mlm_labels_on_padding_are_refused():
+    model = BertForMaskedLM(BertConfig(**TINY))
+    with pytest.raises(ValueError, match="labels scores a padded position"):
+        model.loss_and_grads(np.ones((1, 3), int), np.array([[1, -100, 2]]), attention_mask=np.array([[1, 1, 0]]))
+
+
 def test_bad_backend_config_and_seed_are_rejected():
     with pytest.raises(ValueError, match="attention_backend must be one of"):
         BertModel(BertConfig(**TINY), attention_backend="torch")
