@@ -6,6 +6,10 @@
 
 Rows: numpyllm with each attention backend, and transformers' GPT2LMHeadModel (its
 default SDPA attention) in torch. Each gets the same float32 weights, batch and targets.
+The floor row is no model: it runs only the step's weight matrix products, with NumPy, at
+the step's shapes (each linear layer's forward x @ W and backward dy @ Wᵀ and xᵀ dy, the
+tied head included; not attention's own products) into preallocated outputs, so "% of
+floor" says how close a step comes to the time its dense products alone take here.
 "forward+backward" is the loss and every parameter gradient; "training step" adds
 AdamW (lr 3e-4, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on 2-D tensors only,
 the same rule for both). Measurements interleave the rows round by round, so machine
@@ -27,6 +31,8 @@ from numpyllm.gpt import config_to_hf
 from ._timing import format_machine, interleaved_medians, limited_threads, machine_info, markdown_table, usable_cores
 
 PACKAGES = ("numpy", "torch", "transformers", "threadpoolctl")
+FLOOR = "floor: weight products only (no model)"
+LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 ADAMW = dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 
 
@@ -78,6 +84,35 @@ def torch_runner(config, params, idx, targets):
     return forward_backward, training_step
 
 
+def matrix_products_runner(model, n_rows):
+    """A call running every weight product of one training step of ``model`` on ``n_rows`` = B·T
+    rows: for each linear layer (each block's four, then the tied head) y = x @ W, dx = dy @ Wᵀ and
+    dW = xᵀ dy (formed as xᵀ @ dy or (dyᵀ @ x)ᵀ, the layout linear_backward picks), on random
+    operands and into outputs allocated once."""
+    rng = np.random.default_rng(0)
+    dtype = model.config.dtype
+    weights = [model.block_params(i)[name] for i in range(model.config.n_layer) for name in LINEAR_WEIGHTS]
+    weights.append(model.params["wte.weight"].T)  # the tied head: (C, V)
+    products = []
+    for w in weights:
+        n_in, n_out = w.shape
+        x = rng.standard_normal((n_rows, n_in)).astype(dtype)
+        dy = rng.standard_normal((n_rows, n_out)).astype(dtype)
+        y, dx, dw = np.empty((n_rows, n_out), dtype), np.empty((n_rows, n_in), dtype), np.empty((n_in, n_out), dtype)
+        products.append((x, w, dy, y, dx, dw))
+
+    def run():
+        for x, w, dy, y, dx, dw in products:
+            np.matmul(x, w, out=y)  # forward
+            np.matmul(dy, w.T, out=dx)  # backward, input gradient
+            if w.shape[0] >= w.shape[1]:  # backward, weight gradient
+                np.matmul(x.T, dy, out=dw)
+            else:
+                np.matmul(dy.T, x, out=dw.T)
+
+    return run
+
+
 def make_runners(args, reference, idx, targets):
     """{row name: (forward_backward, training_step)}, each holding ``reference``'s weights,
     and notes on rows left out."""
@@ -95,6 +130,8 @@ def make_runners(args, reference, idx, targets):
         runners["transformers + torch"] = torch_runner(config, reference.params, idx, targets)
     except ImportError as error:
         notes.append(f"torch/transformers not importable ({error}): no torch row")
+    products = matrix_products_runner(reference, idx.size)
+    runners[FLOOR] = (products, products)  # no optimizer: the floor of both measurements
     return runners, notes
 
 
@@ -104,7 +141,7 @@ def time_rounds(runners, rounds, threads):
     calls = {(name, kind): call for name, pair in runners.items() for kind, call in enumerate(pair)}
     with limited_threads(threads, user_api="blas"):
         timings = interleaved_medians(calls, rounds)
-    first_loss = {name: timings[name, 0].first_result for name in runners}  # the warm-up forward+backward
+    first_loss = {name: timings[name, 0].first_result for name in runners if name != FLOOR}  # warm-up fwd+bwd
     return {key: timing.median for key, timing in timings.items()}, first_loss
 
 
@@ -190,17 +227,19 @@ def main(argv=None):
     medians, first_loss = time_rounds(runners, rounds, args.threads)
     tokens = args.batch * args.seq
     torch_step = medians.get(("transformers + torch", 1))
+    floor = medians[FLOOR, 1]
     rows = []
     for name in runners:
         fb, step = medians[name, 0], medians[name, 1]
         rows.append([name, f"{fb * 1e3:.0f}", f"{tokens / fb:.0f}", f"{step * 1e3:.0f}", f"{tokens / step:.0f}",
-                     f"{torch_step / step:.2f}" if torch_step else "-", f"{first_loss[name]:.6f}"])
+                     f"{torch_step / step:.2f}" if torch_step else "-", f"{100 * floor / step:.0f}%",
+                     f"{first_loss[name]:.6f}" if name in first_loss else "-"])
     print(markdown_table(["implementation", "fwd+bwd ms", "fwd+bwd tok/s", "train step ms", "train step tok/s",
-                          "speed vs torch (step)", "first loss"], rows))
+                          "speed vs torch (step)", "% of floor (step)", "first loss"], rows))
     if args.profile:
         profile_step(runners, args.threads, args.top)
     return {name: dict(forward_backward_s=medians[name, 0], training_step_s=medians[name, 1],
-                       first_loss=first_loss[name]) for name in runners}
+                       first_loss=first_loss.get(name)) for name in runners}
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ from .bert import BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequen
 from .gpt import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm
 from .tokenizer import BPETokenizer
+from .wordpiece import WordPieceTokenizer
 
 __version__ = "0.1.0"
 
 __all__ = ["attention", "GPT", "GPTConfig", "BertConfig", "BertModel", "BertForMaskedLM", "BertForPreTraining",
-           "BertForSequenceClassification", "AdamW", "clip_grad_norm", "BPETokenizer"]
+           "BertForSequenceClassification", "AdamW", "clip_grad_norm", "BPETokenizer", "WordPieceTokenizer"]

@@ -15,14 +15,19 @@ at its public boundary).
 Linear weights have GPT-2's Conv1D layout (in, out), so a linear layer is ``x @ W + b``;
 BERT's (out, in) weights are passed transposed (``W.T``, a view: BLAS reads it in place).
 
-Depends on NumPy and ``numpyllm.attention`` only.
+The NumPy code below is the specification. Layernorm, both GELUs, the cross-entropy and
+linear's bias gradient also have compiled, multi-threaded kernels (``numpyllm._layers``,
+source in ``kernels/layers.pyx``); ``numpyllm.backend`` selects which runs ("auto": the
+kernels when built). Either way a function returns the same values and the same cache.
+
+Depends on NumPy, ``numpyllm.attention`` and ``numpyllm.backend`` only.
 """
 
 import math
 
 import numpy as np
 
-from . import attention
+from . import attention, backend
 
 __all__ = [
     "lookup_forward", "lookup_backward",
@@ -102,6 +107,10 @@ def layernorm_forward(x, weight, bias, eps=LAYERNORM_EPS):
 
     x: (..., C), weight, bias: (C,) -> y: (..., C). Saves mean and rstd: (..., 1).
     """
+    kernel = backend.kernel(x, weight, bias)
+    if kernel is not None:
+        y, mean, rstd = kernel.layernorm_forward(x, weight, bias, eps)
+        return y, (x, weight, mean, rstd)
     mean = x.mean(axis=-1, keepdims=True)
     centered = x - mean
     variance = np.mean(centered * centered, axis=-1, keepdims=True)
@@ -120,6 +129,9 @@ def layernorm_backward(dy, cache):
     dy: (..., C) -> dx: (..., C), dweight: (C,), dbias: (C,).
     """
     x, weight, mean, rstd = cache
+    kernel = backend.kernel(dy, x, weight, mean, rstd)
+    if kernel is not None:
+        return kernel.layernorm_backward(dy, x, weight, mean, rstd)
     x_hat = (x - mean) * rstd
     g = dy * weight
     dx = g - g.mean(axis=-1, keepdims=True)
@@ -160,7 +172,7 @@ def linear_backward(dy, cache):
     # dweight = xᵀ dy: (n_in, N) @ (N, n_out). OpenBLAS runs this long reduction 2-3x
     # faster when the product is at least as tall as wide, so a wide one is formed transposed.
     dweight = x_2d.T @ dy_2d if n_in >= n_out else (dy_2d.T @ x_2d).T
-    dbias = dy_2d.sum(axis=0) if has_bias else None
+    dbias = _sum_rows(dy_2d) if has_bias else None
     return dx, dweight, dbias
 
 
@@ -185,6 +197,12 @@ def tied_decoder_backward(dlogits, cache):
     return dx, dtable_t.T, dbias
 
 
+def _sum_rows(x):
+    """Σ over rows: x (N, n) -> (n,), e.g. a bias gradient Σ_rows dy."""
+    kernel = backend.kernel(x)
+    return kernel.sum_rows(x) if kernel is not None else x.sum(axis=0)
+
+
 # --------------------------------------------------------------------------- GELU
 
 _GELU_SCALE = math.sqrt(2.0 / math.pi)
@@ -199,6 +217,10 @@ def gelu_forward(x):
 
     x: any shape -> y: same shape. Saves x and tanh(u).
     """
+    kernel = backend.kernel(x)
+    if kernel is not None:
+        y, tanh_u = kernel.gelu_forward(x)
+        return y, (x, tanh_u)
     u = _GELU_SCALE * (x + _GELU_CUBIC * x * x * x)
     tanh_u = np.tanh(u, out=u)
     y = 0.5 * x * (1.0 + tanh_u)
@@ -214,6 +236,9 @@ def gelu_backward(dy, cache):
     dy: any shape -> dx: same shape.
     """
     x, tanh_u = cache
+    kernel = backend.kernel(dy, x, tanh_u)
+    if kernel is not None:
+        return kernel.gelu_backward(dy, x, tanh_u)
     du_dx = _GELU_SCALE * (1.0 + 3.0 * _GELU_CUBIC * x * x)
     dx = x * (1.0 - tanh_u * tanh_u) * du_dx
     dx += 1.0 + tanh_u
@@ -230,6 +255,10 @@ def gelu_erf_forward(x):
     negative tail where ``1 + erf`` would cancel.
     x: any shape -> y: same shape. Saves x and Φ(x).
     """
+    kernel = backend.kernel(x)
+    if kernel is not None:
+        y, cdf = kernel.gelu_erf_forward(x)
+        return y, (x, cdf)
     from scipy.special import ndtr  # scipy is a dependency of the package, not of the import
 
     cdf = ndtr(x)
@@ -244,6 +273,9 @@ def gelu_erf_backward(dy, cache):
     dy: any shape -> dx: same shape.
     """
     x, cdf = cache
+    kernel = backend.kernel(dy, x, cdf)
+    if kernel is not None:
+        return kernel.gelu_erf_backward(dy, x, cdf)
     density = np.exp(-0.5 * x * x) * _INV_SQRT_2PI
     return dy * (cdf + x * density)
 
@@ -285,12 +317,16 @@ def cross_entropy_forward(logits, targets):
     valid = targets >= 0  # (B, T); -1 (ours) and -100 (Hugging Face's) alike are ignored
     n_valid = int(np.count_nonzero(valid))
     safe_targets = np.where(valid, targets, 0)  # any in-range index; masked out below
-    probs = logits - logits.max(axis=-1, keepdims=True)  # shifted so exp cannot overflow
-    target_logit = np.take_along_axis(probs, safe_targets[..., None], axis=-1)[..., 0]  # (B, T)
-    np.exp(probs, out=probs)
-    sum_exp = probs.sum(axis=-1, keepdims=True)  # (B, T, 1), >= 1
-    probs /= sum_exp
-    row_loss = np.log(sum_exp[..., 0]) - target_logit  # (B, T)
+    kernel = backend.kernel(logits)
+    if kernel is not None:
+        probs, row_loss = kernel.cross_entropy_forward(logits, safe_targets)
+    else:
+        probs = logits - logits.max(axis=-1, keepdims=True)  # shifted so exp cannot overflow
+        target_logit = np.take_along_axis(probs, safe_targets[..., None], axis=-1)[..., 0]  # (B, T)
+        np.exp(probs, out=probs)
+        sum_exp = probs.sum(axis=-1, keepdims=True)  # (B, T, 1), >= 1
+        probs /= sum_exp
+        row_loss = np.log(sum_exp[..., 0]) - target_logit  # (B, T)
     loss = float(row_loss[valid].sum(dtype=np.float64)) / n_valid
     return loss, (probs, safe_targets, valid, n_valid)
 
@@ -305,6 +341,9 @@ def cross_entropy_backward(dloss, cache):
     """
     probs, safe_targets, valid, n_valid = cache
     row_scale = (valid * (dloss / n_valid)).astype(probs.dtype)  # (B, T): 0 on ignored positions
+    kernel = backend.kernel(probs)
+    if kernel is not None:
+        return kernel.cross_entropy_backward(probs, safe_targets, row_scale)
     dlogits = probs * row_scale[..., None]
     rows = dlogits.reshape(-1, dlogits.shape[-1])  # (B·T, V) view
     rows[np.arange(rows.shape[0]), safe_targets.ravel()] -= row_scale.ravel()  # one entry per row

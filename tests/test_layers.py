@@ -1,5 +1,6 @@
 """Every layer's backward equals central finite differences of its forward (float64); forwards
-match their definitions; float32 inputs stay float32."""
+match their definitions; float32 inputs stay float32. These prove the NumPy reference (the
+layer kernels are proven equal to it in tests/test_layer_kernels.py)."""
 
 import numpy as np
 import pytest
@@ -8,9 +9,17 @@ from hypothesis import strategies as st
 from scipy.special import expit, log_softmax, ndtr
 
 from finite_differences import assert_gradient_matches
-from numpyllm import attention
+from numpyllm import attention, backend
 from numpyllm import layers as L
 from numpyllm.gpt import block_param_shapes
+
+
+@pytest.fixture(autouse=True, scope="module")
+def reference_layers():
+    """The reference under test here, whatever the default backend."""
+    with backend.using("numpy"):
+        yield
+
 
 seeds = st.integers(0, 2**32 - 1)
 batch = st.integers(1, 2)
