@@ -23,8 +23,8 @@ import numpyllm
 from numpyllm import BertConfig, BertForSequenceClassification
 from numpyllm.bert import config_to_hf
 
-from ._timing import format_machine, interleaved_medians, limited_threads, machine_info, markdown_table, usable_cores
-from .model import openblas_kernel_note, profile_step
+from ._timing import format_machine, interleaved_medians, limited_threads, machine_info, markdown_table
+from .model import add_thread_and_profile_arguments, openblas_kernel_note, profile_step, torch_adamw
 
 PACKAGES = ("numpy", "torch", "transformers", "threadpoolctl")
 ADAMW = dict(lr=2e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
@@ -73,11 +73,7 @@ def torch_runner(reference, inputs):
     missing, unexpected = model.load_state_dict(
         {name: torch.from_numpy(p.copy()) for name, p in reference.params.items()}, strict=False)
     assert not missing and not unexpected, (missing, unexpected)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": ADAMW["weight_decay"]},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=ADAMW["lr"], betas=ADAMW["betas"], eps=ADAMW["eps"])
+    optimizer = torch_adamw(torch, model, ADAMW)
     ids, types, mask, labels = (torch.from_numpy(a) for a in inputs)
 
     def training_step():
@@ -102,8 +98,6 @@ def build_parser():
     add = parser.add_argument
     add("--quick", action="store_true", help="2 timed rounds")
     add("--rounds", type=int, help="timed rounds after the warm-up (default 7; 2 with --quick)")
-    add("--threads", type=int, default=usable_cores(),
-        help="BLAS threads (threadpoolctl) and torch.set_num_threads (default: usable cores, %(default)s)")
     add("--batch", type=int, default=16, help="B (default 16)")
     add("--seq", type=int, default=128, help="T (default 128)")
     add("--padding", type=float, default=0.3, help="fraction of the batch's positions that are padding (default 0.3)")
@@ -113,8 +107,7 @@ def build_parser():
     add("--intermediate", type=int, default=1024)
     add("--vocab", type=int, default=30522)
     add("--no-torch", action="store_true", help="numpyllm only")
-    add("--profile", action="store_true", help="also cProfile one numpyllm training step")
-    add("--top", type=int, default=20, help="functions listed by --profile (default 20)")
+    add_thread_and_profile_arguments(add)
     return parser
 
 
