@@ -292,7 +292,7 @@ class _ClassifierTask:
         else:
             started = time.perf_counter()
             texts = train.texts + (train.pairs or [])
-            tokenizer = WordPieceTokenizer.train(texts, vocab_size=config.vocab_size)
+            tokenizer = WordPieceTokenizer.train(texts, vocab_size=config.vocab_size, progress=progress)
             print(f"trained a WordPiece tokenizer of {tokenizer.vocab_size} tokens on {len(texts):,} texts "
                   f"({time.perf_counter() - started:.1f} s)")
         model_config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=config.hidden_size,

@@ -280,7 +280,9 @@ def run_training(task, out, preset="tiny", overrides=None, *, resume=False, prog
         objective.state = run.sampler_state
     max_steps, eval_interval = objective.max_steps, objective.eval_interval
     if config.warmup_steps > max_steps:
-        raise ValueError(f"--warmup-steps ({config.warmup_steps}) must be <= the run's {max_steps} steps")
+        if resume or "warmup_steps" in overrides:
+            raise ValueError(f"--warmup-steps ({config.warmup_steps}) must be <= the run's {max_steps} steps")
+        config = run.config = dataclasses.replace(config, warmup_steps=max_steps)  # the preset's, cut to a short run
     if resume and run.step >= max_steps:
         raise ValueError(f"the checkpoint is at step {run.step} and the run has {max_steps} steps; "
                          "pass a larger --epochs to train further")

@@ -91,8 +91,7 @@ def special_ids(tokenizer):
 
 def continuation_ids(tokenizer):
     """A bool array (vocab_size,): True for the ``##`` continuation pieces (whole-word masking)."""
-    return np.array([tokenizer.decode([i], skip_special_tokens=False).startswith("##")
-                     for i in range(tokenizer.vocab_size)])
+    return np.array([token.startswith("##") for token in tokenizer.convert_ids_to_tokens(range(tokenizer.vocab_size))])
 
 
 def mask_tokens(input_ids, rng, *, vocab_size, mask_id, specials, probability=0.15, continuation=None):
@@ -250,7 +249,7 @@ class _MLMTask:
                 tokenizer = WordPieceTokenizer.from_pretrained(config.tokenizer)
             else:
                 started = time.perf_counter()
-                tokenizer = WordPieceTokenizer.train(read_texts(files), vocab_size=config.vocab_size)
+                tokenizer = WordPieceTokenizer.train(read_texts(files), vocab_size=config.vocab_size, progress=progress)
                 print(f"trained a WordPiece tokenizer of {tokenizer.vocab_size} tokens on {len(files)} files "
                       f"({time.perf_counter() - started:.1f} s)")
             config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)

@@ -28,6 +28,10 @@ def _bert_module():
     import torch
     import transformers
 
+    torch.set_num_threads(1)  # tiny models: threads only contend
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
     @dataclasses.dataclass(frozen=True)
     class BertConfig:
         vocab_size: int = 30522
@@ -165,10 +169,9 @@ def _wordpiece_module():
 
         def save(self, directory):
             self.fast.save_pretrained(directory)
-            for name in ("tokenizer.json",):
-                path = os.path.join(directory, name)
-                if os.path.exists(path):
-                    os.remove(path)
+
+        def convert_ids_to_tokens(self, ids):
+            return self.fast.convert_ids_to_tokens(list(ids))
 
         def tokenize(self, text):
             return self.fast.tokenize(text)
