@@ -18,9 +18,11 @@ non-finite loss. What differs between objectives comes from two small objects:
                best                                  None, or (column, "max" | "min"): keep OUT/best/
                state                                 JSON-able batch-order state (get and set)
                sample() -> batch;  loss_and_grads(model, batch) -> (loss, grads);  tokens(batch)
-               validate(model) -> (metrics dict, one-line summary)
-               describe() -> str;  save_extras(directory)   what a checkpoint holds beyond the
-                                                            model, tokenizer, optimizer, trainer state
+               validate(model) -> (metrics dict, one-line summary);  describe() -> str
+
+A checkpoint holds the model (its save_pretrained: a classifier's labels are in its
+config.json), the tokenizer, the optimizer and the trainer state (the step, the
+objective's ``state``, the config).
 
 ``LoopConfig`` holds the settings every objective has (optimisation, bookkeeping);
 each command's config class adds its own. Each field is a --flag (``numpyllm.cli.options``).
@@ -127,8 +129,7 @@ class _Run:
             "best_value": self.best_value,
             "train_config": dataclasses.asdict(self.config),
         }
-        return save_checkpoint(self.out, self.model, self.tokenizer, self.optimizer, trainer_state,
-                               extras=objective.save_extras, name=name)
+        return save_checkpoint(self.out, self.model, self.tokenizer, self.optimizer, trainer_state, name=name)
 
 
 def _prepare_out_dir(out):

@@ -202,9 +202,6 @@ class _MaskedLM:
     def describe(self):
         return f"tokens: {len(self.train_tokens):,} train, {len(self.val_tokens):,} validation"
 
-    def save_extras(self, directory):
-        pass
-
 
 def _document_ids(texts, tokenizer):
     """Each text as its ids followed by [SEP] (the encoding's [CLS] dropped): the packed stream."""
@@ -238,7 +235,8 @@ class _MLMTask:
         from .wordpiece import WordPieceTokenizer
 
         if config.init:
-            _, model, tokenizer = load_bert_and_tokenizer(config.init, BertForMaskedLM, config.tokenizer, "--init")
+            _, model, tokenizer = load_bert_and_tokenizer(config.init, BertForMaskedLM, config.tokenizer, "--init",
+                                                          attention_backend=config.attention_backend, seed=config.seed)
             shape = {name: getattr(model.config, name) for name in config.SHAPE_FIELDS}
             if config.block_size > shape["max_position_embeddings"]:
                 raise ValueError(f"--block-size {config.block_size} exceeds the --init model's "
@@ -258,7 +256,7 @@ class _MLMTask:
                                       num_attention_heads=config.num_attention_heads,
                                       intermediate_size=config.intermediate_size,
                                       max_position_embeddings=config.max_position_embeddings, dtype=config.dtype)
-            model = BertForMaskedLM(model_config, seed=config.seed)
+            model = BertForMaskedLM(model_config, seed=config.seed, attention_backend=config.attention_backend)
         _encode(out, config, files, tokenizer, progress)
         return config, model, tokenizer
 
@@ -266,7 +264,8 @@ class _MLMTask:
         from .bert import BertForMaskedLM
         from .checkpoint import load_bert_and_tokenizer
 
-        _, model, tokenizer = load_bert_and_tokenizer(checkpoint, BertForMaskedLM, flag="--resume")
+        _, model, tokenizer = load_bert_and_tokenizer(checkpoint, BertForMaskedLM, flag="--resume",
+                                                      attention_backend=config.attention_backend, dtype=config.dtype)
         return model, tokenizer
 
     def objective(self, out, config, model, tokenizer, files, progress):

@@ -46,9 +46,11 @@ def _bert_module():
         num_labels: int = 2
         problem_type: str = None
         dtype: str = "float32"
+        id2label: dict = None
+        label2id: dict = None
 
     def hf_config(config):
-        fields = dataclasses.asdict(config)
+        fields = {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
         fields.pop("dtype")
         return transformers.BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **fields)
 
@@ -103,12 +105,14 @@ def _bert_module():
             return {"labels": self._labels(labels)}
 
         @classmethod
-        def from_pretrained(cls, directory, attention_backend="auto", dtype=None):
+        def from_pretrained(cls, directory, attention_backend="auto", dtype=None, seed=0, **config_changes):
             with open(os.path.join(directory, "config.json")) as f:
                 raw = json.load(f)
             if raw.get("model_type") != "bert":
                 raise ValueError(f"{directory}/config.json: model_type must be 'bert', got {raw.get('model_type')!r}")
-            hf = cls.hf_class.from_pretrained(directory, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            torch.manual_seed(seed)
+            hf = cls.hf_class.from_pretrained(directory, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                              **config_changes)
             names = {f.name for f in dataclasses.fields(BertConfig)} - {"dtype"}
             config = BertConfig(**{k: getattr(hf.config, k) for k in names})
             return cls(config, attention_backend=attention_backend, _hf=hf)
