@@ -88,11 +88,11 @@ PRESETS = {
 
 
 def _label_fields(labels):
-    """The BertConfig fields of a label set: num_labels, problem_type, id2label."""
+    """The BertConfig fields of a label set: num_labels, problem_type, id2label, label2id."""
     if labels.regression:
-        return dict(num_labels=1, problem_type="regression")
+        return dict(num_labels=1, problem_type="regression", id2label={0: "LABEL_0"}, label2id={"LABEL_0": 0})
     return dict(num_labels=labels.num_labels, problem_type="single_label_classification",
-                id2label=dict(enumerate(labels.names)))
+                id2label=dict(enumerate(labels.names)), label2id={name: i for i, name in enumerate(labels.names)})
 
 
 def read_labels(directory):
