@@ -20,9 +20,11 @@ non-finite loss. What differs between objectives comes from two small objects:
                sample() -> batch;  loss_and_grads(model, batch) -> (loss, grads);  tokens(batch)
                scored(batch) -> int                  how many targets the batch's loss averages over
                                                      (needed only under MPI)
-               validate(model) -> (metrics dict, one-line summary)
-               describe() -> str;  save_extras(directory)   what a checkpoint holds beyond the
-                                                            model, tokenizer, optimizer, trainer state
+               validate(model) -> (metrics dict, one-line summary);  describe() -> str
+
+A checkpoint holds the model (its save_pretrained: a classifier's labels are in its
+config.json), the tokenizer, the optimizer and the trainer state (the step, the
+objective's ``state``, the config).
 
 ``LoopConfig`` holds the settings every objective has (optimisation, bookkeeping);
 each command's config class adds its own. Each field is a --flag (``numpyllm.cli.options``).
@@ -141,8 +143,7 @@ class _Run:
             "best_value": self.best_value,
             "train_config": dataclasses.asdict(self.config),
         }
-        return save_checkpoint(self.out, self.model, self.tokenizer, self.optimizer, trainer_state,
-                               extras=objective.save_extras, name=name)
+        return save_checkpoint(self.out, self.model, self.tokenizer, self.optimizer, trainer_state, name=name)
 
 
 def _prepare_out_dir(out):
@@ -343,7 +344,9 @@ def _run_training(world, task, out, preset, overrides, resume, progress):
         objective.state = run.sampler_state
     max_steps, eval_interval = objective.max_steps, objective.eval_interval
     if config.warmup_steps > max_steps:
-        raise ValueError(f"--warmup-steps ({config.warmup_steps}) must be <= the run's {max_steps} steps")
+        if resume or "warmup_steps" in overrides:
+            raise ValueError(f"--warmup-steps ({config.warmup_steps}) must be <= the run's {max_steps} steps")
+        config = run.config = dataclasses.replace(config, warmup_steps=max_steps)  # the preset's, cut to a short run
     if resume and run.step >= max_steps:
         raise ValueError(f"the checkpoint is at step {run.step} and the run has {max_steps} steps; "
                          "pass a larger --epochs to train further")

@@ -116,9 +116,6 @@ class _NextToken:
     def describe(self):
         return f"tokens: {len(self.train_tokens):,} train, {len(self.val_tokens):,} validation"
 
-    def save_extras(self, directory):
-        pass
-
 
 def _encode(out, config, files, tokenizer, progress):
     from .data import document_ids
