@@ -27,7 +27,8 @@ import math
 
 import numpy as np
 
-from . import attention, backend
+from . import attention
+from .backend import kernel as layer_kernel
 
 __all__ = [
     "lookup_forward", "lookup_backward",
@@ -107,7 +108,7 @@ def layernorm_forward(x, weight, bias, eps=LAYERNORM_EPS):
 
     x: (..., C), weight, bias: (C,) -> y: (..., C). Saves mean and rstd: (..., 1).
     """
-    kernel = backend.kernel(x, weight, bias)
+    kernel = layer_kernel(x, weight, bias)
     if kernel is not None:
         y, mean, rstd = kernel.layernorm_forward(x, weight, bias, eps)
         return y, (x, weight, mean, rstd)
@@ -129,7 +130,7 @@ def layernorm_backward(dy, cache):
     dy: (..., C) -> dx: (..., C), dweight: (C,), dbias: (C,).
     """
     x, weight, mean, rstd = cache
-    kernel = backend.kernel(dy, x, weight, mean, rstd)
+    kernel = layer_kernel(dy, x, weight, mean, rstd)
     if kernel is not None:
         return kernel.layernorm_backward(dy, x, weight, mean, rstd)
     x_hat = (x - mean) * rstd
@@ -199,7 +200,7 @@ def tied_decoder_backward(dlogits, cache):
 
 def _sum_rows(x):
     """Σ over rows: x (N, n) -> (n,), e.g. a bias gradient Σ_rows dy."""
-    kernel = backend.kernel(x)
+    kernel = layer_kernel(x)
     return kernel.sum_rows(x) if kernel is not None else x.sum(axis=0)
 
 
@@ -217,7 +218,7 @@ def gelu_forward(x):
 
     x: any shape -> y: same shape. Saves x and tanh(u).
     """
-    kernel = backend.kernel(x)
+    kernel = layer_kernel(x)
     if kernel is not None:
         y, tanh_u = kernel.gelu_forward(x)
         return y, (x, tanh_u)
@@ -236,7 +237,7 @@ def gelu_backward(dy, cache):
     dy: any shape -> dx: same shape.
     """
     x, tanh_u = cache
-    kernel = backend.kernel(dy, x, tanh_u)
+    kernel = layer_kernel(dy, x, tanh_u)
     if kernel is not None:
         return kernel.gelu_backward(dy, x, tanh_u)
     du_dx = _GELU_SCALE * (1.0 + 3.0 * _GELU_CUBIC * x * x)
@@ -255,7 +256,7 @@ def gelu_erf_forward(x):
     negative tail where ``1 + erf`` would cancel.
     x: any shape -> y: same shape. Saves x and Φ(x).
     """
-    kernel = backend.kernel(x)
+    kernel = layer_kernel(x)
     if kernel is not None:
         y, cdf = kernel.gelu_erf_forward(x)
         return y, (x, cdf)
@@ -273,7 +274,7 @@ def gelu_erf_backward(dy, cache):
     dy: any shape -> dx: same shape.
     """
     x, cdf = cache
-    kernel = backend.kernel(dy, x, cdf)
+    kernel = layer_kernel(dy, x, cdf)
     if kernel is not None:
         return kernel.gelu_erf_backward(dy, x, cdf)
     density = np.exp(-0.5 * x * x) * _INV_SQRT_2PI
@@ -317,7 +318,7 @@ def cross_entropy_forward(logits, targets):
     valid = targets >= 0  # (B, T); -1 (ours) and -100 (Hugging Face's) alike are ignored
     n_valid = int(np.count_nonzero(valid))
     safe_targets = np.where(valid, targets, 0)  # any in-range index; masked out below
-    kernel = backend.kernel(logits)
+    kernel = layer_kernel(logits)
     if kernel is not None:
         probs, row_loss = kernel.cross_entropy_forward(logits, safe_targets)
     else:
@@ -341,7 +342,7 @@ def cross_entropy_backward(dloss, cache):
     """
     probs, safe_targets, valid, n_valid = cache
     row_scale = (valid * (dloss / n_valid)).astype(probs.dtype)  # (B, T): 0 on ignored positions
-    kernel = backend.kernel(probs)
+    kernel = layer_kernel(probs)
     if kernel is not None:
         return kernel.cross_entropy_backward(probs, safe_targets, row_scale)
     dlogits = probs * row_scale[..., None]

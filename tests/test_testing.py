@@ -8,7 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import given, settings
 
 from numpyllm import attention
 from numpyllm.testing import AttentionProblem, attention_problems, check_attention
@@ -77,18 +77,6 @@ def scale_sign_ignored(q, k, v, scale=None, **options):
 
 def padding_ignored_in_backward(dout, q, k, v, key_lengths=None, **options):
     return reference_vjp(dout, q, k, v, **options)
-
-
-@pytest.fixture
-def no_shrinking():
-    """Searches inside the test stop at the first failure: finding it is what is tested here,
-    and shrinking would cost seconds per test. The rest of the current profile stays."""
-    current = settings.get_current_profile_name()
-    settings.register_profile("kit-no-shrink", parent=settings.get_profile(current),
-                              phases=(Phase.explicit, Phase.reuse, Phase.generate))
-    settings.load_profile("kit-no-shrink")
-    yield
-    settings.load_profile(current)
 
 
 @pytest.mark.parametrize(
