@@ -318,6 +318,20 @@ def test_a_transformers_trained_vocab_loads_here(corpus, bert_fast, tmp_path):
         assert_same_tokens(from_json, bert_fast.from_pretrained(json_dir), HARD_TEXTS)
 
 
+@pytest.mark.parametrize("config_lowercase", [True, False])
+def test_tokenizer_config_wins_over_tokenizer_json_as_in_transformers(saved_pair, bert_fast, tmp_path, config_lowercase):
+    """transformers >= 5 rebuilds the normalizer from tokenizer_config.json; tokenizer.json gives the vocabulary."""
+    _, hf = saved_pair
+    hf.save_pretrained(tmp_path)
+    tokenizer_json = json.loads((tmp_path / "tokenizer.json").read_text())
+    tokenizer_json["normalizer"].update(lowercase=not config_lowercase, strip_accents=not config_lowercase)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": config_lowercase}))
+    assert_same_tokens(WordPieceTokenizer.from_pretrained(tmp_path), bert_fast.from_pretrained(tmp_path),
+                       HARD_TEXTS[:3] + ["Mixed CASE Text"])
+
+
 @pytest.mark.parametrize("config", [
     {"do_lower_case": False}, {"do_lower_case": True, "strip_accents": False},
     {"do_lower_case": False, "strip_accents": True}, {"tokenize_chinese_chars": False},
