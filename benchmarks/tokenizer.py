@@ -36,7 +36,7 @@ from numpyllm import BPETokenizer, WordPieceTokenizer
 from numpyllm.bpe_files import MERGES_FILE, VOCAB_FILE
 from numpyllm.corpus import read_texts, stdlib_corpus_files
 
-from ._timing import interleaved_medians, measure
+from ._timing import format_machine, interleaved_medians, machine_info, measure
 
 EOT = "<|endoftext|>"
 LONG_WORD_LETTERS = 100_000
@@ -212,6 +212,8 @@ def main(argv=None):
     print("|---|---:|---:|---:|---:|---:|")
     for name, train_s, cold, warm, long_seconds, bytes_per_token in rows:
         print(f"| {name} | {train_s:.1f} | {cold:.1f} | {warm:.1f} | {long_seconds * 1e3:.0f} | {bytes_per_token:.2f} |")
+    print()
+    print(format_machine(machine_info(("numpy", "tokenizers"))))
 
     rows = wordpiece_rows(train_files, held_out, args.wordpiece_vocab_size, args.repeats)
     print()
