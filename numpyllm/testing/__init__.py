@@ -46,6 +46,7 @@ from .problems import (
     MAX_SCORE,
     AttentionProblem,
     attention_problems,
+    corner_problems,
     make_attention_problem,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "AttentionProblem",
     "make_attention_problem",
     "attention_problems",
+    "corner_problems",
     "check_attention",
     "tolerances",
     "ALIGNMENTS",
