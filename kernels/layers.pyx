@@ -30,6 +30,7 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport erfc, exp, log, sqrt, tanh
 from libc.string cimport memcpy
+from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
 cdef extern from "fastexp.h" nogil:
     void numpyllm_exp_shift_f32(float* x, int n, float shift)
@@ -487,3 +488,119 @@ def sum_of_squares(g):
         else:
             _sum_of_squares_chunks[double](flat, partial, _threads(flat.size))
     return float(partial.sum())
+
+
+# --------------------------------------------------------------------------- one decoding step of a block
+
+
+cdef inline void _matmul_rows(const floating* a, int rows, int k, const floating* w, int n, floating* out,
+                              floating beta) noexcept nogil:
+    """out (rows, n) = a (rows, k) @ w (k, n) + beta · out, all C-contiguous, through BLAS.
+
+    Row-major matrices are column-major transposes, so this is outᵀ = wᵀ aᵀ; one row is a gemv."""
+    cdef char no = b'N'
+    cdef int inc = 1
+    cdef floating alpha = 1
+    if rows == 1:
+        if floating is float:
+            sgemv(&no, &n, &k, &alpha, <float*> w, &n, <float*> a, &inc, &beta, out, &inc)
+        else:
+            dgemv(&no, &n, &k, &alpha, <double*> w, &n, <double*> a, &inc, &beta, out, &inc)
+    elif floating is float:
+        sgemm(&no, &no, &n, &rows, &k, &alpha, <float*> w, &n, <float*> a, &k, &beta, out, &n)
+    else:
+        dgemm(&no, &no, &n, &rows, &k, &alpha, <double*> w, &n, <double*> a, &k, &beta, out, &n)
+
+
+cdef void _add_rows(floating* out, const floating* bias, int rows, int n) noexcept nogil:
+    """out[r] += bias for each of the rows."""
+    cdef int r, c
+    for r in range(rows):
+        for c in range(n):
+            out[r * n + c] += bias[c]
+
+
+cdef void _attend_one(const floating* q, floating* keys, floating* values, int length, int hd,
+                      floating* scores, floating* out) noexcept nogil:
+    """out (hd) = softmax(q · keys[j] / √hd over j < length) · values: one query of one head,
+    keys, values: (length, hd) rows. (What attention.forward computes for Nq = 1, causal or not.)"""
+    cdef int j, c
+    cdef double scale = 1.0 / sqrt(hd)
+    for j in range(length):
+        scores[j] = <floating> (scale * _dot(q, keys + j * hd, hd))
+    cdef floating shift = <floating> _max(scores, length)
+    if floating is float:
+        numpyllm_exp_shift_f32(scores, length, shift)
+    else:
+        for j in range(length):
+            scores[j] = exp(scores[j] - shift)
+    cdef floating inv = <floating> (1.0 / _sum(scores, length))
+    for c in range(hd):
+        out[c] = 0
+    for j in range(length):
+        for c in range(hd):
+            out[c] += scores[j] * values[j * hd + c]
+    for c in range(hd):
+        out[c] *= inv
+
+
+cdef void _decode_block(floating[:, ::1] x, floating[::1] ln1_w, floating[::1] ln1_b,
+                        floating[:, ::1] w_attn, floating[::1] b_attn, floating[:, ::1] w_proj,
+                        floating[::1] b_proj, floating[::1] ln2_w, floating[::1] ln2_b,
+                        floating[:, ::1] w_fc, floating[::1] b_fc, floating[:, ::1] w_fc_proj,
+                        floating[::1] b_fc_proj, floating[:, :, :, ::1] keys, floating[:, :, :, ::1] values,
+                        int position, double eps, floating[:, ::1] h, floating[:, ::1] qkv,
+                        floating[:, ::1] o, floating[:, ::1] hidden, floating[:, ::1] act,
+                        floating[:, ::1] saved, floating[::1] stats, floating[::1] scores) noexcept nogil:
+    """decode_block's work; h, qkv, o, hidden, act, saved, stats, scores are scratch."""
+    cdef int B = x.shape[0], C = x.shape[1], H = keys.shape[1], hd = keys.shape[3]
+    cdef int b, head, c
+    # x + attention(layernorm_1(x))
+    for b in range(B):
+        _layernorm_row(&x[b, 0], &ln1_w[0], &ln1_b[0], &h[b, 0], &stats[0], &stats[1], C, eps)
+        for c in range(3 * C):
+            qkv[b, c] = b_attn[c]
+    _matmul_rows(&h[0, 0], B, C, &w_attn[0, 0], 3 * C, &qkv[0, 0], 1)
+    for b in range(B):
+        for head in range(H):  # [q | k | v], head h in channels [h·hd, (h+1)·hd) of each
+            for c in range(hd):
+                keys[b, head, position, c] = qkv[b, C + head * hd + c]
+                values[b, head, position, c] = qkv[b, 2 * C + head * hd + c]
+            _attend_one(&qkv[b, head * hd], &keys[b, head, 0, 0], &values[b, head, 0, 0], position + 1, hd,
+                        &scores[0], &o[b, head * hd])
+    _add_rows(&x[0, 0], &b_proj[0], B, C)
+    _matmul_rows(&o[0, 0], B, C, &w_proj[0, 0], C, &x[0, 0], 1)
+    # x + mlp(layernorm_2(x))
+    for b in range(B):
+        _layernorm_row(&x[b, 0], &ln2_w[0], &ln2_b[0], &h[b, 0], &stats[0], &stats[1], C, eps)
+        for c in range(4 * C):
+            hidden[b, c] = b_fc[c]
+    _matmul_rows(&h[0, 0], B, C, &w_fc[0, 0], 4 * C, &hidden[0, 0], 1)
+    _gelu_chunk(&hidden[0, 0], &act[0, 0], &saved[0, 0], B * 4 * C)
+    _add_rows(&x[0, 0], &b_fc_proj[0], B, C)
+    _matmul_rows(&act[0, 0], B, 4 * C, &w_fc_proj[0, 0], C, &x[0, 0], 1)
+
+
+def decode_block(x, params, keys, values, int position, double eps):
+    """One GPT-2 block on one new position of each row, in place: x += attention(layernorm_1(x)),
+    then x += mlp(layernorm_2(x)), writing the position's key and value into the cache.
+
+    x: (B, C) C-contiguous, updated in place. params: the block's 12 arrays, C-contiguous, in the
+    order ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, weight then bias of each.
+    keys, values: (B, H, capacity, hd) C-contiguous; positions < position hold the cache, and the
+    new position's query attends to positions <= position (all it may see).
+    """
+    B, C = x.shape
+    ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_fc, b_fc, w_fc_proj, b_fc_proj = params
+    h, o = np.empty((B, C), x.dtype), np.empty((B, C), x.dtype)
+    qkv = np.empty((B, 3 * C), x.dtype)
+    hidden, act, saved = np.empty((B, 4 * C), x.dtype), np.empty((B, 4 * C), x.dtype), np.empty((B, 4 * C), x.dtype)
+    stats, scores = np.empty(2, x.dtype), np.empty(position + 1, x.dtype)
+    if x.dtype == np.float32:
+        _decode_block[float](x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_fc, b_fc,
+                             w_fc_proj, b_fc_proj, keys, values, position, eps, h, qkv, o, hidden, act, saved, stats,
+                             scores)
+    else:
+        _decode_block[double](x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_fc, b_fc,
+                              w_fc_proj, b_fc_proj, keys, values, position, eps, h, qkv, o, hidden, act, saved, stats,
+                              scores)

@@ -340,3 +340,29 @@ def test_training_without_the_kernels_uses_the_reference():
         numpyllm.clip_grad_norm(grads, 1.0)
         opt.step(grads)
     assert float(result.stdout) == pytest.approx(loss, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_fused_decoding_step_matches_the_layer_functions(dtype, batch_size):
+    """Decoder.step on one position runs each block as decode_block; the logits and the cache
+    equal those of the layer functions one by one (backend "numpy")."""
+    from numpyllm.generation import Decoder
+
+    config = numpyllm.GPTConfig(vocab_size=23, block_size=12, n_layer=2, n_head=3, n_embd=12, dtype=dtype)
+    model = numpyllm.GPT(config, seed=1)
+    ids = np.random.default_rng(0).integers(0, 23, (batch_size, 9))
+    decoders, logits = {}, {}
+    for name in ("cython", "numpy"):
+        with backend.using(name):
+            decoder = Decoder(model, batch_size, 12)
+            steps = [decoder.prefill(ids[:, :4])] + [decoder.step(ids[:, t: t + 1]) for t in range(4, 9)]
+        decoders[name], logits[name] = decoder, steps
+    for t, (fused, reference) in enumerate(zip(logits["cython"], logits["numpy"])):
+        assert_close(fused, reference, f"logits after position {t + 3}")
+    for name in ("keys", "values"):
+        assert_close(getattr(decoders["cython"].cache, name)[:, :, :, :9],
+                     getattr(decoders["numpy"].cache, name)[:, :, :, :9], name)
