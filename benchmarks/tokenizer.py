@@ -18,9 +18,11 @@ not timed. Each number is the median of --repeats runs; the table is markdown.
 WordPiece: numpyllm's WordPieceTokenizer and `tokenizers`' BertWordPieceTokenizer train
 an --wordpiece-vocab-size vocabulary on the same files; both encode the held-out files
 with the vocabulary numpyllm learned, loaded into `transformers.BertTokenizerFast` from
-the directory numpyllm saved (the ids must agree), one file at a time, [CLS]/[SEP]
-included, no truncation. `tokenizers` runs on one thread (TOKENIZERS_PARALLELISM=false,
-which its encode_batch and trainer obey), and again on all cores for reference.
+the directory numpyllm saved (the ids must agree): numpyllm one file at a time,
+`tokenizers` with ``encode_batch``, [CLS]/[SEP] included, no truncation. `tokenizers` runs
+on one thread (TOKENIZERS_PARALLELISM=false, which its encode_batch and trainer obey) and
+again on all cores for reference. The implementations are timed interleaved, round by
+round (median of --repeats rounds after a warm-up round).
 """
 
 import argparse
@@ -34,7 +36,7 @@ from numpyllm import BPETokenizer, WordPieceTokenizer
 from numpyllm.bpe_files import MERGES_FILE, VOCAB_FILE
 from numpyllm.corpus import read_texts, stdlib_corpus_files
 
-from ._timing import measure
+from ._timing import format_machine, interleaved_medians, machine_info, measure
 
 EOT = "<|endoftext|>"
 LONG_WORD_LETTERS = 100_000
@@ -81,48 +83,63 @@ def tokenizers_parallelism(enabled):
             os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
-def wordpiece_rows(train_files, held_out, vocab_size, repeats):
-    """Rows (name, train s, cold MB/s, warm MB/s, bytes per token) for numpyllm and BertTokenizerFast."""
+def on_threads(parallel, function):
+    """``function`` wrapped to run with tokenizers' parallelism on (all cores) or off (one thread)."""
+    def run():
+        with tokenizers_parallelism(parallel):
+            return function()
+    return run
+
+
+def wordpiece_rows(train_files, held_out, vocab_size, rounds):
+    """Rows (name, train s, cold MB/s, warm MB/s, bytes per token) for numpyllm and BertTokenizerFast.
+
+    Each phase (train, cold encode, warm encode) times the implementations interleaved,
+    round by round (``interleaved_medians``), so a change in the machine's load hits all alike.
+    """
     held_out_bytes = sum(len(text.encode("utf-8")) for text in held_out)
     held_out_mb = held_out_bytes / 1e6
-    rows = []
-    with tempfile.TemporaryDirectory() as directory:
-        train_seconds, ours = median_seconds(
-            lambda: WordPieceTokenizer.train(read_texts(train_files), vocab_size, progress=False), repeats)
-        ours.save(directory)
-        cold_seconds, ids = median_seconds(
-            lambda: encode_each(WordPieceTokenizer.from_pretrained(directory), held_out), repeats)
-        warm_seconds, _ = median_seconds(lambda: encode_each(ours, held_out), repeats)
-        n_tokens = sum(map(len, ids))
-        rows.append(("numpyllm WordPieceTokenizer (pure Python, 1 thread)", train_seconds,
-                     held_out_mb / cold_seconds, held_out_mb / warm_seconds, held_out_bytes / n_tokens))
-        try:
-            import tokenizers
-            import transformers
-        except ImportError:
-            print("(transformers / tokenizers are not installed: their WordPiece rows are left out)")
-            return rows
-
+    try:
+        import tokenizers
+        import transformers
+    except ImportError:
+        print("(transformers / tokenizers are not installed: their WordPiece rows are left out)")
+        tokenizers = None
+    names = {"ours": "numpyllm WordPieceTokenizer (pure Python, 1 thread)"}
+    train = {"ours": lambda: WordPieceTokenizer.train(read_texts(train_files), vocab_size, progress=False)}
+    if tokenizers:
         def train_hf():
             hf = tokenizers.BertWordPieceTokenizer()
             hf.train_from_iterator(read_texts(train_files), vocab_size=vocab_size, show_progress=False)
             return hf
 
-        def load_hf():
-            return transformers.BertTokenizerFast.from_pretrained(directory).backend_tokenizer
+        for key, parallel, threads in (("hf_1", False, "1 thread"), ("hf_all", True, "all cores")):
+            names[key] = f"HF BertTokenizerFast, tokenizers {tokenizers.__version__} (Rust, {threads})"
+            train[key] = on_threads(parallel, train_hf)
+    train_timing = interleaved_medians(train, rounds)
 
-        for parallel, threads in ((False, "1 thread"), (True, "all cores")):
-            with tokenizers_parallelism(parallel):
-                hf_train_seconds, _ = median_seconds(train_hf, repeats)
-                hf_cold_seconds, encodings = median_seconds(lambda: load_hf().encode_batch(held_out), repeats)
-                if [encoding.ids for encoding in encodings] != ids:
-                    raise SystemExit("BertTokenizerFast and numpyllm disagree on the held-out text's WordPiece ids")
-                hf = load_hf()
-                hf_warm_seconds, _ = median_seconds(lambda: hf.encode_batch(held_out), repeats)
-            rows.append((f"HF BertTokenizerFast, tokenizers {tokenizers.__version__} (Rust, {threads})",
-                         hf_train_seconds, held_out_mb / hf_cold_seconds, held_out_mb / hf_warm_seconds,
-                         held_out_bytes / n_tokens))
-    return rows
+    with tempfile.TemporaryDirectory() as directory:
+        ours = train_timing["ours"].last_result
+        ours.save(directory)
+        cold = {"ours": lambda: encode_each(WordPieceTokenizer.from_pretrained(directory), held_out)}
+        warm = {"ours": lambda: encode_each(ours, held_out)}
+        if tokenizers:
+            def load_hf():
+                return transformers.BertTokenizerFast.from_pretrained(directory).backend_tokenizer
+
+            hf = load_hf()
+            for key, parallel in (("hf_1", False), ("hf_all", True)):
+                cold[key] = on_threads(parallel, lambda: load_hf().encode_batch(held_out))
+                warm[key] = on_threads(parallel, lambda: hf.encode_batch(held_out))
+        cold_timing, warm_timing = interleaved_medians(cold, rounds), interleaved_medians(warm, rounds)
+
+    ids = cold_timing["ours"].last_result
+    for key in names:
+        if key != "ours" and [encoding.ids for encoding in warm_timing[key].last_result] != ids:
+            raise SystemExit(f"{names[key]} and numpyllm disagree on the held-out text's WordPiece ids")
+    bytes_per_token = held_out_bytes / sum(map(len, ids))
+    return [(names[key], train_timing[key].median, held_out_mb / cold_timing[key].median,
+             held_out_mb / warm_timing[key].median, bytes_per_token) for key in names]
 
 
 def main(argv=None):
@@ -195,6 +212,8 @@ def main(argv=None):
     print("|---|---:|---:|---:|---:|---:|")
     for name, train_s, cold, warm, long_seconds, bytes_per_token in rows:
         print(f"| {name} | {train_s:.1f} | {cold:.1f} | {warm:.1f} | {long_seconds * 1e3:.0f} | {bytes_per_token:.2f} |")
+    print()
+    print(format_machine(machine_info(("numpy", "tokenizers"))))
 
     rows = wordpiece_rows(train_files, held_out, args.wordpiece_vocab_size, args.repeats)
     print()

@@ -184,6 +184,10 @@ class _Classification:
     def tokens(self, batch):
         return int(batch[0]["attention_mask"].sum())
 
+    def scored(self, batch):  # the loss's mean: over labels >= 0 (classes), over every value (regression)
+        targets = batch[1]
+        return int((targets >= 0).sum()) if targets.dtype.kind in "iu" else targets.size
+
     def validate(self, model):
         return score(predict(model, self.tokenizer, self.val, self.config.max_length), self.val_targets, self.labels)
 

@@ -179,6 +179,9 @@ class _MaskedLM:
     def tokens(self, batch):
         return batch[0].size
 
+    def scored(self, batch):
+        return int((batch[1] >= 0).sum())  # negative targets are not scored
+
     def validate(self, model):
         from .layers import cross_entropy_forward
 

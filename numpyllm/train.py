@@ -102,6 +102,9 @@ class _NextToken:
     def tokens(self, batch):
         return batch[0].size
 
+    def scored(self, batch):
+        return int((batch[1] >= 0).sum())  # negative targets are not scored
+
     def validate(self, model):
         from .evaluate import mean_loss, perplexity
 

@@ -93,6 +93,22 @@ def truncated_lengths(n_first, n_second, budget):
     return kept_first, budget - kept_first
 
 
+def _batch_arrays(rows, segment_a_lengths, width, pad_id):
+    """Rows of ids -> BERT's three int64 arrays (B, width), right-padded with ``pad_id``.
+
+    token_type_ids is 0 over each row's first ``segment_a_lengths[b]`` tokens ([CLS] a
+    [SEP]) and 1 over the rest of the row (b [SEP]); attention_mask is 1 over the row.
+    """
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    token_type_ids = np.zeros((len(rows), width), dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+    for row, (ids, segment_a_length) in enumerate(zip(rows, segment_a_lengths)):
+        input_ids[row, : len(ids)] = ids
+        token_type_ids[row, segment_a_length : len(ids)] = 1
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+
+
 class WordPieceTokenizer:
     """BERT's WordPiece tokenizer.
 
@@ -127,7 +143,8 @@ class WordPieceTokenizer:
             tokens = list(vocab)
             vocab = {token: token_id for token_id, token in enumerate(tokens)}
             if len(vocab) != len(tokens):
-                raise ValueError("vocab lists a token twice")
+                repeated = next(token for token_id, token in enumerate(tokens) if vocab[token] != token_id)
+                raise ValueError(f"vocab lists the token {repeated!r} more than once")
         id_to_token = [None] * len(vocab)
         for token, token_id in vocab.items():
             if not isinstance(token, str) or not token:
@@ -136,8 +153,7 @@ class WordPieceTokenizer:
                 raise ValueError(f"vocab ids must be 0..{len(vocab) - 1}, each once; {token!r} has id {token_id!r}")
             id_to_token[token_id] = token
         self._special_tokens = {}
-        for name, token in (("pad_token", pad_token), ("unk_token", unk_token), ("cls_token", cls_token),
-                            ("sep_token", sep_token), ("mask_token", mask_token)):
+        for name, token in zip(SPECIAL_TOKEN_NAMES, (pad_token, unk_token, cls_token, sep_token, mask_token)):
             if not isinstance(token, str):
                 raise TypeError(f"{name} must be a str, got {type(token).__name__}")
             if token not in vocab:
@@ -308,11 +324,7 @@ class WordPieceTokenizer:
 
         ``pair=""`` is an empty second segment (``[CLS] text [SEP] [SEP]``), as in a batch.
         """
-        cls_id, sep_id = self.cls_token_id, self.sep_token_id
-        ids = [cls_id, *self._text_ids(text), sep_id]
-        if pair is not None:
-            ids += [*self._text_ids(pair, "pair"), sep_id]
-        return ids
+        return self._with_specials(self._text_ids(text), None if pair is None else self._text_ids(pair, "pair"))
 
     def __call__(self, texts, text_pairs=None, max_length=128, padding="longest", truncation=True):
         """Encode a batch for BERT: dict of int64 arrays (B, T) ``input_ids``, ``token_type_ids``, ``attention_mask``.
@@ -354,17 +366,17 @@ class WordPieceTokenizer:
         max_length = check_int(max_length, "max_length", n_special, optional=not (truncation or padding == "max_length"),
                                hint=f"room for the {n_special} special tokens")
 
-        firsts = [self._text_ids(text, f"texts[{index}]") for index, text in enumerate(texts)]
-        seconds = ([None] * len(texts) if text_pairs is None else
-                   [self._text_ids(pair, f"text_pairs[{index}]") for index, pair in enumerate(text_pairs)])
-        rows = []
-        for first, second in zip(firsts, seconds):
+        rows, segment_a_lengths = [], []
+        for index, text in enumerate(texts):
+            first = self._text_ids(text, f"texts[{index}]")
+            second = None if text_pairs is None else self._text_ids(text_pairs[index], f"text_pairs[{index}]")
             if truncation:
                 kept_first, kept_second = truncated_lengths(len(first), None if second is None else len(second),
                                                             max_length - n_special)
                 first, second = first[:kept_first], None if second is None else second[:kept_second]
-            rows.append((first, second))
-        lengths = [len(first) + 2 + (0 if second is None else len(second) + 1) for first, second in rows]
+            rows.append(self._with_specials(first, second))
+            segment_a_lengths.append(len(first) + 2)
+        lengths = list(map(len, rows))
         width = max(lengths, default=0)
         if padding == "max_length":
             if width > max_length:
@@ -374,19 +386,14 @@ class WordPieceTokenizer:
         elif padding is False and len(set(lengths)) > 1:
             raise ValueError(f"rows have different lengths ({min(lengths)} to {width}) and padding=False; "
                              "use padding='longest' or 'max_length' to get one array")
+        return _batch_arrays(rows, segment_a_lengths, width, self.pad_token_id)
 
-        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
-        token_type_ids = np.zeros((len(rows), width), dtype=np.int64)
-        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-        cls_id, sep_id = self.cls_token_id, self.sep_token_id
-        for row, ((first, second), length) in enumerate(zip(rows, lengths)):
-            ids = [cls_id, *first, sep_id]
-            if second is not None:
-                ids += [*second, sep_id]
-                token_type_ids[row, len(first) + 2 : length] = 1
-            input_ids[row, :length] = ids
-            attention_mask[row, :length] = 1
-        return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+    def _with_specials(self, first, second):
+        """ids of ``[CLS] first [SEP]`` or ``[CLS] first [SEP] second [SEP]`` (second None: no pair)."""
+        ids = [self.cls_token_id, *first, self.sep_token_id]
+        if second is not None:
+            ids += [*second, self.sep_token_id]
+        return ids
 
     # ------------------------------------------------------------------ decode
 

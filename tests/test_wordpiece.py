@@ -400,6 +400,7 @@ def test_long_words_become_unk():
     (lambda tok: WordPieceTokenizer.train("x", vocab_size=4), ValueError, "vocab_size must be >= 5"),
     (lambda tok: WordPieceTokenizer(["[PAD]", "[CLS]", "[SEP]", "[MASK]", "a"]), ValueError, "unk_token '\\[UNK\\]'"),
     (lambda tok: WordPieceTokenizer({"[UNK]": 3}), ValueError, "vocab ids must be"),
+    (lambda tok: WordPieceTokenizer(SPECIALS + ["a", "a"]), ValueError, "token 'a' more than once"),
 ])
 def test_bad_input_raises_a_clear_error(call, error, match):
     tok = WordPieceTokenizer(SPECIALS + ["a", "b"])

@@ -74,9 +74,10 @@ def _assert_close(name, got, expected, atol, problem):
     error = np.abs(got.astype(np.float64) - expected)
     if not np.all(np.isfinite(got)) or error.max(initial=0.0) > atol:
         worst = np.unravel_index(np.nanargmax(np.where(np.isfinite(error), error, np.inf)), error.shape)
+        worst = tuple(int(i) for i in worst)
         raise AssertionError(
             f"{name} differs from the float64 reference by {error[worst]:.3g} at index {worst} "
-            f"(allowed {atol:.3g}; got {got[worst]!r}, expected {expected[worst]!r}) for {problem!r}"
+            f"(allowed {atol:.3g}; got {float(got[worst])!r}, expected {float(expected[worst])!r}) for {problem!r}"
         )
     if name != "lse" and got.dtype != problem.q.dtype:
         raise AssertionError(f"{name} has dtype {got.dtype}, expected {problem.q.dtype} for {problem!r}")
@@ -160,7 +161,7 @@ def check_attention(forward, backward=None, problem=None, *, vjp=None, max_examp
         check(problem)
         return
 
-    @settings(max_examples=max_examples, deadline=None)
+    @settings(max_examples=max_examples, deadline=None, report_multiple_bugs=False)
     @given(attention_problems(**strategy_options))
     def run(drawn):
         check(drawn)

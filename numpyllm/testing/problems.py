@@ -67,6 +67,10 @@ class AttentionProblem:
             options["key_lengths"] = self.key_lengths
         return options
 
+    def _repr_pretty_(self, printer, cycle):
+        """What hypothesis prints for a falsifying example: the repr, not every array element."""
+        printer.text(repr(self))
+
     def __repr__(self):
         if self.recipe is not None:
             arguments = ", ".join(f"{name}={value!r}" for name, value in self.recipe.items())
@@ -129,10 +133,18 @@ def make_attention_problem(*, batch, heads, kv_heads, n_q, n_k, head_dim, dtype=
                             causal_alignment=causal_alignment, recipe=recipe)
 
 
-def _lengths(upper):
-    """Lengths 1..upper, with extra weight on the tile edges of ``EDGE_LENGTHS``."""
-    edges = [n for n in EDGE_LENGTHS if n <= upper]
-    return st.one_of(st.sampled_from(edges), st.integers(1, upper))
+def _lengths(upper, lower=1):
+    """Lengths lower..upper, with extra weight on the tile edges of ``EDGE_LENGTHS`` and the bounds."""
+    edges = sorted({lower, upper} | {n for n in EDGE_LENGTHS if lower <= n <= upper})
+    return st.one_of(st.sampled_from(edges), st.integers(lower, upper))
+
+
+def _query_lengths(n_k, max_len, more_than_keys):
+    """Nq: equal to Nk, fewer, or (when ``more_than_keys``) more, each about a third of the time."""
+    kinds = [st.just(n_k), _lengths(n_k)]
+    if more_than_keys and n_k < max_len:
+        kinds.append(_lengths(max_len, lower=n_k + 1))
+    return st.one_of(*kinds)
 
 
 def _head_counts(max_heads, grouped_heads):
@@ -214,10 +226,8 @@ def attention_problems(
     batch = draw(st.integers(1, max_batch))
     heads, kv_heads = draw(_head_counts(max_heads, grouped_heads))
     n_k = draw(_lengths(max_len))
-    if is_causal and causal_alignment == "bottom-right":
-        n_q = draw(st.one_of(st.just(n_k), _lengths(n_k)))  # the contract refuses Nq > Nk
-    else:
-        n_q = draw(st.one_of(st.just(n_k), _lengths(max_len)))
+    # Bottom-right causal refuses Nq > Nk (its first rows would see no key); top-left allows it.
+    n_q = draw(_query_lengths(n_k, max_len, not (is_causal and causal_alignment == "bottom-right")))
     recipe = dict(
         batch=batch, heads=heads, kv_heads=kv_heads, n_q=n_q, n_k=n_k,
         head_dim=draw(st.sampled_from(head_dims)),
