@@ -59,7 +59,7 @@ from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 cdef extern from "fastexp.h" nogil:
     # Vectorizable float32 row operations (see the header); float64 uses libm below.
     void numpyllm_exp_shift_f32(float* x, int n, float shift)
-    double numpyllm_sum_f32(const float* x, int n)
+    double numpyllm_exp_shift_sum_f32(float* x, int n, float shift)
     float numpyllm_max_f32(const float* x, int n)
 
 # OpenMP when the build has it; one thread otherwise (Cython's prange is then a plain loop).
@@ -147,14 +147,15 @@ cdef inline void exp_shift(floating* x, int n, double shift) noexcept nogil:
             x[j] = exp(x[j] - shift)
 
 
-cdef inline double row_sum(const floating* x, int n) noexcept nogil:
-    """Σ_j x[j] over j < n, accumulated in double."""
+cdef inline double exp_shift_sum(floating* x, int n, double shift) noexcept nogil:
+    """x[j] = exp(x[j] - shift) for j < n, in place; returns Σ_j x[j], accumulated in double."""
     cdef double total = 0.0
     cdef int j
     if floating is float:
-        total = numpyllm_sum_f32(x, n)
+        total = numpyllm_exp_shift_sum_f32(x, n, <float> shift)
     else:
         for j in range(n):
+            x[j] = exp(x[j] - shift)
             total += x[j]
     return total
 
@@ -249,8 +250,7 @@ cdef void forward_query_block(
                 continue
             m_blk = row_max(s_row, n_vis)
             m_new = m_blk if m_blk > running_max[i] else running_max[i]
-            exp_shift(s_row, n_vis, m_new)  # P = exp(S - m')
-            block_sum = row_sum(s_row, n_vis)
+            block_sum = exp_shift_sum(s_row, n_vis, m_new)  # P = exp(S - m'), and its row sum
             alpha = exp(running_max[i] - m_new)  # rescales what earlier blocks accumulated
             running_sum[i] = running_sum[i] * alpha + block_sum
             running_max[i] = m_new

@@ -58,15 +58,45 @@ static void numpyllm_exp_shift_f32(float *x, int n, float shift)
         x[j] = numpyllm_expf(x[j] - shift);
 }
 
+/* x[j] = exp(x[j] - shift) for j < n; returns sum_j x[j] (the new values): one pass over
+ * the row instead of an exp pass and a sum pass. Each of the float lanes adds n / LANES
+ * terms (16 for a 256-wide tile row); the lanes are added in double. */
+NUMPYLLM_CLONES
+static double numpyllm_exp_shift_sum_f32(float *x, int n, float shift)
+{
+    float lane_sum[NUMPYLLM_LANES] = {0};
+    int j = 0;
+    for (; j + NUMPYLLM_LANES <= n; j += NUMPYLLM_LANES)
+    {
+        float *xj = x + j; /* not x[j + l]: under Python's -fwrapv that index may wrap, and gcc
+                              would then not vectorize the lane loop */
+        for (int l = 0; l < NUMPYLLM_LANES; l++) {
+            float y = numpyllm_expf(xj[l] - shift);
+            xj[l] = y;
+            lane_sum[l] += y;
+        }
+    }
+    double total = 0.0;
+    for (; j < n; j++) {
+        x[j] = numpyllm_expf(x[j] - shift);
+        total += (double)x[j];
+    }
+    for (int l = 0; l < NUMPYLLM_LANES; l++)
+        total += (double)lane_sum[l];
+    return total;
+}
+
 /* sum_j x[j] for j < n, accumulated in double over independent lanes. */
 NUMPYLLM_CLONES
 static double numpyllm_sum_f32(const float *x, int n)
 {
     double lane_sum[NUMPYLLM_LANES] = {0};
     int j = 0;
-    for (; j + NUMPYLLM_LANES <= n; j += NUMPYLLM_LANES)
+    for (; j + NUMPYLLM_LANES <= n; j += NUMPYLLM_LANES) {
+        const float *xj = x + j; /* see numpyllm_exp_shift_sum_f32 */
         for (int l = 0; l < NUMPYLLM_LANES; l++)
-            lane_sum[l] += (double)x[j + l];
+            lane_sum[l] += (double)xj[l];
+    }
     double total = 0.0;
     for (; j < n; j++)
         total += (double)x[j];
@@ -75,17 +105,25 @@ static double numpyllm_sum_f32(const float *x, int n)
     return total;
 }
 
-/* max_j x[j] for j < n (-inf when n == 0); NaNs are skipped (exp propagates them later). */
+/* max_j x[j] for j < n (-inf when n == 0); NaNs are skipped (exp propagates them later).
+ * Written with GCC's vector extension: gcc does not vectorize a lane loop of selects
+ * without -ffast-math; each clone splits the 16 lanes into its own register width. */
+typedef float numpyllm_v16f __attribute__((vector_size(64)));
+typedef int32_t numpyllm_v16i __attribute__((vector_size(64)));
+
 NUMPYLLM_CLONES
 static float numpyllm_max_f32(const float *x, int n)
 {
-    float lane_max[NUMPYLLM_LANES];
+    numpyllm_v16f lane_max;
     for (int l = 0; l < NUMPYLLM_LANES; l++)
         lane_max[l] = -INFINITY;
     int j = 0;
-    for (; j + NUMPYLLM_LANES <= n; j += NUMPYLLM_LANES)
-        for (int l = 0; l < NUMPYLLM_LANES; l++)
-            lane_max[l] = x[j + l] > lane_max[l] ? x[j + l] : lane_max[l];
+    for (; j + NUMPYLLM_LANES <= n; j += NUMPYLLM_LANES) {
+        numpyllm_v16f v;
+        memcpy(&v, x + j, sizeof v);
+        numpyllm_v16i take = v > lane_max; /* all ones where v is larger (never for NaN) */
+        lane_max = (numpyllm_v16f)(((numpyllm_v16i)v & take) | ((numpyllm_v16i)lane_max & ~take));
+    }
     float m = -INFINITY;
     for (; j < n; j++)
         m = x[j] > m ? x[j] : m;
