@@ -77,7 +77,7 @@ cdef extern from *:
     int omp_get_max_threads() noexcept nogil
 
 cdef enum:
-    BLOCK_Q = 128   # query rows per tile
+    BLOCK_Q = 256  # query rows per tile
     BLOCK_K = 256  # key/value rows per tile
 
 #: Tile sizes, for documentation and tests of the block edges.
