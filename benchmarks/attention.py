@@ -35,6 +35,7 @@ from numpyllm.fileio import atomic_write
 from ._timing import (
     PeakRSS,
     format_machine,
+    interleaved_medians,
     machine_info,
     markdown_table,
     measure,
@@ -459,13 +460,39 @@ def padded_problems(args):
     ]
 
 
-def time_padded(problems, backend_names, threads, repeats, min_seconds, progress):
-    """``time_problems`` per padded problem; the reference only where its score matrix is small."""
-    records = []
+def time_padded(problems, backend_names, threads, rounds, progress):
+    """Every (problem, pass, backend) of the padded comparison in interleaved rounds
+    (``interleaved_medians``): the ratios to the real batch are taken between calls
+    timed minutes apart otherwise, on a machine whose load changes. The reference runs
+    only where its score matrix is at most NUMPY_MAX_SCORE_BYTES. One record per call."""
+    backends = {name: make_backend(name, threads) for name in backend_names}
+    calls, setups = {}, {}
     for problem in problems:
-        names = [name for name in backend_names
-                 if name != "numpy" or problem.score_matrix_bytes() <= NUMPY_MAX_SCORE_BYTES]
-        records += time_problems([problem], names, threads, repeats, min_seconds, progress)
+        arrays = problem.inputs()
+        for pass_name in passes_for(problem):
+            for name, backend in backends.items():
+                if name == "numpy" and problem.score_matrix_bytes() > NUMPY_MAX_SCORE_BYTES:
+                    continue
+                call = backend.call(pass_name, problem, arrays)
+                key = (problem, pass_name, name)
+                calls[key], setups[key] = call, call.setup
+
+    progress(f"padded batch: {len(calls)} calls in {rounds} interleaved rounds after a warm-up round")
+    with contextlib.ExitStack() as limits:  # every backend's limit is the same thread count
+        for backend in backends.values():
+            limits.enter_context(backend.thread_limit())
+        timings = interleaved_medians({key: call.run for key, call in calls.items()}, rounds, setups)
+    records, reference = [], {}
+    for (problem, pass_name, name), timing in timings.items():
+        outputs = calls[problem, pass_name, name].outputs(timing.last_result)
+        first_name, first_outputs = reference.setdefault((problem, pass_name), (name, outputs))
+        records.append(dict(
+            dataclasses.asdict(problem), backend=name, threads=threads, pass_name=pass_name,
+            median_ms=timing.median * 1e3, samples_ms=[seconds * 1e3 for seconds in timing.samples],
+            calls_per_repeat=1, gflops=problem.flops(pass_name) / timing.median / 1e9,
+            compared_with=first_name, max_rel_diff=max_relative_difference(outputs, first_outputs),
+        ))
+        progress(f"{name:>6} {problem.label()} {pass_name}: {timing.median * 1e3:.3f} ms")
     return records
 
 
@@ -684,14 +711,15 @@ def run_sweep(args, backend_names, thread_counts, measure_memory_here, progress)
     if args.thread_scaling:
         print(f"## Thread scaling\n\n{scaling_table(records, thread_counts)}\n")
     if not (args.decode or args.no_padded):
-        padded = time_padded(padded_problems(args), backend_names, memory_threads, repeats, min_seconds, progress)
+        padded = time_padded(padded_problems(args), backend_names, memory_threads, repeats, progress)
         first = padded[0]
         print(f"## Padded batch, {plural(memory_threads)}\n\nB={first['batch']}, H={first['heads']}, "
               f"d={first['head_dim']}, {first['dtype']}, no causal mask: the real batch (Nq = Nk = "
               f"{first['n_k']}), its keys right-padded to {2 * first['n_k']} with key_lengths={first['n_k']} "
               f"(torch: the equivalent boolean attn_mask), and queries padded too. × real: the time over "
-              f"the real batch's. The reference runs where its score matrix is at most "
-              f"{NUMPY_MAX_SCORE_BYTES // 2**20} MiB.\n\n{padded_table(padded, backend_names)}\n")
+              f"the real batch's, medians of {repeats} interleaved rounds. The reference runs where its "
+              f"score matrix is at most {NUMPY_MAX_SCORE_BYTES // 2**20} MiB.\n\n"
+              f"{padded_table(padded, backend_names)}\n")
         records += padded
     if args.plot:
         write_plot(args.plot, main_records, backend_names)

@@ -53,6 +53,18 @@ def numpyllm_runner(config, backend, flat_params, idx, targets):
     return forward_backward, training_step
 
 
+def torch_adamw(torch, model, adamw):
+    """torch.optim.AdamW over ``model``'s parameters with numpyllm's rule: weight decay on 2-D tensors only.
+
+    adamw: dict of lr, betas, eps, weight_decay (as numpyllm.AdamW takes them).
+    """
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": adamw["weight_decay"]},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=adamw["lr"], betas=adamw["betas"], eps=adamw["eps"])
+
+
 def torch_runner(config, params, idx, targets):
     """The same two callables for transformers' GPT2LMHeadModel holding ``params``."""
     import torch
@@ -62,11 +74,7 @@ def torch_runner(config, params, idx, targets):
     model = transformers.GPT2LMHeadModel(hf_config).train()
     model.load_state_dict({"transformer." + name: torch.from_numpy(p.copy()) for name, p in params.items()},
                           strict=False)  # lm_head.weight is tied to wte
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": ADAMW["weight_decay"]},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=ADAMW["lr"], betas=ADAMW["betas"], eps=ADAMW["eps"])
+    optimizer = torch_adamw(torch, model, ADAMW)
     idx_t, targets_t = torch.from_numpy(idx), torch.from_numpy(targets).reshape(-1)
 
     def forward_backward():
@@ -192,17 +200,22 @@ def build_parser():
     add = parser.add_argument
     add("--quick", action="store_true", help="2 timed rounds and numpyllm with the Cython kernel only")
     add("--rounds", type=int, help="timed rounds after the warm-up (default 5; 2 with --quick)")
-    add("--threads", type=int, default=usable_cores(),
-        help="BLAS threads (threadpoolctl) and torch.set_num_threads (default: usable cores, %(default)s)")
     add("--batch", type=int, default=8, help="B (default 8)")
     add("--seq", type=int, default=256, help="T, also block_size (default 256)")
     add("--n-layer", type=int, default=6)
     add("--n-head", type=int, default=6)
     add("--n-embd", type=int, default=384)
     add("--vocab", type=int, default=4096)
+    add_thread_and_profile_arguments(add)
+    return parser
+
+
+def add_thread_and_profile_arguments(add):
+    """--threads, --profile and --top, for the training-step benchmarks (add: parser.add_argument)."""
+    add("--threads", type=int, default=usable_cores(),
+        help="BLAS threads (threadpoolctl) and torch.set_num_threads (default: usable cores, %(default)s)")
     add("--profile", action="store_true", help="also cProfile one numpyllm training step")
     add("--top", type=int, default=20, help="functions listed by --profile (default 20)")
-    return parser
 
 
 def main(argv=None):

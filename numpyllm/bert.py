@@ -29,7 +29,12 @@ then biases), so the stacked [Wq; Wk; Wv] (3C, C) is a view and the three projec
 run as the one product GPT-2's c_attn uses (``layers.self_attention_forward``).
 
 The padding mask: ``attention_mask`` (1 = token, 0 = padding, right-padded) becomes the
-lengths (B,) that ``numpyllm.attention`` takes as ``key_lengths``.
+lengths (B,) that ``numpyllm.attention`` takes as ``key_lengths``. The encoder works on rows
+(N, C): every position for outputs returned per position (as transformers computes them),
+the real tokens only for the heads' losses and the classifier's logits, which no padded
+position can change (no real token attends to one): the padding costs no matrix product.
+The [PAD] row of the word embeddings gets no gradient from lookups (transformers'
+``padding_idx``).
 
 Checkpoints are Hugging Face BERT directories (config.json with model_type "bert", and
 model.safetensors, shards or pytorch_model.bin; the files are ``numpyllm.hub``'s business).
@@ -53,8 +58,6 @@ from .layers import (
     bce_with_logits_forward,
     cross_entropy_backward,
     cross_entropy_forward,
-    embedding_backward,
-    embedding_forward,
     layernorm_backward,
     layernorm_forward,
     linear_backward,
@@ -249,16 +252,26 @@ def _key_lengths(attention_mask, shape):
     if mask.dtype.kind not in "biuf":
         raise TypeError(f"attention_mask must hold 0/1 numbers, got dtype {mask.dtype}")
     if not np.all((mask == 0) | (mask == 1)):
-        raise ValueError(f"attention_mask entries must be 0 (padding) or 1 (token), got {mask[(mask != 0) & (mask != 1)].flat[0]}")
+        bad = mask[(mask != 0) & (mask != 1)].flat[0]
+        raise ValueError(f"attention_mask entries must be 0 (padding) or 1 (token), got {bad}")
     lengths = np.count_nonzero(mask, axis=1)
     if lengths.min() < 1:
-        raise ValueError(f"attention_mask must mark at least one token in every row; row {int(np.argmin(lengths))} is all padding")
+        raise ValueError(f"attention_mask must mark at least one token in every row; "
+                         f"row {int(np.argmin(lengths))} is all padding")
     right_padded = np.arange(shape[1]) < lengths[:, None]  # (B, T): ones, then zeros
     if not np.array_equal(mask != 0, right_padded):
         row = int(np.flatnonzero(np.any((mask != 0) != right_padded, axis=1))[0])
         raise ValueError(f"attention_mask must be right-padded (1s then 0s in each row); row {row} is "
                          f"{mask[row].astype(int).tolist()}")
     return None if lengths.min() == shape[1] else lengths
+
+
+def _check_mlm_labels(labels, name, shape, vocab_size, attention_mask):
+    """MLM labels (B, T): token ids or negative (not scored); none may score a padded position."""
+    labels = _check_class_labels(labels, shape, vocab_size, name)
+    if attention_mask is not None and np.any((labels >= 0) & (np.asarray(attention_mask) == 0)):
+        raise ValueError(f"{name} scores a padded position (attention_mask 0); give padding a negative label")
+    return labels
 
 
 def _check_class_labels(labels, shape, n_classes, name):
@@ -348,45 +361,59 @@ class _Bert:
         return layer
 
     def _new_grads(self):
-        """(grads dict of views into one fresh flat buffer, per-layer views of it), zero-filled."""
-        flat_grads = np.zeros_like(self.flat_params)
+        """(grads dict of views into one fresh flat buffer, per-layer views of it); the backward writes every entry."""
+        flat_grads = np.empty_like(self.flat_params)
         grads = flat_views(flat_grads, self._shapes)
         layers = [self._layer_views(grads, flat_grads, i) for i in range(self.config.num_hidden_layers)]
         return grads, layers
 
-    def _check_inputs(self, input_ids, token_type_ids, attention_mask):
+    def _check_inputs(self, input_ids, token_type_ids, attention_mask, packed):
+        """Validated (ids, types, key_lengths, rows). rows = (index, B, T): the positions the encoder
+        computes, as index (N,) into the flattened batch, or None for all of them (N = B·T).
+        packed: only the real tokens. A loss that reads no padded position (the heads' losses)
+        packs: no output it reads depends on a padded position, since no real token attends to one."""
         ids = _check_input_ids(input_ids, self.config)
         types = _check_token_type_ids(token_type_ids, ids.shape, self.config)
-        return ids, types, _key_lengths(attention_mask, ids.shape)
+        key_lengths = _key_lengths(attention_mask, ids.shape)
+        B, T = ids.shape
+        index = None
+        if packed and key_lengths is not None:
+            index = np.flatnonzero(np.arange(T) < key_lengths[:, None])  # right padding: each row's first L[b]
+        return ids, types, key_lengths, (index, B, T)
 
     # ------------------------------------------------------------------ the encoder
 
-    def _encode(self, ids, types, key_lengths):
-        """ids, types (B, T), key_lengths (B,) or None -> hidden (B, T, C), pooled (B, C) or None, cache."""
+    def _encode(self, ids, types, key_lengths, rows):
+        """ids, types (B, T), key_lengths (B,) or None, rows (see _check_inputs)
+        -> x (N, C) the last hidden state of the rows, pooled (B, C) or None, cache."""
         p, c, e = self.params, self.config, self._encoder_prefix
-        x, word_position = embedding_forward(ids, p[e + "embeddings.word_embeddings.weight"],
-                                             p[e + "embeddings.position_embeddings.weight"])  # (B, T, C)
-        t, token_type = lookup_forward(types, p[e + "embeddings.token_type_embeddings.weight"])
-        x += t
+        index, B, T = rows
+        flat = np.arange(B * T) if index is None else index  # the rows' positions in the flattened batch
+        x, word = lookup_forward(ids.ravel()[flat], p[e + "embeddings.word_embeddings.weight"])  # (N, C)
+        h, position = lookup_forward(flat % T, p[e + "embeddings.position_embeddings.weight"])
+        x += h
+        h, token_type = lookup_forward(types.ravel()[flat], p[e + "embeddings.token_type_embeddings.weight"])
+        x += h
         x, ln = layernorm_forward(x, p[e + "embeddings.LayerNorm.weight"], p[e + "embeddings.LayerNorm.bias"],
                                   c.layer_norm_eps)
         layers = []
         for layer in self._layers:
-            x, cache = self._layer_forward(x, layer, key_lengths)
+            x, cache = self._layer_forward(x, layer, key_lengths, rows)
             layers.append(cache)
         pooled = pooler = None
-        if self._pooler:  # tanh(h[CLS] @ Wpᵀ + bp)
-            pooled, dense = linear_forward(x[:, 0], p[e + "pooler.dense.weight"].T, p[e + "pooler.dense.bias"])
+        if self._pooler:  # tanh(h[CLS] @ Wpᵀ + bp), [CLS] being each sequence's first position
+            cls_rows = np.flatnonzero(flat % T == 0)  # (B,)
+            pooled, dense = linear_forward(x[cls_rows], p[e + "pooler.dense.weight"].T, p[e + "pooler.dense.bias"])
             pooled, tanh = tanh_forward(pooled)
-            pooler = (dense, tanh)
-        return x, pooled, (word_position, token_type, ln, layers, pooler)
+            pooler = (cls_rows, dense, tanh)
+        return x, pooled, (word, position, token_type, ln, layers, pooler)
 
-    def _layer_forward(self, x, p, key_lengths):
-        """One post-LN encoder layer: x = LN(x + attention(x)); x = LN(x + mlp(x)). x: (B, T, C)."""
+    def _layer_forward(self, x, p, key_lengths, rows):
+        """One post-LN encoder layer: x = LN(x + attention(x)); x = LN(x + mlp(x)). x: (N, C) rows."""
         c = self.config
         a, attn = self_attention_forward(x, p["qkv.weight"].T, p["qkv.bias"], p["attention.output.dense.weight"].T,
                                          p["attention.output.dense.bias"], c.num_attention_heads,
-                                         self.attention_backend, causal=False, key_lengths=key_lengths)
+                                         self.attention_backend, causal=False, key_lengths=key_lengths, rows=rows)
         x, ln_1 = layernorm_forward(x + a, p["attention.output.LayerNorm.weight"],
                                     p["attention.output.LayerNorm.bias"], c.layer_norm_eps)
         h, mlp = mlp_forward(x, p["intermediate.dense.weight"].T, p["intermediate.dense.bias"],
@@ -396,7 +423,7 @@ class _Bert:
 
     @staticmethod
     def _layer_backward(dx, cache, g):
-        """Backward of _layer_forward; writes the layer's gradients into g (its grads views). dx: (B, T, C)."""
+        """Backward of _layer_forward; writes the layer's gradients into g (its grads views). dx: (N, C)."""
         attn, ln_1, mlp, ln_2 = cache
         dx, g["output.LayerNorm.weight"][...], g["output.LayerNorm.bias"][...] = layernorm_backward(dx, ln_2)
         dh, dw_in, g["intermediate.dense.bias"][...], dw_out, g["output.dense.bias"][...] = mlp_backward(dx, mlp)
@@ -410,25 +437,32 @@ class _Bert:
         dx += da
         return dx
 
-    def _encode_backward(self, dhidden, dpooled, cache, grads, layer_grads):
-        """Backward of _encode: adds every encoder gradient into ``grads``. dhidden: (B, T, C) or None
-        (zeros), dpooled: (B, C) or None. The word-embedding gradient is added to what is there (a tied decoder's)."""
-        word_position, token_type, ln, layers, pooler = cache
+    def _encode_backward(self, dx, dpooled, cache, grads, layer_grads, dword=None):
+        """Backward of _encode: writes every encoder gradient into ``grads``.
+
+        dx: (N, C) the gradient of the rows' last hidden state, or None (zero); dpooled: (B, C) or
+        None; dword: the word embeddings' gradient from elsewhere (a tied decoder's), or None.
+        """
+        word, position, token_type, ln, layers, pooler = cache
         e = self._encoder_prefix
-        dx = np.zeros(ln[0].shape, dtype=self.flat_params.dtype) if dhidden is None else dhidden.copy()
+        dx = np.zeros(ln[0].shape, dtype=self.flat_params.dtype) if dx is None else dx.copy()
         if dpooled is not None:
-            dense, tanh = pooler
-            dh0, dw, grads[e + "pooler.dense.bias"][...] = linear_backward(tanh_backward(dpooled, tanh), dense)
+            cls_rows, dense, tanh = pooler
+            dh, dw, grads[e + "pooler.dense.bias"][...] = linear_backward(tanh_backward(dpooled, tanh), dense)
             grads[e + "pooler.dense.weight"][...] = dw.T
-            dx[:, 0] += dh0
+            dx[cls_rows] += dh
         for cache_i, g in zip(reversed(layers), reversed(layer_grads)):
             dx = self._layer_backward(dx, cache_i, g)
         dx, grads[e + "embeddings.LayerNorm.weight"][...], grads[e + "embeddings.LayerNorm.bias"][...] = (
             layernorm_backward(dx, ln))
         grads[e + "embeddings.token_type_embeddings.weight"][...] = lookup_backward(dx, token_type)
-        dword, grads[e + "embeddings.position_embeddings.weight"][...] = embedding_backward(dx, word_position)
-        dword[self.config.pad_token_id] = 0.0  # transformers' padding_idx: lookups of [PAD] do not train its row
-        grads[e + "embeddings.word_embeddings.weight"] += dword
+        grads[e + "embeddings.position_embeddings.weight"][...] = lookup_backward(dx, position)
+        dlookup = lookup_backward(dx, word)
+        dlookup[self.config.pad_token_id] = 0.0  # transformers' padding_idx: lookups of [PAD] do not train its row
+        if dword is None:
+            grads[e + "embeddings.word_embeddings.weight"][...] = dlookup
+        else:
+            np.add(dlookup, dword, out=grads[e + "embeddings.word_embeddings.weight"])
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -492,22 +526,24 @@ class BertModel(_Bert):
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None):
         """input_ids (B, T); token_type_ids (B, T) or None (zeros); attention_mask (B, T) 1/0, right-padded,
         or None (all tokens) -> (hidden (B, T, C), pooled (B, C)) in config.dtype."""
-        hidden, pooled, _ = self._encode(*self._check_inputs(input_ids, token_type_ids, attention_mask))
-        return hidden, pooled
+        ids, types, key_lengths, rows = self._check_inputs(input_ids, token_type_ids, attention_mask, packed=False)
+        hidden, pooled, _ = self._encode(ids, types, key_lengths, rows)
+        return hidden.reshape(*ids.shape, -1), pooled
 
     def grads(self, input_ids, dhidden, dpooled, token_type_ids=None, attention_mask=None):
         """Gradients of a scalar loss of the outputs, given dloss/dhidden (B, T, C) and dloss/dpooled (B, C)
         (either may be None: zero). Returns a dict like ``params``, views into one fresh flat buffer."""
-        ids, types, key_lengths = self._check_inputs(input_ids, token_type_ids, attention_mask)
+        ids, types, key_lengths, rows = self._check_inputs(input_ids, token_type_ids, attention_mask, packed=False)
         B, T = ids.shape
         C = self.config.hidden_size
         for name, d, shape in (("dhidden", dhidden, (B, T, C)), ("dpooled", dpooled, (B, C))):
             if d is not None and np.shape(d) != shape:
                 raise ValueError(f"{name} must have shape {shape} or be None, got {np.shape(d)}")
-        _, _, cache = self._encode(ids, types, key_lengths)
+        _, _, cache = self._encode(ids, types, key_lengths, rows)  # every position: padded ones have outputs too
         grads, layer_grads = self._new_grads()
-        as_dtype = (lambda d: None if d is None else np.asarray(d, dtype=self.config.dtype))
-        self._encode_backward(as_dtype(dhidden), as_dtype(dpooled), cache, grads, layer_grads)
+        dx = None if dhidden is None else np.asarray(dhidden, dtype=self.config.dtype).reshape(B * T, C)
+        dpooled = None if dpooled is None else np.asarray(dpooled, dtype=self.config.dtype)
+        self._encode_backward(dx, dpooled, cache, grads, layer_grads)
         return grads
 
 
@@ -529,29 +565,31 @@ class _MaskedLMHead:
 
     @staticmethod
     def _mlm_backward(dlogits, cache, grads):
-        """dlogits (..., V) -> dhidden (..., C); writes the head's gradients (the decoder's share
-        of the word embeddings included) into grads."""
+        """dlogits (..., V) -> dhidden (..., C), dword (V, C) the decoder's share of the word
+        embeddings' gradient; writes the head's own gradients into grads."""
         dense, act_backward, act, ln, decoder = cache
-        dh, grads[_PREFIX + "embeddings.word_embeddings.weight"][...], grads["cls.predictions.bias"][...] = (
-            tied_decoder_backward(dlogits, decoder))
+        dh, dword, grads["cls.predictions.bias"][...] = tied_decoder_backward(dlogits, decoder)
         dh, grads["cls.predictions.transform.LayerNorm.weight"][...], \
             grads["cls.predictions.transform.LayerNorm.bias"][...] = layernorm_backward(dh, ln)
         dh = act_backward(dh, act)
         dhidden, dw, grads["cls.predictions.transform.dense.bias"][...] = linear_backward(dh, dense)
         grads["cls.predictions.transform.dense.weight"][...] = dw.T
-        return dhidden
+        return dhidden, dword
 
-    def _mlm_loss(self, hidden, labels, grads):
-        """Mean cross-entropy of the scored positions (labels >= 0) -> (loss, dhidden (B, T, C)).
+    def _mlm_loss(self, x, labels, rows, grads):
+        """Mean cross-entropy of the scored positions (labels (B, T) >= 0) of the rows x (N, C)
+        -> (loss, dx (N, C), dword (V, C)).
 
         Only those positions go through the head: the others' logits do not change the loss."""
-        scored = labels >= 0  # (B, T)
-        logits, cache = self._mlm_forward(hidden[scored])  # (N, V)
+        index, B, T = rows
+        labels = labels.ravel() if index is None else labels.ravel()[index]  # (N,), the rows' labels
+        scored = labels >= 0
+        logits, cache = self._mlm_forward(x[scored])  # (n_scored, V)
         loss, ce = cross_entropy_forward(logits, labels[scored])
         del logits
-        dhidden = np.zeros_like(hidden)
-        dhidden[scored] = self._mlm_backward(cross_entropy_backward(1.0, ce), cache, grads)
-        return loss, dhidden
+        dx = np.zeros_like(x)
+        dx[scored], dword = self._mlm_backward(cross_entropy_backward(1.0, ce), cache, grads)
+        return loss, dx, dword
 
 
 class BertForMaskedLM(_MaskedLMHead, _Bert):
@@ -569,18 +607,19 @@ class BertForMaskedLM(_MaskedLMHead, _Bert):
         return _mlm_head_shapes(config)
 
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None):
-        hidden, _, _ = self._encode(*self._check_inputs(input_ids, token_type_ids, attention_mask))
-        return self._mlm_forward(hidden)[0]
+        ids, types, key_lengths, rows = self._check_inputs(input_ids, token_type_ids, attention_mask, packed=False)
+        x, _, _ = self._encode(ids, types, key_lengths, rows)
+        return self._mlm_forward(x)[0].reshape(*ids.shape, -1)
 
     def loss_and_grads(self, input_ids, labels, token_type_ids=None, attention_mask=None):
         """Mean cross-entropy over the positions with labels >= 0 -> (loss: float, grads: dict like params,
         views into one fresh flat buffer)."""
-        ids, types, key_lengths = self._check_inputs(input_ids, token_type_ids, attention_mask)
-        labels = _check_class_labels(labels, ids.shape, self.config.vocab_size, "labels")
-        hidden, _, cache = self._encode(ids, types, key_lengths)
+        ids, types, key_lengths, rows = self._check_inputs(input_ids, token_type_ids, attention_mask, packed=True)
+        labels = _check_mlm_labels(labels, "labels", ids.shape, self.config.vocab_size, attention_mask)
+        x, _, cache = self._encode(ids, types, key_lengths, rows)
         grads, layer_grads = self._new_grads()
-        loss, dhidden = self._mlm_loss(hidden, labels, grads)
-        self._encode_backward(dhidden, None, cache, grads, layer_grads)
+        loss, dx, dword = self._mlm_loss(x, labels, rows, grads)
+        self._encode_backward(dx, None, cache, grads, layer_grads, dword)
         return loss, grads
 
 
@@ -601,24 +640,25 @@ class BertForPreTraining(_MaskedLMHead, _Bert):
                               self.params["cls.seq_relationship.bias"])
 
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None):
-        hidden, pooled, _ = self._encode(*self._check_inputs(input_ids, token_type_ids, attention_mask))
-        return self._mlm_forward(hidden)[0], self._nsp_forward(pooled)[0]
+        ids, types, key_lengths, rows = self._check_inputs(input_ids, token_type_ids, attention_mask, packed=False)
+        x, pooled, _ = self._encode(ids, types, key_lengths, rows)
+        return self._mlm_forward(x)[0].reshape(*ids.shape, -1), self._nsp_forward(pooled)[0]
 
     def loss_and_grads(self, input_ids, labels, token_type_ids=None, attention_mask=None):
         """labels: (mlm_labels (B, T), nsp_labels (B,) in {0: next, 1: random}) -> (loss, grads)."""
-        ids, types, key_lengths = self._check_inputs(input_ids, token_type_ids, attention_mask)
+        ids, types, key_lengths, rows = self._check_inputs(input_ids, token_type_ids, attention_mask, packed=True)
         if not isinstance(labels, (tuple, list)) or len(labels) != 2:
             raise TypeError(f"labels must be a pair (mlm_labels (B, T), nsp_labels (B,)), got {type(labels).__name__}")
-        mlm_labels = _check_class_labels(labels[0], ids.shape, self.config.vocab_size, "mlm labels")
+        mlm_labels = _check_mlm_labels(labels[0], "mlm labels", ids.shape, self.config.vocab_size, attention_mask)
         nsp_labels = _check_class_labels(labels[1], ids.shape[:1], 2, "nsp labels")
-        hidden, pooled, cache = self._encode(ids, types, key_lengths)
+        x, pooled, cache = self._encode(ids, types, key_lengths, rows)
         grads, layer_grads = self._new_grads()
-        mlm_loss, dhidden = self._mlm_loss(hidden, mlm_labels, grads)
+        mlm_loss, dx, dword = self._mlm_loss(x, mlm_labels, rows, grads)
         nsp_logits, nsp = self._nsp_forward(pooled)
         nsp_loss, ce = cross_entropy_forward(nsp_logits, nsp_labels)
         dpooled, dw, grads["cls.seq_relationship.bias"][...] = linear_backward(cross_entropy_backward(1.0, ce), nsp)
         grads["cls.seq_relationship.weight"][...] = dw.T
-        self._encode_backward(dhidden, dpooled, cache, grads, layer_grads)
+        self._encode_backward(dx, dpooled, cache, grads, layer_grads, dword)
         return mlm_loss + nsp_loss, grads
 
 
@@ -642,7 +682,8 @@ class BertForSequenceClassification(_Bert):
         return linear_forward(pooled, self.params["classifier.weight"].T, self.params["classifier.bias"])
 
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None):
-        _, pooled, _ = self._encode(*self._check_inputs(input_ids, token_type_ids, attention_mask))
+        # packed: the pooled [CLS] output does not depend on any padded position
+        _, pooled, _ = self._encode(*self._check_inputs(input_ids, token_type_ids, attention_mask, packed=True))
         return self._classify(pooled)[0]
 
     def problem_type(self, labels):
@@ -678,9 +719,9 @@ class BertForSequenceClassification(_Bert):
     def loss_and_grads(self, input_ids, labels, token_type_ids=None, attention_mask=None):
         """The loss of ``labels`` (see the class docstring) -> (loss: float, grads: dict like params,
         views into one fresh flat buffer)."""
-        ids, types, key_lengths = self._check_inputs(input_ids, token_type_ids, attention_mask)
+        ids, types, key_lengths, rows = self._check_inputs(input_ids, token_type_ids, attention_mask, packed=True)
         loss_forward, loss_backward, labels = self._loss_layer(labels, ids.shape[0])
-        _, pooled, cache = self._encode(ids, types, key_lengths)
+        _, pooled, cache = self._encode(ids, types, key_lengths, rows)
         logits, classifier = self._classify(pooled)
         loss, loss_cache = loss_forward(logits, labels)
         grads, layer_grads = self._new_grads()
@@ -821,7 +862,8 @@ def _load_into(model, tensors, source):
     unknown = sorted(set(named) - known)
     if unknown:
         raise ValueError(f"{source} has tensors that are not BERT's: {unknown}")
-    optional = {prefix + "pooler.dense.weight", prefix + "pooler.dense.bias"} | {n for n, _ in model._head_shapes(model.config)}
+    optional = {prefix + "pooler.dense.weight", prefix + "pooler.dense.bias"}
+    optional |= {name for name, _ in model._head_shapes(model.config)}
     missing = [name for name in expected if name not in named and name not in optional]
     if missing:
         raise ValueError(f"{source} is missing tensors {missing}")

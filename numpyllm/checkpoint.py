@@ -65,14 +65,13 @@ def _fsync_directory(path):
             os.close(fd)
 
 
-def save_checkpoint(run_dir, model, tokenizer, optimizer, trainer_state, extras=None, name=CHECKPOINT_DIR):
+def save_checkpoint(run_dir, model, tokenizer, optimizer, trainer_state, name=CHECKPOINT_DIR):
     """Write a complete checkpoint into ``run_dir``/``name``, replacing the previous one.
 
     model: anything with ``save_pretrained(dir)`` (GPT, the BERT classes); tokenizer:
     anything with ``save(dir)`` (BPETokenizer, WordPieceTokenizer); optimizer: an AdamW
     (``save``); trainer_state: a JSON-able dict (the step, the sampler state, the training
-    configuration); extras: None or a function of the directory that writes more files
-    into it before it is swapped in. See the module docstring for the crash-safe sequence.
+    configuration). See the module docstring for the crash-safe sequence.
     Returns the checkpoint's path.
     """
     run_dir = os.fspath(run_dir)
@@ -90,8 +89,6 @@ def save_checkpoint(run_dir, model, tokenizer, optimizer, trainer_state, extras=
         with atomic_write(os.path.join(tmp, TRAINER_STATE_FILE), "w") as f:
             json.dump(trainer_state, f, indent=2)
             f.write("\n")
-        if extras is not None:
-            extras(tmp)
         _fsync_directory(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -178,13 +175,15 @@ def load_model_and_tokenizer(path, direction, tokenizer_path=None, attention_bac
     return directory, model, tokenizer
 
 
-def load_bert_and_tokenizer(path, model_class, tokenizer_path=None, flag="--model"):
+def load_bert_and_tokenizer(path, model_class, tokenizer_path=None, flag="--model", **model_options):
     """(directory, model, tokenizer): the BERT at ``path`` as ``model_class`` and its WordPiece.
 
     path: a model directory (numpyllm's or Hugging Face's: config.json with model_type
     "bert", its weights, vocab.txt) or a training run's (see ``model_directory``).
     model_class: BertForMaskedLM, BertForSequenceClassification, ... tokenizer_path: a
     directory with vocab.txt (default: ``directory``). flag names the option in messages.
+    model_options: passed to ``model_class.from_pretrained`` (attention_backend, seed,
+    BertConfig fields such as num_labels and id2label).
     Raises FileNotFoundError for missing files and ValueError for a model that is not a
     BERT (a GPT-2 directory, say) or a tokenizer with ids the model does not have.
     """
@@ -198,7 +197,7 @@ def load_bert_and_tokenizer(path, model_class, tokenizer_path=None, flag="--mode
                          f"{model_type!r}; this command needs a BERT (model_type 'bert')")
     tokenizer_dir = os.fspath(tokenizer_path or directory)
     tokenizer = WordPieceTokenizer.from_pretrained(tokenizer_dir)
-    model = model_class.from_pretrained(directory)
+    model = model_class.from_pretrained(directory, **model_options)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f"the tokenizer in {tokenizer_dir} has {tokenizer.vocab_size} ids but the model in "
                          f"{directory} only {model.config.vocab_size}: text could encode to ids the model does not have")

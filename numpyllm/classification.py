@@ -14,17 +14,13 @@ best model by macro-F1 (regression: by loss) is kept in OUT/best/.
 """
 
 import dataclasses
-import json
 import math
-import os
-import shutil
-import tempfile
 import time
 
 import numpy as np
 
+from . import attention
 from ._checks import check_real
-from .fileio import atomic_write
 from .labelled import Labels, read_examples
 from .loop import LoopConfig, option
 
@@ -59,8 +55,10 @@ class ClassifierConfig(LoopConfig):
                              minimum=3)
     epochs: int = option(4, "passes over the training examples", minimum=1)
     dtype: str = option("float32", "parameter and compute dtype of a fresh model", choices=("float32", "float64"))
+    attention_backend: str = option("auto", "attention implementation (auto: the compiled kernel when built)",
+                                    choices=attention.BACKENDS)
 
-    RESUMABLE = ("epochs", "checkpoint_interval", "log_interval")
+    RESUMABLE = ("epochs", "checkpoint_interval", "log_interval", "attention_backend")
     SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
     def check(self):
@@ -89,18 +87,12 @@ PRESETS = {
 # --------------------------------------------------------------------------- labels in config.json
 
 
-def _write_labels(directory, labels):
-    """Put the label set into ``directory``/config.json as transformers keeps it."""
-    path = os.path.join(directory, "config.json")
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    names = labels.names if not labels.regression else ["LABEL_0"]
-    config.update(num_labels=labels.num_labels, id2label={str(i): name for i, name in enumerate(names)},
-                  label2id={name: i for i, name in enumerate(names)},
-                  problem_type="regression" if labels.regression else "single_label_classification")
-    with atomic_write(path, "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
+def _label_fields(labels):
+    """The BertConfig fields of a label set: num_labels, problem_type, id2label, label2id."""
+    if labels.regression:
+        return dict(num_labels=1, problem_type="regression", id2label={0: "LABEL_0"}, label2id={"LABEL_0": 0})
+    return dict(num_labels=labels.num_labels, problem_type="single_label_classification",
+                id2label=dict(enumerate(labels.names)), label2id={name: i for i, name in enumerate(labels.names)})
 
 
 def read_labels(directory):
@@ -108,28 +100,12 @@ def read_labels(directory):
     from .hub import read_config
 
     config = read_config(directory, "a BERT configuration object")
-    regression = config.get("problem_type") == "regression" or config.get("num_labels") == 1
+    if config.get("problem_type") == "regression" or config.get("num_labels") == 1:
+        return Labels([], True)
     id2label = {int(key): value for key, value in config.get("id2label", {}).items()}
-    if not regression and not id2label:
-        n = config.get("num_labels", 2)
-        id2label = {i: f"LABEL_{i}" for i in range(n)}
-    return Labels.from_id2label(id2label, regression) if not regression else Labels([], True)
-
-
-def _load_classifier(directory, labels):
-    """BertForSequenceClassification from ``directory`` with ``labels``' head: the config.json is
-    rewritten in a temporary copy (weights linked), so an MLM checkpoint gets a fresh classifier
-    of the right size (one warning names it)."""
-    from .bert import BertForSequenceClassification
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in os.listdir(directory):
-            source = os.path.join(directory, name)
-            if name != "config.json" and os.path.isfile(source):
-                os.symlink(os.path.abspath(source), os.path.join(tmp, name))
-        shutil.copyfile(os.path.join(directory, "config.json"), os.path.join(tmp, "config.json"))
-        _write_labels(tmp, labels)
-        return BertForSequenceClassification.from_pretrained(tmp)
+    if not id2label:
+        id2label = {i: f"LABEL_{i}" for i in range(config.get("num_labels", 2))}
+    return Labels.from_id2label(id2label, False)
 
 
 # --------------------------------------------------------------------------- the objective
@@ -208,6 +184,10 @@ class _Classification:
     def tokens(self, batch):
         return int(batch[0]["attention_mask"].sum())
 
+    def scored(self, batch):  # the loss's mean: over labels >= 0 (classes), over every value (regression)
+        targets = batch[1]
+        return int((targets >= 0).sum()) if targets.dtype.kind in "iu" else targets.size
+
     def validate(self, model):
         return score(predict(model, self.tokenizer, self.val, self.config.max_length), self.val_targets, self.labels)
 
@@ -215,9 +195,6 @@ class _Classification:
         what = "regression" if self.labels.regression else f"{self.labels.num_labels} labels"
         return (f"{what}; examples: {len(self.train):,} train ({self.train.path}), {len(self.val):,} validation "
                 f"({self.val.path}); {self.steps_per_epoch} steps per epoch")
-
-    def save_extras(self, directory):
-        _write_labels(directory, self.labels)
 
 
 def _split(examples, fraction, seed):
@@ -280,8 +257,10 @@ class _ClassifierTask:
 
         train, _, labels = inputs
         if config.init:
-            _, model, tokenizer = load_bert_and_tokenizer(config.init, _LabelledLoader(labels), config.tokenizer,
-                                                          "--init")
+            # an MLM checkpoint gets a fresh classifier of the run's size (one warning names it)
+            _, model, tokenizer = load_bert_and_tokenizer(config.init, BertForSequenceClassification, config.tokenizer,
+                                                          "--init", attention_backend=config.attention_backend,
+                                                          seed=config.seed, **_label_fields(labels))
             if config.max_length > model.config.max_position_embeddings:
                 raise ValueError(f"--max-length {config.max_length} exceeds the --init model's "
                                  f"max_position_embeddings {model.config.max_position_embeddings}")
@@ -292,38 +271,29 @@ class _ClassifierTask:
         else:
             started = time.perf_counter()
             texts = train.texts + (train.pairs or [])
-            tokenizer = WordPieceTokenizer.train(texts, vocab_size=config.vocab_size)
+            tokenizer = WordPieceTokenizer.train(texts, vocab_size=config.vocab_size, progress=progress)
             print(f"trained a WordPiece tokenizer of {tokenizer.vocab_size} tokens on {len(texts):,} texts "
                   f"({time.perf_counter() - started:.1f} s)")
         model_config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=config.hidden_size,
                                   num_hidden_layers=config.num_hidden_layers,
                                   num_attention_heads=config.num_attention_heads,
                                   intermediate_size=config.intermediate_size,
-                                  max_position_embeddings=max(config.max_length, 128), num_labels=labels.num_labels,
-                                  problem_type="regression" if labels.regression else "single_label_classification",
-                                  dtype=config.dtype)
+                                  max_position_embeddings=max(config.max_length, 128), dtype=config.dtype,
+                                  **_label_fields(labels))
         config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
-        return config, BertForSequenceClassification(model_config, seed=config.seed), tokenizer
+        model = BertForSequenceClassification(model_config, seed=config.seed, attention_backend=config.attention_backend)
+        return config, model, tokenizer
 
     def load_model(self, checkpoint, config):
         from .bert import BertForSequenceClassification
         from .checkpoint import load_bert_and_tokenizer
 
-        _, model, tokenizer = load_bert_and_tokenizer(checkpoint, BertForSequenceClassification, flag="--resume")
+        _, model, tokenizer = load_bert_and_tokenizer(checkpoint, BertForSequenceClassification, flag="--resume",
+                                                      attention_backend=config.attention_backend)
         return model, tokenizer
 
     def objective(self, out, config, model, tokenizer, inputs, progress):
         return _Classification(config, tokenizer, inputs)
-
-
-class _LabelledLoader:
-    """A model class for ``load_bert_and_tokenizer``: loads the classifier with the run's label set."""
-
-    def __init__(self, labels):
-        self.labels = labels
-
-    def from_pretrained(self, directory):
-        return _load_classifier(directory, self.labels)
 
 
 TASK = _ClassifierTask()

@@ -42,7 +42,7 @@ __all__ = [
     "cross_entropy_forward", "cross_entropy_backward",
     "mse_forward", "mse_backward",
     "bce_with_logits_forward", "bce_with_logits_backward",
-    "qkv_forward", "qkv_backward", "merge_heads", "split_heads",
+    "qkv_forward", "split_qkv", "merge_qkv", "merge_heads", "split_heads", "pack_rows", "unpack_rows",
     "self_attention_forward", "self_attention_backward",
     "mlp_forward", "mlp_backward",
     "block_forward", "block_backward",
@@ -407,35 +407,57 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
 
 
+def split_qkv(qkv, n_head):
+    """[q | k | v] (B, T, 3C) -> q, k, v: (B, H, T, hd), views (both attention backends read them in place)."""
+    B, T, C3 = qkv.shape
+    return qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
+
+
+def merge_qkv(dq, dk, dv):
+    """The inverse of split_qkv: dq, dk, dv (B, H, T, hd) -> [dq | dk | dv] (B, T, 3C), one C-contiguous array."""
+    B, H, T, hd = dq.shape
+    dqkv = np.empty((B, T, 3, H, hd), dtype=dq.dtype)
+    heads = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd) view that writes into dqkv
+    heads[0], heads[1], heads[2] = dq, dk, dv
+    return dqkv.reshape(B, T, 3 * H * hd)
+
+
 def qkv_forward(x, weight, bias, n_head):
     """Fused q, k, v projection (GPT-2's c_attn), split into heads.
 
         [q | k | v] = x @ weight + bias        each (B, T, C), then split_heads
 
     x: (B, T, C), weight: (C, 3C), bias: (3C,) -> q, k, v: (B, H, T, hd), views into
-    one (B, T, 3C) array (both attention backends read such views in place). Also usable
-    for new positions only, e.g. decoding with a KV cache.
+    one (B, T, 3C) array. Also usable for new positions only, e.g. decoding with a KV cache.
     """
     qkv, cache = linear_forward(x, weight, bias)  # (B, T, 3C)
-    B, T, C3 = qkv.shape
-    q, k, v = qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
-    return (q, k, v), cache
+    return split_qkv(qkv, n_head), cache
 
 
-def qkv_backward(dq, dk, dv, cache):
-    """Backward of qkv_forward: merge the heads back into [dq | dk | dv], then linear_backward.
+def unpack_rows(x, rows):
+    """Packed rows back to their places: x (N, C) -> (B, T, C), zeros at the positions left out.
 
-    dq, dk, dv: (B, H, T, hd) -> dx: (B, T, C), dweight: (C, 3C), dbias: (3C,).
+    rows = (index, B, T): index (N,) are the rows' positions in the flattened (B·T) batch, or
+    None for all of them (then N = B·T and this is a reshape). The transpose of pack_rows,
+    so each is the other's backward.
     """
-    B, H, T, hd = dq.shape
-    dqkv = np.empty((B, T, 3, H, hd), dtype=dq.dtype)
-    heads = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd) view that writes into dqkv
-    heads[0], heads[1], heads[2] = dq, dk, dv
-    return linear_backward(dqkv.reshape(B, T, 3 * H * hd), cache)
+    index, B, T = rows
+    if index is None:
+        return x.reshape(B, T, x.shape[-1])
+    out = np.zeros((B * T, x.shape[-1]), dtype=x.dtype)
+    out[index] = x
+    return out.reshape(B, T, x.shape[-1])
+
+
+def pack_rows(x, rows):
+    """The rows ``index`` of x (B, T, C) -> (N, C) (see unpack_rows; index None: a reshape)."""
+    index, B, T = rows
+    x = x.reshape(B * T, x.shape[-1])
+    return x if index is None else x[index]
 
 
 def self_attention_forward(x, w_attn, b_attn, w_proj, b_proj, n_head, backend="auto", causal=True,
-                           key_lengths=None):
+                           key_lengths=None, rows=None):
     """Multi-head self-attention, GPT-2's (causal) and BERT's (over a right-padded batch):
 
         q, k, v = heads(x @ w_attn + b_attn)                       (B, H, T, hd) each
@@ -446,26 +468,33 @@ def self_attention_forward(x, w_attn, b_attn, w_proj, b_proj, n_head, backend="a
     (key_lengths (B,) ints or None, BERT's padding). BERT's separate query, key and value
     weights enter as one w_attn = [Wq | Wk | Wv]ᵀ (see numpyllm.bert).
     x: (B, T, C), w_attn: (C, 3C), b_attn: (3C,), w_proj: (C, C), b_proj: (C,) -> y: (B, T, C).
+    rows: None, or (index, B, T) when x holds only some positions, packed: x (N, C) -> y (N, C)
+    (see unpack_rows). The projections then skip the positions left out (BERT's padding,
+    which no kept position attends to); the heads see zeros there.
     The cache keeps q, k, v, o and the row log-sum-exp (B, H, T): no T×T matrix
     (the NumPy attention backend rebuilds one transiently; the Cython one never does).
     """
-    (q, k, v), qkv_cache = qkv_forward(x, w_attn, b_attn, n_head)
+    qkv, qkv_cache = linear_forward(x, w_attn, b_attn)  # (B, T, 3C) or (N, 3C)
+    q, k, v = split_qkv(qkv if rows is None else unpack_rows(qkv, rows), n_head)  # (B, H, T, hd) each
     mask = dict(causal=causal, key_lengths=key_lengths, backend=backend)
     o, lse = attention.forward(q, k, v, **mask)  # (B, H, T, hd), (B, H, T)
-    y, proj_cache = linear_forward(merge_heads(o), w_proj, b_proj)  # (B, T, C) -> (B, T, C)
-    return y, (qkv_cache, q, k, v, o, lse, proj_cache, mask)
+    merged = merge_heads(o)  # (B, T, C)
+    y, proj_cache = linear_forward(merged if rows is None else pack_rows(merged, rows), w_proj, b_proj)
+    return y, (qkv_cache, q, k, v, o, lse, proj_cache, mask, rows)
 
 
 def self_attention_backward(dy, cache):
     """Backward of self_attention_forward, its steps in reverse.
 
-    dy: (B, T, C) -> dx: (B, T, C), dw_attn: (C, 3C), db_attn: (3C,), dw_proj: (C, C), db_proj: (C,).
+    dy: (B, T, C) (or (N, C) with rows) -> dx: like x, dw_attn: (C, 3C), db_attn: (3C,),
+    dw_proj: (C, C), db_proj: (C,).
     """
-    qkv_cache, q, k, v, o, lse, proj_cache, mask = cache
-    do, dw_proj, db_proj = linear_backward(dy, proj_cache)  # (B, T, C)
-    do = split_heads(do, q.shape[1])  # (B, H, T, hd)
+    qkv_cache, q, k, v, o, lse, proj_cache, mask, rows = cache
+    do, dw_proj, db_proj = linear_backward(dy, proj_cache)  # (B, T, C) or (N, C)
+    do = split_heads(do if rows is None else unpack_rows(do, rows), q.shape[1])  # (B, H, T, hd)
     dq, dk, dv = attention.backward(do, q, k, v, o, lse, **mask)
-    dx, dw_attn, db_attn = qkv_backward(dq, dk, dv, qkv_cache)
+    dqkv = merge_qkv(dq, dk, dv)  # (B, T, 3C)
+    dx, dw_attn, db_attn = linear_backward(dqkv if rows is None else pack_rows(dqkv, rows), qkv_cache)
     return dx, dw_attn, db_attn, dw_proj, db_proj
 
 

@@ -18,27 +18,43 @@ non-finite loss. What differs between objectives comes from two small objects:
                best                                  None, or (column, "max" | "min"): keep OUT/best/
                state                                 JSON-able batch-order state (get and set)
                sample() -> batch;  loss_and_grads(model, batch) -> (loss, grads);  tokens(batch)
-               validate(model) -> (metrics dict, one-line summary)
-               describe() -> str;  save_extras(directory)   what a checkpoint holds beyond the
-                                                            model, tokenizer, optimizer, trainer state
+               scored(batch) -> int                  how many targets the batch's loss averages over
+                                                     (needed only under MPI)
+               validate(model) -> (metrics dict, one-line summary);  describe() -> str
+
+A checkpoint holds the model (its save_pretrained: a classifier's labels are in its
+config.json), the tokenizer, the optimizer and the trainer state (the step, the
+objective's ``state``, the config).
 
 ``LoopConfig`` holds the settings every objective has (optimisation, bookkeeping);
 each command's config class adds its own. Each field is a --flag (``numpyllm.cli.options``).
+
+Under ``mpiexec -n K`` the same loop is data-parallel through the hooks of
+``numpyllm.distributed`` (``world.shard``, ``world.mean``, ``world.is_root``, ...): rank
+0 sets the run up and the others read it from OUT; each rank takes its slice of the
+one-process batch and every rank applies the same update; rank 0 validates, prints and
+writes.
 """
 
 import dataclasses
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
 
+import numpy as np
+
+from . import distributed
 from ._checks import check_int, check_real
 from .checkpoint import BEST_DIR, CHECKPOINT_DIR
 
 __all__ = ["option", "LoopConfig", "flag", "configure", "run_training"]
+
+_SHARED_DIR = "shared.tmp"  # under MPI, rank 0's new model and tokenizer while the others load them
 
 
 def option(default, help, minimum=None, **argparse_kwargs):
@@ -127,8 +143,7 @@ class _Run:
             "best_value": self.best_value,
             "train_config": dataclasses.asdict(self.config),
         }
-        return save_checkpoint(self.out, self.model, self.tokenizer, self.optimizer, trainer_state,
-                               extras=objective.save_extras, name=name)
+        return save_checkpoint(self.out, self.model, self.tokenizer, self.optimizer, trainer_state, name=name)
 
 
 def _prepare_out_dir(out):
@@ -147,10 +162,11 @@ def _optimizer(model, config):
     return AdamW(model.params, lr=config.lr, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
 
 
-def _new_run(task, out, preset, overrides, progress):
+def _new_run(task, out, preset, overrides, progress, world):
     from .checkpoint import find_checkpoint
 
     config = configure(task.presets, preset, overrides)
+    world.check_divisible(config.batch_size, flag("batch_size"))
     shape = [flag(name) for name in config.SHAPE_FIELDS if name in overrides]
     if getattr(config, "init", None) and shape:
         raise ValueError(f"{', '.join(shape)} cannot be combined with --init: the model's shape comes "
@@ -162,11 +178,33 @@ def _new_run(task, out, preset, overrides, progress):
                          "pass --resume to continue it, or choose another --out")
     inputs = task.inputs(config)  # a missing or malformed file fails before any output
     _print_config(task.command, config, out)
-    config, model, tokenizer = task.new_model(out, config, inputs, progress)
+    if world.is_root:
+        config, model, tokenizer = task.new_model(out, config, inputs, progress)
+    config = world.share(config if world.is_root else None)
+    if world.size > 1:
+        model, tokenizer = _share_model(task, out, config, model if world.is_root else None,
+                                        tokenizer if world.is_root else None, world)
     return _Run(out, config, model, tokenizer, _optimizer(model, config)), inputs
 
 
-def _resumed_run(task, out, overrides):
+def _share_model(task, out, config, model, tokenizer, world):
+    """Rank 0's new ``model`` and ``tokenizer`` on every rank, through OUT/shared.tmp/: rank 0
+    saves them there, the others wait, then load them (``task.load_model``); rank 0 removes it."""
+    directory = os.path.join(out, _SHARED_DIR)
+    if world.is_root:
+        shutil.rmtree(directory, ignore_errors=True)  # left by a job that died here
+        model.save_pretrained(directory)
+        tokenizer.save(directory)
+    world.barrier()
+    if not world.is_root:
+        model, tokenizer = task.load_model(directory, config)
+    world.barrier()
+    if world.is_root:
+        shutil.rmtree(directory)
+    return model, tokenizer
+
+
+def _resumed_run(task, out, overrides, world):
     """The run saved in OUT's checkpoint, with the few options a resume may change."""
     from .checkpoint import OPTIMIZER_FILE, find_checkpoint, read_trainer_state
 
@@ -189,6 +227,7 @@ def _resumed_run(task, out, overrides):
     except (KeyError, TypeError) as error:
         raise ValueError(f"{checkpoint} has a trainer state this version cannot read ({error})") from None
     config.check()
+    world.check_divisible(config.batch_size, flag("batch_size"))
     if step >= getattr(config, "max_steps", step + 1):
         raise ValueError(f"the checkpoint is at step {step} and --max-steps is {config.max_steps}; "
                          "pass a larger --max-steps to train further")
@@ -209,7 +248,7 @@ def _print_config(command, config, out):
         print(f"  {field.name:<20} = {describe(field.name, getattr(config, field.name))}")
 
 
-def _print_summary(run, objective):
+def _print_summary(run, objective, world):
     from .attention import available_backends
 
     model = run.model
@@ -220,6 +259,9 @@ def _print_summary(run, objective):
     dtype = next(iter(model.params.values())).dtype
     print(f"model: {type(model).__name__}, {n_params:,} parameters, {dtype}, attention {backend}; "
           f"{objective.describe()}")
+    if world.size > 1:
+        print(f"{world.describe()}: {run.config.batch_size // world.size} of the {run.config.batch_size} "
+              "examples of every batch on each")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -248,6 +290,13 @@ class _StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def _zeros(model):
+    """A zero gradient of ``model``: views into one flat buffer laid out as its parameters."""
+    from .params import flat_views
+
+    return flat_views(np.zeros_like(model.flat_params), [(name, p.shape) for name, p in model.params.items()])
+
+
 def _is_better(value, best_value, direction):
     if value is None or not math.isfinite(value):
         return False
@@ -260,61 +309,96 @@ def run_training(task, out, preset="tiny", overrides=None, *, resume=False, prog
     0: finished max_steps. 130: stopped by Ctrl-C after saving a checkpoint. 1: stopped
     by a non-finite loss or gradient, the last good checkpoint kept. Bad settings and
     files raise ValueError / TypeError / OSError (``python -m numpyllm`` prints them as one line).
+    Under ``mpiexec -n K`` every rank calls this and rank 0 alone prints and writes; an
+    exception on any rank ends the whole job instead (see ``numpyllm.distributed``).
     """
+    world = distributed.world()
+    with world.training():
+        return _run_training(world, task, os.fspath(out), preset, dict(overrides or {}), resume,
+                             progress and world.is_root)
+
+
+def _run_training(world, task, out, preset, overrides, resume, progress):
     from tqdm.auto import tqdm
 
     from . import schedule
     from .optim import clip_grad_norm
     from .runlog import LOOP_COLUMNS, RunLog, plot_losses, read_log
 
-    out = os.fspath(out)
-    overrides = dict(overrides or {})
     _prepare_out_dir(out)
     if resume:
-        run, inputs = _resumed_run(task, out, overrides)
+        run, inputs = _resumed_run(task, out, overrides, world)
     else:
-        run, inputs = _new_run(task, out, preset, overrides, progress)
+        run, inputs = _new_run(task, out, preset, overrides, progress, world)
+    world.broadcast_(run.model.flat_params)
     config = run.config
-    objective = task.objective(out, config, run.model, run.tokenizer, inputs, progress)
+    if world.is_root:  # first: it may encode the corpus (a resume whose tokens.npy was deleted)
+        objective = task.objective(out, config, run.model, run.tokenizer, inputs, progress)
+    world.barrier()
+    if not world.is_root:
+        objective = task.objective(out, config, run.model, run.tokenizer, inputs, progress)
+    if world.size > 1 and not hasattr(objective, "scored"):
+        raise ValueError(f"numpyllm {task.command} cannot run under MPI yet: its objective does not "
+                         "count the targets its loss averages over (scored)")
     if run.sampler_state is not None:
         objective.state = run.sampler_state
     max_steps, eval_interval = objective.max_steps, objective.eval_interval
     if config.warmup_steps > max_steps:
-        raise ValueError(f"--warmup-steps ({config.warmup_steps}) must be <= the run's {max_steps} steps")
+        if resume or "warmup_steps" in overrides:
+            raise ValueError(f"--warmup-steps ({config.warmup_steps}) must be <= the run's {max_steps} steps")
+        config = run.config = dataclasses.replace(config, warmup_steps=max_steps)  # the preset's, cut to a short run
     if resume and run.step >= max_steps:
         raise ValueError(f"the checkpoint is at step {run.step} and the run has {max_steps} steps; "
                          "pass a larger --epochs to train further")
     lr_schedule = dict(max_lr=config.lr, min_lr=config.lr / 10 if config.min_lr is None else config.min_lr,
                        warmup_steps=config.warmup_steps, max_steps=max_steps)
-    _print_summary(run, objective)
+    _print_summary(run, objective, world)
 
     columns = LOOP_COLUMNS[:2] + tuple(objective.val_columns) + LOOP_COLUMNS[2:]
-    log = RunLog(os.path.join(out, "log.csv"), columns, keep_until_step=run.step if resume else None)
+    log_path = os.path.join(out, "log.csv")
+    log = RunLog(log_path, columns, keep_until_step=run.step if resume else None) if world.is_root else None
     bar = tqdm(total=max_steps, initial=run.step, unit="step", dynamic_ncols=True, disable=not progress)
     saved_step = run.step if resume else None
 
-    def validate():
-        metrics, line = objective.validate(run.model)
+    def validate():  # on rank 0; the others wait for its metrics
+        metrics, line = world.share(objective.validate(run.model) if world.is_root else None)
         bar.write(f"step {run.step}: {line}")
         if objective.best is not None:
             column, direction = objective.best
             if _is_better(metrics[column], run.best_value, direction):
                 run.best_value = metrics[column]
-                run.save(objective, name=BEST_DIR)
+                save(BEST_DIR)
                 bar.write(f"  best {column} so far: saved {os.path.join(out, BEST_DIR)}")
         return metrics
+
+    def record(**row):
+        if world.is_root:
+            log.write(**row)
+
+    def save(name=CHECKPOINT_DIR):
+        world.check_same(run.model.flat_params, "the parameters")
+        if world.is_root:
+            run.save(objective, name=name)
+        world.barrier()  # the others wait for the checkpoint
 
     status = 0
     loop_started = time.perf_counter() - run.elapsed_seconds
     try:
         with _StopOnInterrupt() as interrupt:
             if not resume:
-                log.write(step=0, elapsed_seconds=0.0, **validate())
-            while run.step < max_steps and not interrupt.requested:
+                record(step=0, elapsed_seconds=0.0, **validate())
+            while run.step < max_steps and not world.any(interrupt.requested):
                 step_started = time.perf_counter()
                 lr = schedule.lr_at(run.step, **lr_schedule)
                 batch = objective.sample()
-                loss, grads = objective.loss_and_grads(run.model, batch)
+                if world.size == 1:
+                    loss, grads = objective.loss_and_grads(run.model, batch)
+                else:  # this rank's rows; then the global batch's mean loss and gradient on every rank
+                    shard = world.shard(batch)
+                    scored = objective.scored(shard)
+                    # A rank with nothing to score (a short last batch) adds zero.
+                    loss, grads = objective.loss_and_grads(run.model, shard) if scored else (0.0, _zeros(run.model))
+                    loss = world.mean(loss, scored, grads)
                 grad_norm = clip_grad_norm(grads, config.grad_clip or math.inf)
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     kept = (f"the last good checkpoint (step {saved_step}) is in {os.path.join(out, CHECKPOINT_DIR)}"
@@ -331,34 +415,35 @@ def run_training(task, out, preset="tiny", overrides=None, *, resume=False, prog
                            tokens_per_second=tokens_per_second, elapsed_seconds=run.elapsed_seconds)
                 if run.step % eval_interval == 0 or run.step == max_steps:
                     row.update(validate())
-                log.write(**row)
+                record(**row)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_second:,.0f}", refresh=False)
                 bar.update(1)
                 if not progress and run.step % config.log_interval == 0:
                     print(f"step {run.step}/{max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
                           f"grad norm {grad_norm:.3f} | {tokens_per_second:,.0f} tok/s", flush=True)
                 if run.step % config.checkpoint_interval == 0 or run.step == max_steps:
-                    run.save(objective)
+                    save()
                     saved_step = run.step
-            if interrupt.requested:
+            if world.any(interrupt.requested):
                 if saved_step != run.step:
-                    run.save(objective)
+                    save()
                 bar.write(f"stopped at step {run.step}; checkpoint saved in {os.path.join(out, CHECKPOINT_DIR)}; "
                           f"continue with --resume --out {out}")
                 status = 130
     finally:
         bar.close()
-        log.close()
-        plot_path = os.path.join(out, "loss.png")
-        plotted = plot_losses(log.path, plot_path)
-    if status == 0:
+        if world.is_root:
+            log.close()
+            plot_path = os.path.join(out, "loss.png")
+            plotted = plot_losses(log_path, plot_path)
+    if status == 0 and world.is_root:
         summary = f"done: {run.step} steps in {run.elapsed_seconds:.0f} s"
-        val_losses = [row["val_loss"] for row in read_log(log.path) if row["val_loss"] is not None]
+        val_losses = [row["val_loss"] for row in read_log(log_path) if row["val_loss"] is not None]
         if len(val_losses) >= 2:
             summary += f"; val loss {val_losses[0]:.3f} -> {val_losses[-1]:.3f}"
         print(summary)
         if objective.best is not None and run.best_value is not None:
             print(f"best {objective.best[0]} {run.best_value:.4f}: {os.path.join(out, BEST_DIR)}")
-        print(f"checkpoint: {os.path.join(out, CHECKPOINT_DIR)}; log: {log.path}"
+        print(f"checkpoint: {os.path.join(out, CHECKPOINT_DIR)}; log: {log_path}"
               + (f"; plot: {plot_path}" if plotted else " (pip install matplotlib for a plot)"))
     return status

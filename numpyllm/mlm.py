@@ -91,8 +91,7 @@ def special_ids(tokenizer):
 
 def continuation_ids(tokenizer):
     """A bool array (vocab_size,): True for the ``##`` continuation pieces (whole-word masking)."""
-    return np.array([tokenizer.decode([i], skip_special_tokens=False).startswith("##")
-                     for i in range(tokenizer.vocab_size)])
+    return np.array([token.startswith("##") for token in tokenizer.convert_ids_to_tokens(range(tokenizer.vocab_size))])
 
 
 def mask_tokens(input_ids, rng, *, vocab_size, mask_id, specials, probability=0.15, continuation=None):
@@ -180,6 +179,9 @@ class _MaskedLM:
     def tokens(self, batch):
         return batch[0].size
 
+    def scored(self, batch):
+        return int((batch[1] >= 0).sum())  # negative targets are not scored
+
     def validate(self, model):
         from .layers import cross_entropy_forward
 
@@ -202,9 +204,6 @@ class _MaskedLM:
 
     def describe(self):
         return f"tokens: {len(self.train_tokens):,} train, {len(self.val_tokens):,} validation"
-
-    def save_extras(self, directory):
-        pass
 
 
 def _document_ids(texts, tokenizer):
@@ -239,7 +238,8 @@ class _MLMTask:
         from .wordpiece import WordPieceTokenizer
 
         if config.init:
-            _, model, tokenizer = load_bert_and_tokenizer(config.init, BertForMaskedLM, config.tokenizer, "--init")
+            _, model, tokenizer = load_bert_and_tokenizer(config.init, BertForMaskedLM, config.tokenizer, "--init",
+                                                          attention_backend=config.attention_backend, seed=config.seed)
             shape = {name: getattr(model.config, name) for name in config.SHAPE_FIELDS}
             if config.block_size > shape["max_position_embeddings"]:
                 raise ValueError(f"--block-size {config.block_size} exceeds the --init model's "
@@ -250,7 +250,7 @@ class _MLMTask:
                 tokenizer = WordPieceTokenizer.from_pretrained(config.tokenizer)
             else:
                 started = time.perf_counter()
-                tokenizer = WordPieceTokenizer.train(read_texts(files), vocab_size=config.vocab_size)
+                tokenizer = WordPieceTokenizer.train(read_texts(files), vocab_size=config.vocab_size, progress=progress)
                 print(f"trained a WordPiece tokenizer of {tokenizer.vocab_size} tokens on {len(files)} files "
                       f"({time.perf_counter() - started:.1f} s)")
             config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
@@ -259,7 +259,7 @@ class _MLMTask:
                                       num_attention_heads=config.num_attention_heads,
                                       intermediate_size=config.intermediate_size,
                                       max_position_embeddings=config.max_position_embeddings, dtype=config.dtype)
-            model = BertForMaskedLM(model_config, seed=config.seed)
+            model = BertForMaskedLM(model_config, seed=config.seed, attention_backend=config.attention_backend)
         _encode(out, config, files, tokenizer, progress)
         return config, model, tokenizer
 
@@ -267,7 +267,8 @@ class _MLMTask:
         from .bert import BertForMaskedLM
         from .checkpoint import load_bert_and_tokenizer
 
-        _, model, tokenizer = load_bert_and_tokenizer(checkpoint, BertForMaskedLM, flag="--resume")
+        _, model, tokenizer = load_bert_and_tokenizer(checkpoint, BertForMaskedLM, flag="--resume",
+                                                      attention_backend=config.attention_backend, dtype=config.dtype)
         return model, tokenizer
 
     def objective(self, out, config, model, tokenizer, files, progress):

@@ -102,6 +102,9 @@ class _NextToken:
     def tokens(self, batch):
         return batch[0].size
 
+    def scored(self, batch):
+        return int((batch[1] >= 0).sum())  # negative targets are not scored
+
     def validate(self, model):
         from .evaluate import mean_loss, perplexity
 
@@ -112,9 +115,6 @@ class _NextToken:
 
     def describe(self):
         return f"tokens: {len(self.train_tokens):,} train, {len(self.val_tokens):,} validation"
-
-    def save_extras(self, directory):
-        pass
 
 
 def _encode(out, config, files, tokenizer, progress):

@@ -28,6 +28,10 @@ def _bert_module():
     import torch
     import transformers
 
+    torch.set_num_threads(1)  # tiny models: threads only contend
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
     @dataclasses.dataclass(frozen=True)
     class BertConfig:
         vocab_size: int = 30522
@@ -42,9 +46,11 @@ def _bert_module():
         num_labels: int = 2
         problem_type: str = None
         dtype: str = "float32"
+        id2label: dict = None
+        label2id: dict = None
 
     def hf_config(config):
-        fields = dataclasses.asdict(config)
+        fields = {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
         fields.pop("dtype")
         return transformers.BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **fields)
 
@@ -99,12 +105,14 @@ def _bert_module():
             return {"labels": self._labels(labels)}
 
         @classmethod
-        def from_pretrained(cls, directory, attention_backend="auto", dtype=None):
+        def from_pretrained(cls, directory, attention_backend="auto", dtype=None, seed=0, **config_changes):
             with open(os.path.join(directory, "config.json")) as f:
                 raw = json.load(f)
             if raw.get("model_type") != "bert":
                 raise ValueError(f"{directory}/config.json: model_type must be 'bert', got {raw.get('model_type')!r}")
-            hf = cls.hf_class.from_pretrained(directory, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            torch.manual_seed(seed)
+            hf = cls.hf_class.from_pretrained(directory, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                              **config_changes)
             names = {f.name for f in dataclasses.fields(BertConfig)} - {"dtype"}
             config = BertConfig(**{k: getattr(hf.config, k) for k in names})
             return cls(config, attention_backend=attention_backend, _hf=hf)
@@ -165,10 +173,9 @@ def _wordpiece_module():
 
         def save(self, directory):
             self.fast.save_pretrained(directory)
-            for name in ("tokenizer.json",):
-                path = os.path.join(directory, name)
-                if os.path.exists(path):
-                    os.remove(path)
+
+        def convert_ids_to_tokens(self, ids):
+            return self.fast.convert_ids_to_tokens(list(ids))
 
         def tokenize(self, text):
             return self.fast.tokenize(text)

@@ -233,3 +233,21 @@ def test_machine_lines_name_the_cpu_and_each_blas_kernel():
     assert pools and all(any(pool["library"] in line and pool["internal_api"] in line for line in blas_kernels(pools))
                          for pool in pools)
     assert "- BLAS: " + "; ".join(blas_kernels(info["thread_pools"])) in text
+
+
+def test_bert_benchmark_prints_both_rows_with_the_same_first_loss(capsys):
+    from benchmarks import bert as bert_bench
+
+    results = bert_bench.main(["--quick", "--rounds", "1", "--batch", "3", "--seq", "8", "--layers", "1",
+                               "--hidden", "16", "--heads", "2", "--intermediate", "32", "--vocab", "50"])
+    output = capsys.readouterr().out
+    headers, rows = next(table for heading, table in markdown_tables("## x\n" + output).items())
+    assert headers[:3] == ["implementation", "train step ms", "train tok/s"] and "inference tok/s" in headers
+    assert "real (non-padding) tokens" in output
+    names = [row[0] for row in rows]
+    assert names[0] == "numpyllm"
+    real = results["numpyllm"]["real_tokens"]
+    assert 0 < real < 3 * 8  # some padding, counted out
+    if "transformers + torch" in results:  # the same weights and batch give the same loss before any update
+        assert results["numpyllm"]["first_loss"] == pytest.approx(results["transformers + torch"]["first_loss"],
+                                                                  rel=1e-5)

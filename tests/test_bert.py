@@ -27,13 +27,14 @@ def perturbed(cls, config, seed, backend="numpy", scale=0.1):
 
 
 def padded_batch(rng, config, B, T):
-    """input_ids, token_type_ids, attention_mask of a right-padded batch (row 0 full, the others shorter)."""
+    """input_ids, token_type_ids, attention_mask of a right-padded batch (row 0 full, the others shorter).
+
+    What lies under the padding must not matter; here it is ordinary tokens."""
     lengths = rng.integers(1, T + 1, B)
     lengths[0] = T
     mask = (np.arange(T) < lengths[:, None]).astype(np.int64)
     ids = rng.integers(0, config.vocab_size - 1, (B, T))
-    ids += ids >= config.pad_token_id  # real tokens are not [PAD] (its lookups get no gradient, see below)
-    ids[mask == 0] = config.pad_token_id
+    ids += ids >= config.pad_token_id  # not [PAD], even under the padding: its lookups get no gradient (see below)
     types = (np.arange(T) >= lengths[:, None] // 2).astype(np.int64) * mask  # sentence A then B, 0 on padding
     return ids, types, mask
 
@@ -190,7 +191,8 @@ def test_bad_inputs_are_rejected_with_their_name(kwargs, error, message):
 @pytest.mark.parametrize("cls, labels, error, message", [
     (BertForSequenceClassification, np.array([0, 2]), ValueError, r"labels entries must be < 2"),
     (BertForSequenceClassification, np.array([-100, -1]), ValueError, "nothing to score"),
-    (BertForSequenceClassification, np.zeros((2, 3)), ValueError, r"multi_label_classification must have shape \(2, 2\)"),
+    (BertForSequenceClassification, np.zeros((2, 3)), ValueError,
+     r"multi_label_classification must have shape \(2, 2\)"),
     (BertForSequenceClassification, np.full((2, 2), 2.0), ValueError, r"must lie in \[0, 1\]"),
     (BertForMaskedLM, np.zeros((2, 4), int), ValueError, r"labels must have shape \(2, 3\)"),
     (BertForMaskedLM, np.full((2, 3), 0.5), TypeError, "labels must be an integer array"),
@@ -201,6 +203,12 @@ def test_bad_labels_are_rejected_with_their_name(cls, labels, error, message):
     model = cls(BertConfig(**TINY))
     with pytest.raises(error, match=message):
         model.loss_and_grads(np.zeros((2, 3), int), labels)
+
+
+def test_mlm_labels_on_padding_are_refused():
+    model = BertForMaskedLM(BertConfig(**TINY))
+    with pytest.raises(ValueError, match="labels scores a padded position"):
+        model.loss_and_grads(np.ones((1, 3), int), np.array([[1, -100, 2]]), attention_mask=np.array([[1, 1, 0]]))
 
 
 def test_bad_backend_config_and_seed_are_rejected():

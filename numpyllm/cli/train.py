@@ -20,7 +20,12 @@ OUT (--out, default runs/PRESET) receives
 
 --resume continues OUT's checkpoint so that the result is bit-identical to a run never
 stopped. Ctrl-C finishes the current step, saves a checkpoint and exits (status 130).
-A non-finite loss stops the run and keeps the last good checkpoint. Then:
+A non-finite loss stops the run and keeps the last good checkpoint.
+
+Under mpiexec -n K (pip install "numpyllm[mpi]") the run is data-parallel: each process
+trains on 1/K of every batch (--batch-size must be a multiple of K) and the result
+equals a one-process run's; rank 0 alone prints and writes OUT, which every process
+must see. Then:
   python -m numpyllm eval --model OUT --data FILE
   python -m numpyllm generate --model OUT --prompt TEXT
 """
