@@ -286,3 +286,25 @@ def test_regression_with_text_pairs_trains_and_scores_with_mse_and_pearson(tmp_p
     capsys.readouterr()
     assert main(["classify", "--model", str(run), "--data", str(path)]) == 0
     assert capsys.readouterr().out.startswith("examples 64 MSE ")
+
+
+def test_next_sentence_pairs_are_a_then_its_continuation_or_a_random_stretch(tmp_path, corpus):
+    from numpyllm.mlm import _MaskedLM, MLMConfig
+
+    config = MLMConfig(**_mlm_overrides(corpus, next_sentence=True, mlm_probability=1e-9, block_size=20))
+    tokenizer = WordPieceTokenizer.train([corpus.read_text()], vocab_size=200)
+    assert run_training(MLM, tmp_path, overrides=_mlm_overrides(corpus, next_sentence=True, max_steps=3)) == 0
+    assert read_log(tmp_path / "log.csv")[-1]["val_nsp_accuracy"] is not None
+    objective = _MaskedLM(str(tmp_path / "fresh"), config, tokenizer, [corpus], False)
+    stream = np.asarray(objective.train_tokens, dtype=np.int64)
+    inputs, labels, types, is_random = objective._batch(objective.windows, objective.masks)
+    assert (labels < 0).all() and inputs.shape == types.shape == (config.batch_size, 20)
+    assert 0 < is_random.sum() < config.batch_size
+    for row, row_types, random_b in zip(inputs, types, is_random):
+        assert row[0] == tokenizer.cls_token_id and row[-1] == tokenizer.sep_token_id
+        split = int(np.flatnonzero(row_types)[0])  # first position of B
+        assert row[split - 1] == tokenizer.sep_token_id and (row_types[split:] == 1).all()
+        a, b = row[1:split - 1], row[split:-1]
+        joined = np.concatenate([a, b])
+        contiguous = any((stream[s:s + len(joined)] == joined).all() for s in range(len(stream) - len(joined)))
+        assert contiguous or random_b  # a "next" pair is one stretch of the corpus
