@@ -308,3 +308,17 @@ def test_next_sentence_pairs_are_a_then_its_continuation_or_a_random_stretch(tmp
         joined = np.concatenate([a, b])
         contiguous = any((stream[s:s + len(joined)] == joined).all() for s in range(len(stream) - len(joined)))
         assert contiguous or random_b  # a "next" pair is one stretch of the corpus
+
+
+def test_classifier_fine_tunes_a_hugging_face_bert_directory(tmp_path, two_packages, tokenizer):
+    transformers = pytest.importorskip("transformers", reason="builds the Hugging Face directory")
+    hf_dir = tmp_path / "hf"
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    transformers.BertForMaskedLM(config).save_pretrained(hf_dir)
+    tokenizer.save(hf_dir)
+    overrides = {k: v for k, v in _classifier_overrides(*two_packages, epochs=1).items()
+                 if k not in CLASSIFIER.config_class.SHAPE_FIELDS}
+    assert run_training(CLASSIFIER, tmp_path / "run", overrides={**overrides, "init": str(hf_dir)}) == 0
+    tuned = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "run" / "best")
+    assert tuned.config.id2label == {0: "asyncio", 1: "email"}
