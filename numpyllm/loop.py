@@ -337,7 +337,7 @@ def _run_training(world, task, out, preset, overrides, resume, progress):
     world.barrier()
     if not world.is_root:
         objective = task.objective(out, config, run.model, run.tokenizer, inputs, progress)
-    if world.size > 1 and not hasattr(objective, "scored"):
+    if world.size > 1 and getattr(objective, "scored", None) is None:
         raise ValueError(f"numpyllm {task.command} cannot run under MPI yet: its objective does not "
                          "count the targets its loss averages over (scored)")
     if run.sampler_state is not None:
