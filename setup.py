@@ -1,7 +1,8 @@
-"""Build numpyllm's compiled attention kernel (kernels/attention.pyx -> numpyllm._attention).
+"""Build numpyllm's compiled kernels: attention (kernels/attention.pyx -> numpyllm._attention)
+and the element-wise layers and optimizer (kernels/layers.pyx -> numpyllm._layers).
 
 OpenMP is used when the compiler accepts it (gcc, clang with libomp); otherwise the
-kernel is built serial, as scikit-learn does. No -ffast-math (it would break the
+kernels are built serial, as scikit-learn does. No -ffast-math (it would break the
 -inf causal mask) and no -march=native (the wheel must run on other CPUs).
 """
 import os
@@ -56,14 +57,20 @@ class BuildExtWithOpenMP(build_ext):
 def extensions():
     from Cython.Build import cythonize
 
-    ext = Extension(
+    attention = Extension(
         "numpyllm._attention",
         ["kernels/attention.pyx"],
         include_dirs=["kernels"],
         depends=["kernels/fastexp.h"],
     )
+    layers = Extension(
+        "numpyllm._layers",
+        ["kernels/layers.pyx"],
+        include_dirs=["kernels"],
+        depends=["kernels/fastexp.h", "kernels/rows.h"],
+    )
     return cythonize(
-        [ext],
+        [attention, layers],
         compiler_directives={
             "boundscheck": False,
             "wraparound": False,

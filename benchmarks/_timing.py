@@ -2,7 +2,7 @@
 
 - ``measure(run, setup=...)``: warm-up, then the median of repeated wall-clock times
   (``time.perf_counter``), with ``setup`` kept outside the timer.
-- ``interleaved_medians(runners, rounds)``: several implementations timed side by side,
+- ``interleaved_medians(runners, rounds, setups=None)``: several implementations timed side by side,
   each once per round, so a change in the machine's load hits them all alike.
 - ``PeakRSS``: the peak growth of this process's resident memory during a block, read
   from Linux's ``VmHWM`` after resetting it through ``/proc/self/clear_refs``. Resident
@@ -10,7 +10,8 @@
   ``tracemalloc`` does not. ``run_in_fresh_process`` runs such a measurement in a fresh
   child process, so the parent's heap cannot hide or inflate it.
 - ``limited_threads(n)``: BLAS/OpenMP (threadpoolctl) and torch limited to ``n`` threads in a block.
-- ``machine_info`` / ``format_machine``, ``markdown_table``.
+- ``machine_info`` / ``format_machine`` (the CPU, its family/model and vector extensions, the
+  BLAS libraries and the CPU kernels they chose), ``markdown_table``.
 
 Depends only on the standard library (and threadpoolctl and torch when present;
 ``limited_threads`` needs threadpoolctl).
@@ -81,8 +82,12 @@ class RoundsTiming:
     last_result: object
 
 
-def interleaved_medians(runners, rounds):
+def interleaved_medians(runners, rounds, setups=None):
     """Time ``runners`` ({name: call()}) side by side; returns {name: RoundsTiming}.
+
+    ``setups`` ({name: setup()}, optional): a runner named there is called as
+    ``call(setup())``, its state built before the timer starts (e.g. an autograd
+    graph for a backward), afresh for every call.
 
     Round 0 is a warm-up (it pays one-time costs: thread pools, lazy imports, caches),
     then ``rounds`` timed rounds. Every round calls each runner once, in the dict's
@@ -97,10 +102,12 @@ def interleaved_medians(runners, rounds):
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     samples = {name: [] for name in runners}
     first_result, last_result = {}, {}
+    setups = setups or {}
     for round_index in range(rounds + 1):
         for name, run in runners.items():
+            arguments = (setups[name](),) if name in setups else ()
             start = time.perf_counter()
-            last_result[name] = run()
+            last_result[name] = run(*arguments)
             seconds = time.perf_counter() - start
             first_result.setdefault(name, last_result[name])
             if round_index > 0:
@@ -220,15 +227,41 @@ def usable_cores():
         return os.cpu_count() or 1
 
 
+# Instruction-set flags of /proc/cpuinfo that decide which BLAS and kernel code paths run.
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+
+
 def _cpu_model():
+    """The CPU's name, with its family/model numbers and vector extensions where Linux says them,
+    e.g. "Intel(R) Xeon(R) Processor (family 6, model 143; avx2 avx512f amx_tile)": a virtual
+    machine's name can be generic, the numbers and flags are not."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if not key.strip():
+                    break  # the first processor's block is enough
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" not in fields:
+        return name
+    flags = set(fields.get("flags", "").split())
+    isa = " ".join(flag for flag in _ISA_FLAGS if flag in flags) or "no AVX2"
+    return f"{name} (family {fields['cpu family']}, model {fields.get('model', '?')}; {isa})"
+
+
+def blas_kernels(thread_pools):
+    """One phrase per BLAS library loaded, e.g. "numpy.libs/libscipy_openblas64_-...so: openblas
+    0.3.31 with SkylakeX kernels": the library, its implementation (threadpoolctl's internal_api)
+    and the CPU kernels it chose (its architecture)."""
+    if isinstance(thread_pools, str):
+        return [thread_pools]
+    return [f"{pool['library']}: {pool['internal_api']} {pool['version']}"
+            + (f" with {pool['architecture']} kernels" if pool.get("architecture") else "")
+            for pool in thread_pools if pool["user_api"] == "blas"]
 
 
 def machine_info(packages=("numpy",)):
@@ -266,12 +299,19 @@ def machine_info(packages=("numpy",)):
     }
 
 
+_BLAS_ENVIRONMENT = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                     "MKL_NUM_THREADS")
+
+
 def format_machine(info):
     """``machine_info()`` as markdown bullet lines."""
     versions = ", ".join(f"{name} {version}" for name, version in info["versions"].items())
     lines = [
         f"- CPU: {info['cpu']}; {info['logical_cpus']} logical CPUs, {info['usable_cores']} usable; "
         f"1-min load average {info['load_average_1min']:.2f} (a loaded machine makes timings noisy)",
+        f"- BLAS: {'; '.join(blas_kernels(info['thread_pools'])) or 'none loaded'}"
+        + "".join(f"; {name}={os.environ[name]} in the environment" for name in _BLAS_ENVIRONMENT
+                  if name in os.environ),
         f"- Versions: {versions}",
     ]
     pools = info["thread_pools"]

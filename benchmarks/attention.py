@@ -5,6 +5,10 @@
     python -m benchmarks.attention --decode         # Nq = 1 against a KV cache of Nk keys
     python -m benchmarks.attention --memory-n 16384 # the kernel's forward + backward memory at one large N
 
+After the size sweep, a padded batch (B=4, keys right-padded to twice their real length,
+``key_lengths=``; torch gets the equivalent boolean mask) is timed against the same
+batch unpadded: the kernel skips padded key blocks, so it should cost its real length.
+
 For every problem, each backend's forward and backward are timed one after the other
 in the same run: ``numpy`` and ``cython`` are ``numpyllm.attention.forward/backward``
 with that backend, ``torch`` is ``torch.nn.functional.scaled_dot_product_attention``
@@ -31,6 +35,7 @@ from numpyllm.fileio import atomic_write
 from ._timing import (
     PeakRSS,
     format_machine,
+    interleaved_medians,
     machine_info,
     markdown_table,
     measure,
@@ -44,6 +49,9 @@ QUICK_SIZES = (256, 512, 1024)
 PASSES = ("forward", "backward")
 PACKAGES = ("numpy", "scipy", "torch", "threadpoolctl")  # versions printed with the machine
 WARM_UP_N_CAP = 1024  # memory warm-up calls use N <= this; one-time costs do not depend on N
+PADDED_BATCH = 4  # the padded-batch comparison's B
+PADDED_REAL_LENGTH, QUICK_PADDED_REAL_LENGTH = 1024, 256  # its real (unpadded) length
+NUMPY_MAX_SCORE_BYTES = 2**29  # the padded comparison runs the reference only up to this score matrix
 
 FLOP_CONVENTION = (
     "GFLOP/s counts forward FLOPs = 4·B·H·d·P, where P is the number of (query, key) pairs the mask "
@@ -80,10 +88,14 @@ class Problem:
     head_dim: int
     dtype: str
     causal: bool
+    key_length: object = None  # int: every batch's keys right-padded past it (key_lengths=); None: no padding
 
     def visible_pairs(self):
-        """(query, key) pairs the bottom-right causal mask lets through: row i sees
-        min(Nk, i + Nk - Nq + 1) keys, summed over i (all Nq·Nk pairs without the mask)."""
+        """(query, key) pairs the masks let through: bottom-right causal row i sees
+        min(Nk, i + Nk - Nq + 1) keys, summed over i (all Nq·Nk pairs without the mask);
+        padding (not combined with causal here) leaves Nq·key_length."""
+        if self.key_length is not None:
+            return self.n_q * self.key_length
         if not self.causal:
             return self.n_q * self.n_k
         return self.n_q * self.n_k - self.n_q * (self.n_q - 1) // 2
@@ -113,8 +125,13 @@ class Problem:
         shapes = (q_shape, kv_shape, kv_shape, q_shape)
         return tuple(rng.standard_normal(shape, dtype=np.float64).astype(self.dtype) for shape in shapes)
 
+    def key_lengths(self):
+        """The ``key_lengths=`` argument: (B,) ints, or None."""
+        return None if self.key_length is None else np.full(self.batch, self.key_length, dtype=np.int64)
+
     def label(self):
-        return f"Nq={self.n_q} Nk={self.n_k} {'causal' if self.causal else 'full'}"
+        padding = "" if self.key_length is None else f" key_lengths={self.key_length}"
+        return f"Nq={self.n_q} Nk={self.n_k}{padding} {'causal' if self.causal else 'full'}"
 
 
 # --------------------------------------------------------------------------- backends
@@ -148,7 +165,8 @@ class NumpyllmBackend:
             yield
 
     def _forward(self, problem, q, k, v):
-        return attention.forward(q, k, v, problem.causal, backend=self.name, num_threads=self.threads)
+        return attention.forward(q, k, v, problem.causal, key_lengths=problem.key_lengths(), backend=self.name,
+                                 num_threads=self.threads)
 
     def call(self, pass_name, problem, arrays):
         q, k, v, dout = arrays
@@ -157,7 +175,8 @@ class NumpyllmBackend:
         out, lse = self._forward(problem, q, k, v)
         return Call(
             run=lambda _: attention.backward(
-                dout, q, k, v, out, lse, problem.causal, backend=self.name, num_threads=self.threads
+                dout, q, k, v, out, lse, problem.causal, key_lengths=problem.key_lengths(), backend=self.name,
+                num_threads=self.threads,
             ),
             outputs=list,
         )
@@ -166,6 +185,8 @@ class NumpyllmBackend:
 def _torch_is_causal(problem):
     """torch's ``is_causal`` is top-left aligned, numpyllm's bottom-right: they agree for
     Nq == Nk, and for Nq == 1 bottom-right means "every key", i.e. no mask."""
+    if problem.causal and problem.key_length is not None:
+        raise ValueError(f"the torch comparison does not combine causal with padding, got {problem.label()}")
     if not problem.causal or problem.n_q == 1:
         return False
     if problem.n_q == problem.n_k:
@@ -195,8 +216,14 @@ class TorchBackend:
 
     def call(self, pass_name, problem, arrays):
         q, k, v, dout = arrays
-        sdpa = self.torch.nn.functional.scaled_dot_product_attention
         is_causal = _torch_is_causal(problem)
+        mask = None
+        if problem.key_length is not None:  # (B, 1, 1, Nk), True = attend: key_lengths as a boolean mask
+            lengths = self.torch.from_numpy(problem.key_lengths())
+            mask = self.torch.arange(problem.n_k) < lengths[:, None, None, None]
+
+        def sdpa(*inputs, is_causal):
+            return self.torch.nn.functional.scaled_dot_product_attention(*inputs, attn_mask=mask, is_causal=is_causal)
 
         def leaves():
             """Fresh leaf tensors sharing q, k, v's memory, with no gradient yet."""
@@ -418,6 +445,76 @@ def scaling_table(records, thread_counts):
     return markdown_table(headers, rows)
 
 
+def padded_problems(args):
+    """The real batch, its keys right-padded to twice the length, and queries padded too.
+
+    Padded query rows are still computed (the contract defines their output: attention
+    over the real keys), so the last costs twice the real batch, not four times.
+    """
+    real = QUICK_PADDED_REAL_LENGTH if args.quick else PADDED_REAL_LENGTH
+    shape = dict(batch=PADDED_BATCH, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype, causal=False)
+    return [
+        Problem(n_q=real, n_k=real, **shape),
+        Problem(n_q=real, n_k=2 * real, key_length=real, **shape),
+        Problem(n_q=2 * real, n_k=2 * real, key_length=real, **shape),
+    ]
+
+
+def time_padded(problems, backend_names, threads, rounds, progress):
+    """Every (problem, pass, backend) of the padded comparison in interleaved rounds
+    (``interleaved_medians``): the ratios to the real batch are taken between calls
+    timed minutes apart otherwise, on a machine whose load changes. The reference runs
+    only where its score matrix is at most NUMPY_MAX_SCORE_BYTES. One record per call."""
+    backends = {name: make_backend(name, threads) for name in backend_names}
+    calls, setups = {}, {}
+    for problem in problems:
+        arrays = problem.inputs()
+        for pass_name in passes_for(problem):
+            for name, backend in backends.items():
+                if name == "numpy" and problem.score_matrix_bytes() > NUMPY_MAX_SCORE_BYTES:
+                    continue
+                call = backend.call(pass_name, problem, arrays)
+                key = (problem, pass_name, name)
+                calls[key], setups[key] = call, call.setup
+
+    progress(f"padded batch: {len(calls)} calls in {rounds} interleaved rounds after a warm-up round")
+    with contextlib.ExitStack() as limits:  # every backend's limit is the same thread count
+        for backend in backends.values():
+            limits.enter_context(backend.thread_limit())
+        timings = interleaved_medians({key: call.run for key, call in calls.items()}, rounds, setups)
+    records, reference = [], {}
+    for (problem, pass_name, name), timing in timings.items():
+        outputs = calls[problem, pass_name, name].outputs(timing.last_result)
+        first_name, first_outputs = reference.setdefault((problem, pass_name), (name, outputs))
+        records.append(dict(
+            dataclasses.asdict(problem), backend=name, threads=threads, pass_name=pass_name,
+            median_ms=timing.median * 1e3, samples_ms=[seconds * 1e3 for seconds in timing.samples],
+            calls_per_repeat=1, gflops=problem.flops(pass_name) / timing.median / 1e9,
+            compared_with=first_name, max_rel_diff=max_relative_difference(outputs, first_outputs),
+        ))
+        progress(f"{name:>6} {problem.label()} {pass_name}: {timing.median * 1e3:.3f} ms")
+    return records
+
+
+def padded_table(records, backend_names):
+    """Markdown: each padded problem's medians and their ratio to the unpadded (real) batch's."""
+    at = {(r["n_q"], r["n_k"], r["key_length"], r["pass_name"], r["backend"]): r for r in records}
+    real = records[0]["n_q"]
+    headers = ["Nq", "Nk", "key_lengths", "pass"] + [f"{name} ms" for name in backend_names]
+    headers += [f"{name} × real" for name in backend_names] + ["max rel diff"]
+    rows = []
+    for n_q, n_k, key_length, pass_name in dict.fromkeys(key[:4] for key in at):
+        chosen = [at.get((n_q, n_k, key_length, pass_name, name)) for name in backend_names]
+        real_ms = [at.get((real, real, None, pass_name, name)) for name in backend_names]
+        row = [n_q, n_k, key_length or "—", pass_name]
+        row += [fmt(r["median_ms"]) if r else "—" for r in chosen]
+        row += [fmt(r["median_ms"] / base["median_ms"]) if r and base else "—" for r, base in zip(chosen, real_ms)]
+        compared = [r["max_rel_diff"] for r in chosen if r and r["compared_with"] != r["backend"]]
+        row += [f"{max(compared):.1e}" if compared else "—"]
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
 def write_plot(path, records, backend_names):
     """Time and peak extra memory against Nk, one column per mask, one line per backend and pass."""
     import matplotlib
@@ -518,6 +615,9 @@ def build_parser():
         help="timed repeats per measurement (default 5; 3 with --quick)")
     add("--no-torch", action="store_true", help="skip torch even if it is installed")
     add("--no-numpy", action="store_true", help="skip the slow NumPy reference (large N)")
+    add("--no-padded", action="store_true",
+        help=f"skip the padded-batch comparison (B={PADDED_BATCH}, real length {PADDED_REAL_LENGTH}, "
+        f"{QUICK_PADDED_REAL_LENGTH} with --quick, keys padded to twice that)")
     add("--thread-scaling", action="store_true",
         help="time at 1 and at 2 threads (instead of --threads) and show the speed-up; memory is measured at 2")
     add("--plot", metavar="FILE.png", help="draw time and memory against N (needs matplotlib)")
@@ -610,6 +710,17 @@ def run_sweep(args, backend_names, thread_counts, measure_memory_here, progress)
         print(f"## Peak extra memory, {plural(memory_threads)}\n\n{memory_table(main_records, backend_names)}\n")
     if args.thread_scaling:
         print(f"## Thread scaling\n\n{scaling_table(records, thread_counts)}\n")
+    if not (args.decode or args.no_padded):
+        padded = time_padded(padded_problems(args), backend_names, memory_threads, repeats, progress)
+        first = padded[0]
+        print(f"## Padded batch, {plural(memory_threads)}\n\nB={first['batch']}, H={first['heads']}, "
+              f"d={first['head_dim']}, {first['dtype']}, no causal mask: the real batch (Nq = Nk = "
+              f"{first['n_k']}), its keys right-padded to {2 * first['n_k']} with key_lengths={first['n_k']} "
+              f"(torch: the equivalent boolean attn_mask), and queries padded too. × real: the time over "
+              f"the real batch's, medians of {repeats} interleaved rounds. The reference runs where its "
+              f"score matrix is at most {NUMPY_MAX_SCORE_BYTES // 2**20} MiB.\n\n"
+              f"{padded_table(padded, backend_names)}\n")
+        records += padded
     if args.plot:
         write_plot(args.plot, main_records, backend_names)
         print(f"Plot written to {args.plot}")

@@ -9,8 +9,10 @@ same random ``--prompt-tokens``-token prompt with the same float32 weights (nump
 initialisation, handed to transformers through ``save_pretrained``). Each row is the
 median over interleaved rounds of one whole ``generate`` call (prefill included) in the
 same run; tokens/s = new tokens / that median. The numpyllm rows differ only in the attention
-backend: "auto" (the default: the compiled kernel when built), "numpy" and "cython". The last
-column says whether a row's tokens equal the first row's.
+backend: "auto" (the default: the compiled kernel when built), "numpy" and "cython". With the
+layer kernels built (numpyllm.backend), "auto" and "cython" run each block of a one-token step
+as one fused call (numpyllm._layers.decode_block, attention included), while "numpy" runs the
+layer functions one by one. The last column says whether a row's tokens equal the first row's.
 
 The "weight products only" row is a floor, not a generator: per new token it multiplies one
 row by every weight matrix a decoding step multiplies (each block's four, then the tied

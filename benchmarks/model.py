@@ -6,6 +6,10 @@
 
 Rows: numpyllm with each attention backend, and transformers' GPT2LMHeadModel (its
 default SDPA attention) in torch. Each gets the same float32 weights, batch and targets.
+The floor row is no model: it runs only the step's weight matrix products, with NumPy, at
+the step's shapes (each linear layer's forward x @ W and backward dy @ Wᵀ and xᵀ dy, the
+tied head included; not attention's own products) into preallocated outputs, so "% of
+floor" says how close a step comes to the time its dense products alone take here.
 "forward+backward" is the loss and every parameter gradient; "training step" adds
 AdamW (lr 3e-4, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on 2-D tensors only,
 the same rule for both). Measurements interleave the rows round by round, so machine
@@ -22,11 +26,13 @@ import numpy as np
 
 import numpyllm
 from numpyllm import GPT, GPTConfig, attention
-from numpyllm.hub import config_to_hf
+from numpyllm.gpt import config_to_hf
 
 from ._timing import format_machine, interleaved_medians, limited_threads, machine_info, markdown_table, usable_cores
 
 PACKAGES = ("numpy", "torch", "transformers", "threadpoolctl")
+FLOOR = "floor: weight products only (no model)"
+LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 ADAMW = dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 
 
@@ -47,6 +53,18 @@ def numpyllm_runner(config, backend, flat_params, idx, targets):
     return forward_backward, training_step
 
 
+def torch_adamw(torch, model, adamw):
+    """torch.optim.AdamW over ``model``'s parameters with numpyllm's rule: weight decay on 2-D tensors only.
+
+    adamw: dict of lr, betas, eps, weight_decay (as numpyllm.AdamW takes them).
+    """
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": adamw["weight_decay"]},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=adamw["lr"], betas=adamw["betas"], eps=adamw["eps"])
+
+
 def torch_runner(config, params, idx, targets):
     """The same two callables for transformers' GPT2LMHeadModel holding ``params``."""
     import torch
@@ -56,11 +74,7 @@ def torch_runner(config, params, idx, targets):
     model = transformers.GPT2LMHeadModel(hf_config).train()
     model.load_state_dict({"transformer." + name: torch.from_numpy(p.copy()) for name, p in params.items()},
                           strict=False)  # lm_head.weight is tied to wte
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": ADAMW["weight_decay"]},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=ADAMW["lr"], betas=ADAMW["betas"], eps=ADAMW["eps"])
+    optimizer = torch_adamw(torch, model, ADAMW)
     idx_t, targets_t = torch.from_numpy(idx), torch.from_numpy(targets).reshape(-1)
 
     def forward_backward():
@@ -76,6 +90,35 @@ def torch_runner(config, params, idx, targets):
         return loss
 
     return forward_backward, training_step
+
+
+def matrix_products_runner(model, n_rows):
+    """A call running every weight product of one training step of ``model`` on ``n_rows`` = B·T
+    rows: for each linear layer (each block's four, then the tied head) y = x @ W, dx = dy @ Wᵀ and
+    dW = xᵀ dy (formed as xᵀ @ dy or (dyᵀ @ x)ᵀ, the layout linear_backward picks), on random
+    operands and into outputs allocated once."""
+    rng = np.random.default_rng(0)
+    dtype = model.config.dtype
+    weights = [model.block_params(i)[name] for i in range(model.config.n_layer) for name in LINEAR_WEIGHTS]
+    weights.append(model.params["wte.weight"].T)  # the tied head: (C, V)
+    products = []
+    for w in weights:
+        n_in, n_out = w.shape
+        x = rng.standard_normal((n_rows, n_in)).astype(dtype)
+        dy = rng.standard_normal((n_rows, n_out)).astype(dtype)
+        y, dx, dw = np.empty((n_rows, n_out), dtype), np.empty((n_rows, n_in), dtype), np.empty((n_in, n_out), dtype)
+        products.append((x, w, dy, y, dx, dw))
+
+    def run():
+        for x, w, dy, y, dx, dw in products:
+            np.matmul(x, w, out=y)  # forward
+            np.matmul(dy, w.T, out=dx)  # backward, input gradient
+            if w.shape[0] >= w.shape[1]:  # backward, weight gradient
+                np.matmul(x.T, dy, out=dw)
+            else:
+                np.matmul(dy.T, x, out=dw.T)
+
+    return run
 
 
 def make_runners(args, reference, idx, targets):
@@ -95,6 +138,8 @@ def make_runners(args, reference, idx, targets):
         runners["transformers + torch"] = torch_runner(config, reference.params, idx, targets)
     except ImportError as error:
         notes.append(f"torch/transformers not importable ({error}): no torch row")
+    products = matrix_products_runner(reference, idx.size)
+    runners[FLOOR] = (products, products)  # no optimizer: the floor of both measurements
     return runners, notes
 
 
@@ -104,7 +149,7 @@ def time_rounds(runners, rounds, threads):
     calls = {(name, kind): call for name, pair in runners.items() for kind, call in enumerate(pair)}
     with limited_threads(threads, user_api="blas"):
         timings = interleaved_medians(calls, rounds)
-    first_loss = {name: timings[name, 0].first_result for name in runners}  # the warm-up forward+backward
+    first_loss = {name: timings[name, 0].first_result for name in runners if name != FLOOR}  # warm-up fwd+bwd
     return {key: timing.median for key, timing in timings.items()}, first_loss
 
 
@@ -155,17 +200,22 @@ def build_parser():
     add = parser.add_argument
     add("--quick", action="store_true", help="2 timed rounds and numpyllm with the Cython kernel only")
     add("--rounds", type=int, help="timed rounds after the warm-up (default 5; 2 with --quick)")
-    add("--threads", type=int, default=usable_cores(),
-        help="BLAS threads (threadpoolctl) and torch.set_num_threads (default: usable cores, %(default)s)")
     add("--batch", type=int, default=8, help="B (default 8)")
     add("--seq", type=int, default=256, help="T, also block_size (default 256)")
     add("--n-layer", type=int, default=6)
     add("--n-head", type=int, default=6)
     add("--n-embd", type=int, default=384)
     add("--vocab", type=int, default=4096)
+    add_thread_and_profile_arguments(add)
+    return parser
+
+
+def add_thread_and_profile_arguments(add):
+    """--threads, --profile and --top, for the training-step benchmarks (add: parser.add_argument)."""
+    add("--threads", type=int, default=usable_cores(),
+        help="BLAS threads (threadpoolctl) and torch.set_num_threads (default: usable cores, %(default)s)")
     add("--profile", action="store_true", help="also cProfile one numpyllm training step")
     add("--top", type=int, default=20, help="functions listed by --profile (default 20)")
-    return parser
 
 
 def main(argv=None):
@@ -190,17 +240,19 @@ def main(argv=None):
     medians, first_loss = time_rounds(runners, rounds, args.threads)
     tokens = args.batch * args.seq
     torch_step = medians.get(("transformers + torch", 1))
+    floor = medians[FLOOR, 1]
     rows = []
     for name in runners:
         fb, step = medians[name, 0], medians[name, 1]
         rows.append([name, f"{fb * 1e3:.0f}", f"{tokens / fb:.0f}", f"{step * 1e3:.0f}", f"{tokens / step:.0f}",
-                     f"{torch_step / step:.2f}" if torch_step else "-", f"{first_loss[name]:.6f}"])
+                     f"{torch_step / step:.2f}" if torch_step else "-", f"{100 * floor / step:.0f}%",
+                     f"{first_loss[name]:.6f}" if name in first_loss else "-"])
     print(markdown_table(["implementation", "fwd+bwd ms", "fwd+bwd tok/s", "train step ms", "train step tok/s",
-                          "speed vs torch (step)", "first loss"], rows))
+                          "speed vs torch (step)", "% of floor (step)", "first loss"], rows))
     if args.profile:
         profile_step(runners, args.threads, args.top)
     return {name: dict(forward_backward_s=medians[name, 0], training_step_s=medians[name, 1],
-                       first_loss=first_loss[name]) for name in runners}
+                       first_loss=first_loss.get(name)) for name in runners}
 
 
 if __name__ == "__main__":

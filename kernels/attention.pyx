@@ -3,7 +3,10 @@
 
 Same math as the NumPy reference in ``numpyllm/attention.py`` (read that first):
 
-    S = scale · Q Kᵀ + causal mask,   O = softmax(S) V,   lse = logsumexp(S) per row
+    S = scale · Q Kᵀ + mask,   O = softmax(S) V,   lse = logsumexp(S) per row
+
+where the mask hides keys j >= L = key_lengths[b] (right padding) and, when causal,
+keys j > i + (Nk - Nq). Query head h reads key/value head h // (H // H_kv).
 
 but no (Nq, Nk) matrix is ever formed. Queries are cut into blocks of BLOCK_Q rows and
 keys/values into blocks of BLOCK_K rows; only one (BLOCK_Q, BLOCK_K) tile of scores
@@ -11,7 +14,7 @@ lives at a time, in per-thread scratch.
 
 Forward, for one query block (online softmax):
     m = -inf, l = 0, acc = 0                      per row: running max, running sum, output
-    for each key block K_j, V_j not fully hidden by the causal mask:
+    for each key block K_j, V_j below L and not fully hidden by the causal mask:
         S    = scale · Q_i K_jᵀ                   (tile product, BLAS)
         m'   = max(m, rowmax(S))
         P    = exp(S - m')                        (masked entries: 0)
@@ -20,7 +23,7 @@ Forward, for one query block (online softmax):
         m    = m'
     O = acc / l,  lse = m + log(l)
 
-Backward, for one key block j (its dK_j, dV_j are owned by this (batch, head)):
+Backward, for one key block j below L (its dK_j, dV_j are owned by this (batch, head)):
     D_i = rowsum(dO_i ∘ O_i)                      once per query row
     for each query block i that can see key block j:
         P     = exp(scale · Q_i K_jᵀ - lse_i)     rebuilt from the saved lse
@@ -30,8 +33,11 @@ Backward, for one key block j (its dK_j, dV_j are owned by this (batch, head)):
         dQ_i += scale · dS K_j
         dK_j += scale · dSᵀ Q_i
 
-Parallel over (batch·head, query block) in the forward and over batch·head in the
-backward (each thread then owns its dK, dV and dQ rows, so there is no race).
+Key blocks at or past L are never touched: a batch padded to twice its length costs
+what its real keys cost. Parallel over (batch·head, query block) in the forward and over
+batch·head in the backward: each task owns its dQ rows and its own dK, dV of one query
+head, so there is no race. With grouped heads (H_kv < H) the H query heads' dK, dV
+(B·H·Nk·d, still O(N·d)) are summed onto the H_kv shared heads at the end.
 Inputs are validated by the Python wrapper in ``numpyllm.attention``; these functions
 trust shapes and dtypes. Each head of an input is read in place as a matrix of rows
 (BLAS's leading dimension is the row stride), so views such as a KV cache's first
@@ -209,11 +215,11 @@ cdef void forward_query_block(
     const floating* q, int ldq,                # (Nq, d) of one head, row stride ldq
     const floating* k, int ldk, const floating* v, int ldv,  # (Nk, d) each
     floating* out, double* lse,                # (Nq, d) contiguous, (Nq,)
-    Py_ssize_t n_q, Py_ssize_t n_k, int d, Py_ssize_t row0,
+    Py_ssize_t n_q, Py_ssize_t n_k, Py_ssize_t key_length, int d, Py_ssize_t row0,
     bint causal, floating scale,
     floating* scores, floating* acc, double* running_max, double* running_sum,  # thread scratch
 ) noexcept nogil:
-    """Rows row0 .. row0+BLOCK_Q-1 of out and lse, streaming over key blocks."""
+    """Rows row0 .. row0+BLOCK_Q-1 of out and lse, streaming over the key blocks below key_length."""
     cdef int n_rows = <int> min(<Py_ssize_t> BLOCK_Q, n_q - row0)
     cdef Py_ssize_t offset = n_k - n_q
     cdef Py_ssize_t col0, last_col
@@ -227,9 +233,11 @@ cdef void forward_query_block(
         running_sum[i] = 0.0
         for c in range(d):
             acc[i * d + c] = 0
-    # Keys past the block's last visible column are hidden from every row: skip them,
-    # including the hidden tail of the last tile (the diagonal's right of it).
-    last_col = row0 + n_rows - 1 + offset if causal else n_k - 1
+    # Keys past the block's last visible column (the padding, and right of the causal
+    # diagonal) are hidden from every row: skip them, including the hidden tail of the last tile.
+    last_col = key_length - 1
+    if causal and row0 + n_rows - 1 + offset < last_col:
+        last_col = row0 + n_rows - 1 + offset
     col0 = 0
     while col0 <= last_col:
         n_cols = <int> min(<Py_ssize_t> BLOCK_K, last_col + 1 - col0)
@@ -262,10 +270,12 @@ cdef void forward_query_block(
 
 cdef void forward_all(
     const floating[:, :, :, :] q, const floating[:, :, :, :] k, const floating[:, :, :, :] v,
-    floating[:, :, ::1] out, double[:, ::1] lse, bint causal, floating scale,
+    const Py_ssize_t[::1] key_lengths, floating[:, :, ::1] out, double[:, ::1] lse,
+    bint causal, floating scale,
     floating[:, ::1] scores, floating[:, ::1] acc, double[:, ::1] stats, int n_threads,
 ) noexcept nogil:
     cdef Py_ssize_t n_h = q.shape[1], n_q = q.shape[2], n_k = k.shape[2]
+    cdef Py_ssize_t group = n_h // k.shape[1]  # query heads per key/value head
     cdef int d = <int> q.shape[3], rows = <int> stats.shape[1] // 2
     cdef int ldq = row_stride(q), ldk = row_stride(k), ldv = row_stride(v)
     cdef Py_ssize_t n_qblocks = (n_q + BLOCK_Q - 1) // BLOCK_Q
@@ -278,9 +288,9 @@ cdef void forward_all(
             b = head // n_h
             h = head % n_h
             row0 = (task % n_qblocks) * BLOCK_Q
-            forward_query_block(&q[b, h, 0, 0], ldq, &k[b, h, 0, 0], ldk, &v[b, h, 0, 0], ldv,
-                                &out[head, 0, 0], &lse[head, 0],
-                                n_q, n_k, d, row0, causal, scale,
+            forward_query_block(&q[b, h, 0, 0], ldq, &k[b, h // group, 0, 0], ldk,
+                                &v[b, h // group, 0, 0], ldv, &out[head, 0, 0], &lse[head, 0],
+                                n_q, n_k, key_lengths[b], d, row0, causal, scale,
                                 &scores[tid, 0], &acc[tid, 0],
                                 &stats[tid, 0], &stats[tid, rows])
 
@@ -293,12 +303,13 @@ cdef void backward_head(
     const floating* out, int ldo, const floating* dout, int lddo,  # (Nq or Nk, d), row strides ld*
     const double* lse,
     floating* dq, floating* dk, floating* dv,                  # contiguous, zeroed on entry
-    Py_ssize_t n_q, Py_ssize_t n_k, int d, bint causal, floating scale,
+    Py_ssize_t n_q, Py_ssize_t n_k, Py_ssize_t key_length, int d, bint causal, floating scale,
     floating* probs, floating* dscores, double* d_row,         # thread scratch
 ) noexcept nogil:
-    """dq, dk, dv of one (batch, head), streaming over key blocks and query blocks."""
+    """dq, dk, dv of one (batch, head), streaming over the key blocks below key_length and
+    the query blocks that see them; dk, dv rows at or past key_length stay zero."""
     cdef Py_ssize_t offset = n_k - n_q
-    cdef Py_ssize_t row0, col0, first_row
+    cdef Py_ssize_t row0, col0, first_row, col_end
     cdef int n_rows, n_cols, n_vis, i, j, c
     cdef double dot
     cdef floating d_i
@@ -311,7 +322,7 @@ cdef void backward_head(
             dot = dot + <double> dout[i * lddo + c] * out[i * ldo + c]
         d_row[i] = dot
     col0 = 0
-    while col0 < n_k:
+    while col0 < key_length:
         # Causal: the first query row that sees column col0 is col0 - offset.
         first_row = 0
         if causal and col0 - offset > 0:
@@ -319,8 +330,11 @@ cdef void backward_head(
         row0 = first_row
         while row0 < n_q:
             n_rows = <int> min(<Py_ssize_t> BLOCK_Q, n_q - row0)
-            # Causal: columns right of what the block's last row sees get nothing from it.
-            n_cols = <int> min(<Py_ssize_t> BLOCK_K, (row0 + n_rows + offset if causal else n_k) - col0)
+            # Padding, and causal: columns right of what the block's last row sees get nothing from it.
+            col_end = key_length
+            if causal and row0 + n_rows + offset < col_end:
+                col_end = row0 + n_rows + offset
+            n_cols = <int> min(<Py_ssize_t> BLOCK_K, col_end - col0)
             # P = exp(scale · Q_i K_jᵀ - lse_i), masked entries 0
             score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, probs)
             for i in range(n_rows):
@@ -351,11 +365,13 @@ cdef void backward_head(
 cdef void backward_all(
     const floating[:, :, :, :] q, const floating[:, :, :, :] k, const floating[:, :, :, :] v,
     const floating[:, :, :, :] out, const floating[:, :, :, :] dout, const double[:, ::1] lse,
-    floating[:, :, ::1] dq, floating[:, :, ::1] dk, floating[:, :, ::1] dv,
+    const Py_ssize_t[::1] key_lengths,
+    floating[:, :, ::1] dq, floating[:, :, ::1] dk, floating[:, :, ::1] dv,  # dk, dv per query head
     bint causal, floating scale,
     floating[:, ::1] probs, floating[:, ::1] dscores, double[:, ::1] d_row, int n_threads,
 ) noexcept nogil:
     cdef Py_ssize_t n_h = q.shape[1], n_q = q.shape[2], n_k = k.shape[2]
+    cdef Py_ssize_t group = n_h // k.shape[1]  # query heads per key/value head
     cdef int d = <int> q.shape[3]
     cdef int ldq = row_stride(q), ldk = row_stride(k), ldv = row_stride(v)
     cdef int ldo = row_stride(out), lddo = row_stride(dout)
@@ -366,10 +382,10 @@ cdef void backward_all(
             tid = threadid()
             b = head // n_h
             h = head % n_h
-            backward_head(&q[b, h, 0, 0], ldq, &k[b, h, 0, 0], ldk, &v[b, h, 0, 0], ldv,
+            backward_head(&q[b, h, 0, 0], ldq, &k[b, h // group, 0, 0], ldk, &v[b, h // group, 0, 0], ldv,
                           &out[b, h, 0, 0], ldo, &dout[b, h, 0, 0], lddo, &lse[head, 0],
                           &dq[head, 0, 0], &dk[head, 0, 0], &dv[head, 0, 0],
-                          n_q, n_k, d, causal, scale,
+                          n_q, n_k, key_lengths[b], d, causal, scale,
                           &probs[tid, 0], &dscores[tid, 0], &d_row[tid, 0])
 
 
@@ -418,17 +434,31 @@ def _rows(x):
     return np.ascontiguousarray(x)
 
 
-def forward(q, k, v, bint causal, double scale, int num_threads=0):
-    """Kernel forward. q: (B, H, Nq, d), k, v: (B, H, Nk, d), validated by the caller.
+def _lengths(key_lengths, Py_ssize_t batch, Py_ssize_t n_k):
+    """key_lengths as the kernel reads them: intp (B,), every key visible when None."""
+    if key_lengths is None:
+        return np.full(batch, n_k, dtype=np.intp)
+    return np.ascontiguousarray(key_lengths, dtype=np.intp)
+
+
+def _visible_work(key_lengths, Py_ssize_t heads, Py_ssize_t n_q, Py_ssize_t d):
+    """Multiply-adds of one pass over the keys below key_lengths, for the thread count."""
+    return <double> heads * n_q * d * float(np.sum(key_lengths, dtype=np.float64))
+
+
+def forward(q, k, v, bint causal, double scale, key_lengths=None, int num_threads=0):
+    """Kernel forward. q: (B, H, Nq, d), k, v: (B, H_kv, Nk, d), key_lengths (B,) ints
+    in [1, Nk] or None, all validated by the caller.
 
     Returns out: (B, H, Nq, d) in q's dtype and lse: (B, H, Nq) float64.
     """
     B, H, n_q, d = q.shape
+    lengths = _lengths(key_lengths, B, k.shape[2])
     out = np.empty((B * H, n_q, d), dtype=q.dtype)
     lse = np.empty((B * H, n_q), dtype=np.float64)
     n_tasks = B * H * ((n_q + BLOCK_Q - 1) // BLOCK_Q)
     if n_tasks > 0:
-        work = <double> B * H * n_q * k.shape[2] * d
+        work = _visible_work(lengths, H, n_q, d)
         n_threads = _threads(num_threads, n_tasks, work)
         rows = min(BLOCK_Q, n_q)  # a decoding step's scratch is one row, not a whole tile
         scores = np.empty((n_threads, rows * BLOCK_K), dtype=q.dtype)
@@ -437,21 +467,24 @@ def forward(q, k, v, bint causal, double scale, int num_threads=0):
         q, k, v = _rows(q), _rows(k), _rows(v)
         with _single_threaded_blas(work):
             if q.dtype == np.float32:
-                forward_all[float](q, k, v, out, lse, causal, <float> scale, scores, acc, stats, n_threads)
+                forward_all[float](q, k, v, lengths, out, lse, causal, <float> scale, scores, acc, stats,
+                                   n_threads)
             else:
-                forward_all[double](q, k, v, out, lse, causal, scale, scores, acc, stats, n_threads)
+                forward_all[double](q, k, v, lengths, out, lse, causal, scale, scores, acc, stats, n_threads)
     return out.reshape(B, H, n_q, d), lse.reshape(B, H, n_q)
 
 
-def backward(dout, q, k, v, out, lse, bint causal, double scale, int num_threads=0):
-    """Kernel backward. Shapes as in ``forward``; returns dq, dk, dv in q's dtype."""
+def backward(dout, q, k, v, out, lse, bint causal, double scale, key_lengths=None, int num_threads=0):
+    """Kernel backward. Shapes as in ``forward``; returns dq, dk, dv in q's dtype, dk and
+    dv with k's shape (B, H_kv, Nk, d)."""
     B, H, n_q, d = q.shape
-    n_k = k.shape[2]
+    H_kv, n_k = k.shape[1], k.shape[2]
+    lengths = _lengths(key_lengths, B, n_k)
     dq = np.zeros((B * H, n_q, d), dtype=q.dtype)
     dk = np.zeros((B * H, n_k, d), dtype=q.dtype)
     dv = np.zeros((B * H, n_k, d), dtype=q.dtype)
     if B * H > 0 and n_q > 0:
-        work = <double> B * H * n_q * n_k * d
+        work = _visible_work(lengths, H, n_q, d)
         n_threads = _threads(num_threads, B * H, work)
         rows = min(BLOCK_Q, n_q)
         probs = np.empty((n_threads, rows * BLOCK_K), dtype=q.dtype)
@@ -461,9 +494,12 @@ def backward(dout, q, k, v, out, lse, bint causal, double scale, int num_threads
         q, k, v, out, dout = _rows(q), _rows(k), _rows(v), _rows(out), _rows(dout)
         with _single_threaded_blas(work):
             if q.dtype == np.float32:
-                backward_all[float](q, k, v, out, dout, lse_heads, dq, dk, dv, causal, <float> scale,
-                                    probs, dscores, d_row, n_threads)
+                backward_all[float](q, k, v, out, dout, lse_heads, lengths, dq, dk, dv, causal,
+                                    <float> scale, probs, dscores, d_row, n_threads)
             else:
-                backward_all[double](q, k, v, out, dout, lse_heads, dq, dk, dv, causal, scale,
+                backward_all[double](q, k, v, out, dout, lse_heads, lengths, dq, dk, dv, causal, scale,
                                      probs, dscores, d_row, n_threads)
-    return (dq.reshape(B, H, n_q, d), dk.reshape(B, H, n_k, d), dv.reshape(B, H, n_k, d))
+    dq, dk, dv = (x.reshape(B, H, -1, d) for x in (dq, dk, dv))
+    if H_kv != H:  # (B, H, Nk, d) per query head -> (B, H_kv, Nk, d): sum each group of H // H_kv heads
+        dk, dv = (x.reshape(B, H_kv, H // H_kv, n_k, d).sum(axis=2) for x in (dk, dv))
+    return dq, dk, dv

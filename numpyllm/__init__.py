@@ -1,14 +1,17 @@
-"""numpyllm: a GPT-style language model in plain NumPy, every backward pass by hand.
+"""numpyllm: GPT and BERT in plain NumPy, every backward pass by hand.
 
 Importing numpyllm needs only NumPy. The compiled attention kernel, safetensors,
 regex, tqdm and matplotlib are used when present (see the README).
 """
 
 from . import attention
+from .bert import BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertModel
 from .gpt import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm
 from .tokenizer import BPETokenizer
+from .wordpiece import WordPieceTokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "GPT", "GPTConfig", "AdamW", "clip_grad_norm", "BPETokenizer"]
+__all__ = ["attention", "GPT", "GPTConfig", "BertConfig", "BertModel", "BertForMaskedLM", "BertForPreTraining",
+           "BertForSequenceClassification", "AdamW", "clip_grad_norm", "BPETokenizer", "WordPieceTokenizer"]

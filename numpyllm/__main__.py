@@ -1,4 +1,4 @@
-"""Command line: ``python -m numpyllm {train,eval,generate} ...``.
+"""Command line: ``python -m numpyllm {train,eval,generate,train-mlm,train-classifier,classify,fill-mask} ...``.
 
 Each subcommand lives in its own module, which provides
 
@@ -20,6 +20,12 @@ SUBCOMMANDS = {
     "train": ("numpyllm.cli.train", "train a GPT on text files (default: the Python standard library's source)"),
     "eval": ("numpyllm.cli.eval", "print the loss and perplexity of a model on a text file"),
     "generate": ("numpyllm.cli.generate", "continue a prompt with a trained model, streaming the text"),
+    "train-mlm": ("numpyllm.cli.train_mlm", "pretrain a BERT with masked-LM on text files "
+                                           "(default: the Python standard library's source)"),
+    "train-classifier": ("numpyllm.cli.train_classifier", "fine-tune a BERT classifier on a labelled .csv/.tsv/"
+                                                         ".jsonl file (default: a task built from the standard library)"),
+    "classify": ("numpyllm.cli.classify", "label texts with a trained classifier; with labels, score it"),
+    "fill-mask": ("numpyllm.cli.fill_mask", "the most likely tokens for the [MASK] in a text"),
 }
 
 

@@ -1,9 +1,14 @@
 """Scaled dot-product attention: the NumPy reference (the specification) and backend dispatch.
 
-    S = scale · Q Kᵀ + M          M[i, j] = -inf where a causal query i may not see key j
+    S = scale · Q Kᵀ + M          M[i, j] = -inf where query i may not see key j
     P = softmax(S)  (row-wise)
     O = P V
     lse[i] = log Σ_j exp(S[i, j])   (saved so the backward can rebuild P = exp(S - lse))
+
+Query i of batch b may not see key j when j >= key_lengths[b] (right padding) or, with
+``causal``, when j > i + (Nk - Nq) (bottom-right alignment). Key 0 is always visible,
+so every row has at least one key. k and v may have fewer heads than q (grouped-query
+attention): query head h reads key/value head h // (H // H_kv).
 
 Two backends share one signature:
 
@@ -33,40 +38,68 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # --------------------------------------------------------------------------- reference
 
 
-def _scores(q, k, causal, scale):
-    """Scaled, masked scores S = scale · Q Kᵀ (+ -inf above the causal diagonal).
+def _visible(n_q, n_k, causal, key_lengths, causal_offset=None):
+    """Where query i may see key j: a bool mask broadcastable to (B, H, Nq, Nk), or None.
 
-    q: (B, H, Nq, d), k: (B, H, Nk, d) -> S: (B, H, Nq, Nk).
-    Causal uses bottom-right alignment: row i sees columns j <= i + (Nk - Nq).
+    Causal rows see j <= i + causal_offset; None is the contract's bottom-right alignment,
+    Nk - Nq (one query row, a decoding step, then sees every key). numpyllm.testing also
+    checks top-left kernels (PyTorch's is_causal), causal_offset = 0. key_lengths (B,)
+    hides keys j >= key_lengths[b].
     """
+    mask = None
+    offset = n_k - n_q if causal_offset is None else causal_offset
+    if causal and offset < n_k - 1:  # else every row sees every key: nothing to mask
+        mask = np.tri(n_q, n_k, k=offset, dtype=bool)  # (Nq, Nk), True where j <= i + offset
+    if key_lengths is not None:
+        unpadded = np.arange(n_k) < key_lengths[:, None, None, None]  # (B, 1, 1, Nk)
+        mask = unpadded if mask is None else mask & unpadded  # (B, 1, Nq, Nk)
+    return mask
+
+
+def _repeat_kv_heads(x, n_head):
+    """x (B, H_kv, N, d) -> (B, H, N, d): query head h gets key/value head h // (H // H_kv)."""
+    return np.repeat(x, n_head // x.shape[1], axis=1)
+
+
+def _sum_kv_heads(dx, n_kv_head):
+    """Backward of ``_repeat_kv_heads``: (B, H, N, d) -> (B, H_kv, N, d), summing each group."""
+    B, H, N, d = dx.shape
+    return dx.reshape(B, n_kv_head, H // n_kv_head, N, d).sum(axis=2)
+
+
+def _scores(q, k, causal, scale, key_lengths=None, causal_offset=None):
+    """Scaled, masked scores S = scale · Q Kᵀ, -inf where a key is hidden.
+
+    q: (B, H, Nq, d), k: (B, H_kv, Nk, d), key_lengths: (B,) or None -> S: (B, H, Nq, Nk).
+    """
+    k = _repeat_kv_heads(k, q.shape[1])  # (B, H, Nk, d)
     s = scale * (q @ k.swapaxes(-1, -2))  # (B, H, Nq, d) @ (B, H, d, Nk) -> (B, H, Nq, Nk)
-    n_q, n_k = q.shape[-2], k.shape[-2]
-    if causal and n_q > 1:  # one query row (a decoding step) sees every key: nothing to mask
-        visible = np.tri(n_q, n_k, k=n_k - n_q, dtype=bool)  # (Nq, Nk), True where j <= i + Nk - Nq
-        s = np.where(visible, s, -np.inf)
-    return s
+    visible = _visible(q.shape[-2], k.shape[-2], causal, key_lengths, causal_offset)
+    return s if visible is None else np.where(visible, s, -np.inf)
 
 
-def reference_forward(q, k, v, causal, scale):
+def reference_forward(q, k, v, causal, scale, key_lengths=None, causal_offset=None):
     """Reference forward: out = softmax(S) V and lse = logsumexp(S) per row.
 
-    q: (B, H, Nq, d), k, v: (B, H, Nk, d) -> out: (B, H, Nq, d) in q's dtype,
-    lse: (B, H, Nq) float64. The row max is subtracted before exp, so scores of any
-    finite size give finite results.
+    q: (B, H, Nq, d), k, v: (B, H_kv, Nk, d), key_lengths: (B,) ints or None ->
+    out: (B, H, Nq, d) in q's dtype, lse: (B, H, Nq) float64. The row max is
+    subtracted before exp, so scores of any finite size give finite results.
+    causal_offset: see ``_visible`` (None: bottom-right, the contract).
     """
-    s = _scores(q, k, causal, scale)
-    row_max = s.max(axis=-1, keepdims=True)  # (B, H, Nq, 1)
+    s = _scores(q, k, causal, scale, key_lengths, causal_offset)
+    row_max = s.max(axis=-1, keepdims=True)  # (B, H, Nq, 1), finite: key 0 is always visible
     p = np.exp(s - row_max)  # unnormalised probabilities, each <= 1
     row_sum = p.sum(axis=-1, keepdims=True)  # (B, H, Nq, 1), >= 1
-    out = (p / row_sum) @ v  # (B, H, Nq, Nk) @ (B, H, Nk, d) -> (B, H, Nq, d)
+    out = (p / row_sum) @ _repeat_kv_heads(v, q.shape[1])  # (B, H, Nq, Nk) @ (B, H, Nk, d) -> (B, H, Nq, d)
     lse = (row_max.astype(np.float64) + np.log(row_sum.astype(np.float64)))[..., 0]
     return out.astype(q.dtype, copy=False), lse
 
 
-def reference_backward(dout, q, k, v, out, lse, causal, scale):
+def reference_backward(dout, q, k, v, out, lse, causal, scale, key_lengths=None, causal_offset=None):
     """Reference backward of ``reference_forward``.
 
-    With P = exp(S - lse) rebuilt from the saved lse and D_i = Σ_c dO[i, c] O[i, c]:
+    With P = exp(S - lse) rebuilt from the saved lse, D_i = Σ_c dO[i, c] O[i, c], and
+    K, V repeated to H heads as the forward reads them:
 
         dV = Pᵀ dO
         dP = dO Vᵀ
@@ -74,16 +107,20 @@ def reference_backward(dout, q, k, v, out, lse, causal, scale):
         dQ = scale · dS K
         dK = scale · dSᵀ Q
 
-    dout, out: (B, H, Nq, d); lse: (B, H, Nq) -> dq: (B, H, Nq, d), dk, dv: (B, H, Nk, d).
+    then dK, dV of the H query heads are summed over each group onto their H_kv heads.
+    dout, out: (B, H, Nq, d); lse: (B, H, Nq) -> dq: (B, H, Nq, d), dk, dv: (B, H_kv, Nk, d).
     """
-    s = _scores(q, k, causal, scale)
+    n_head, n_kv_head = q.shape[1], k.shape[1]
+    s = _scores(q, k, causal, scale, key_lengths, causal_offset)
     p = np.exp(s - lse[..., None].astype(s.dtype))  # (B, H, Nq, Nk)
+    k, v = _repeat_kv_heads(k, n_head), _repeat_kv_heads(v, n_head)  # (B, H, Nk, d)
     dv = p.swapaxes(-1, -2) @ dout  # (B, H, Nk, Nq) @ (B, H, Nq, d) -> (B, H, Nk, d)
     dp = dout @ v.swapaxes(-1, -2)  # (B, H, Nq, d) @ (B, H, d, Nk) -> (B, H, Nq, Nk)
     d_row = (dout * out).sum(axis=-1, keepdims=True)  # D: (B, H, Nq, 1)
     ds = p * (dp - d_row)
     dq = scale * (ds @ k)  # (B, H, Nq, Nk) @ (B, H, Nk, d) -> (B, H, Nq, d)
     dk = scale * (ds.swapaxes(-1, -2) @ q)  # (B, H, Nk, Nq) @ (B, H, Nq, d) -> (B, H, Nk, d)
+    dk, dv = _sum_kv_heads(dk, n_kv_head), _sum_kv_heads(dv, n_kv_head)  # (B, H_kv, Nk, d)
     dtype = q.dtype
     return dq.astype(dtype, copy=False), dk.astype(dtype, copy=False), dv.astype(dtype, copy=False)
 
@@ -101,19 +138,41 @@ def _check_float_array(x, name):
         raise ValueError(f"{name} must be 4-D (B, H, N, d), got shape {x.shape}")
 
 
-def _check_inputs(q, k, v, causal, scale):
-    """Validate q, k, v, causal, scale; return the float scale to use."""
+def _check_key_lengths(key_lengths, n_batch, n_k):
+    """None, or key_lengths as a C-contiguous intp array (B,) with 1 <= L[b] <= Nk."""
+    if key_lengths is None:
+        return None
+    lengths = np.asarray(key_lengths)
+    if lengths.dtype.kind not in "iu":
+        raise TypeError(
+            f"key_lengths must be None or an integer array of shape (B,) = ({n_batch},), "
+            f"got dtype {lengths.dtype}"
+        )
+    if lengths.shape != (n_batch,):
+        raise ValueError(f"key_lengths must have shape (B,) = ({n_batch},), got {lengths.shape}")
+    if n_batch and (lengths.min() < 1 or lengths.max() > n_k):
+        bad = lengths[(lengths < 1) | (lengths > n_k)][0]
+        raise ValueError(f"key_lengths entries must be in [1, Nk] = [1, {n_k}], got {bad}")
+    return np.ascontiguousarray(lengths, dtype=np.intp)
+
+
+def _check_inputs(q, k, v, causal, scale, key_lengths):
+    """Validate q, k, v, causal, scale, key_lengths; return (scale, key_lengths) to use."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check_float_array(x, name)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
     B, H, n_q, d = q.shape
-    if k.shape[:2] != (B, H) or v.shape[:2] != (B, H):
-        raise ValueError(
-            f"q, k, v must share (B, H); got q {q.shape}, k {k.shape}, v {v.shape}"
-        )
     if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape (B, H, Nk, d), got k {k.shape}, v {v.shape}")
+        raise ValueError(f"k and v must have the same shape (B, H_kv, Nk, d), got k {k.shape}, v {v.shape}")
+    if k.shape[0] != B:
+        raise ValueError(f"q, k, v must share B; got q {q.shape}, k {k.shape}, v {v.shape}")
+    n_kv_head = k.shape[1]
+    if not (n_kv_head == H or (n_kv_head > 0 and H % n_kv_head == 0)):
+        raise ValueError(
+            f"k and v must have H_kv heads with H % H_kv == 0 for q's H={H} "
+            f"(H_kv == H: multi-head, 1: multi-query), got H_kv={n_kv_head} (k {k.shape})"
+        )
     if k.shape[3] != d:
         raise ValueError(f"k must have head dimension d={d} like q, got k {k.shape}")
     if d == 0:
@@ -127,9 +186,10 @@ def _check_inputs(q, k, v, causal, scale):
         raise ValueError(
             f"causal attention needs Nq <= Nk (bottom-right alignment), got Nq={n_q}, Nk={n_k}"
         )
+    key_lengths = _check_key_lengths(key_lengths, B, n_k)
     if scale is None:
-        return 1.0 / math.sqrt(d)
-    return check_real(scale, "scale", low_inclusive=False)  # any finite real
+        return 1.0 / math.sqrt(d), key_lengths
+    return check_real(scale, "scale", low_inclusive=False), key_lengths  # any finite real
 
 
 def _check_backward_inputs(dout, q, out, lse):
@@ -204,18 +264,23 @@ def _check_num_threads(num_threads):
     return check_int(num_threads, "num_threads", 1, optional=True) or 0
 
 
-def forward(q, k, v, causal=False, scale=None, backend="auto", *, num_threads=None):
+def forward(q, k, v, causal=False, scale=None, key_lengths=None, backend="auto", *, num_threads=None):
     """Attention forward: ``out = softmax(scale · Q Kᵀ + mask) V``.
 
     Parameters
     ----------
     q : ndarray, (B, H, Nq, d), float32 or float64, any strides
-    k, v : ndarray, (B, H, Nk, d), same dtype as q, Nk >= 1
+    k, v : ndarray, (B, H_kv, Nk, d), same dtype as q, Nk >= 1, H % H_kv == 0
+        Query head h reads key/value head h // (H // H_kv): H_kv == H is multi-head
+        attention, 1 < H_kv < H grouped-query, H_kv == 1 multi-query.
     causal : bool
         Bottom-right aligned mask: query row i sees key columns j <= i + (Nk - Nq).
         Requires Nq <= Nk. With Nq == 1 the query sees every key (KV-cache decoding).
     scale : float or None
         Multiplies Q Kᵀ; None means 1/sqrt(d).
+    key_lengths : integer array (B,) or None
+        Right padding: every query row of batch b sees only keys j < key_lengths[b],
+        1 <= key_lengths[b] <= Nk. Combined with ``causal`` when both are given.
     backend : {"auto", "numpy", "cython"}
     num_threads : int or None
         Threads for the compiled kernel; None follows OpenMP's default
@@ -227,21 +292,22 @@ def forward(q, k, v, causal=False, scale=None, backend="auto", *, num_threads=No
     lse : ndarray, (B, H, Nq), float64
         log Σ_j exp(S_ij) of each row of scaled, masked scores; the backward needs it.
     """
-    scale = _check_inputs(q, k, v, causal, scale)
+    scale, key_lengths = _check_inputs(q, k, v, causal, scale, key_lengths)
     n_threads = _check_num_threads(num_threads)
     if _resolve(backend) == "cython":
-        return _kernel.forward(q, k, v, bool(causal), scale, n_threads)
-    return reference_forward(q, k, v, bool(causal), scale)
+        return _kernel.forward(q, k, v, bool(causal), scale, key_lengths, n_threads)
+    return reference_forward(q, k, v, bool(causal), scale, key_lengths)
 
 
-def backward(dout, q, k, v, out, lse, causal=False, scale=None, backend="auto", *, num_threads=None):
+def backward(dout, q, k, v, out, lse, causal=False, scale=None, key_lengths=None, backend="auto", *,
+             num_threads=None):
     """Attention backward: gradients of a scalar loss with respect to q, k and v.
 
     Parameters
     ----------
     dout : ndarray, (B, H, Nq, d), q's dtype
         Gradient of the loss with respect to ``out``.
-    q, k, v, causal, scale, backend, num_threads
+    q, k, v, causal, scale, key_lengths, backend, num_threads
         As given to :func:`forward`.
     out : ndarray, (B, H, Nq, d)
     lse : ndarray, (B, H, Nq)
@@ -250,12 +316,13 @@ def backward(dout, q, k, v, out, lse, causal=False, scale=None, backend="auto", 
     Returns
     -------
     dq : ndarray, (B, H, Nq, d)
-    dk, dv : ndarray, (B, H, Nk, d)
-        All in q's dtype.
+    dk, dv : ndarray, (B, H_kv, Nk, d)
+        All in q's dtype; dk and dv sum the gradients of the query heads sharing a
+        key/value head. Padded keys (j >= key_lengths[b]) get zero gradient.
     """
-    scale = _check_inputs(q, k, v, causal, scale)
+    scale, key_lengths = _check_inputs(q, k, v, causal, scale, key_lengths)
     _check_backward_inputs(dout, q, out, lse)
     n_threads = _check_num_threads(num_threads)
     if _resolve(backend) == "cython":
-        return _kernel.backward(dout, q, k, v, out, lse, bool(causal), scale, n_threads)
-    return reference_backward(dout, q, k, v, out, lse, bool(causal), scale)
+        return _kernel.backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths, n_threads)
+    return reference_backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths)

@@ -19,6 +19,9 @@ A crash during 1 leaves RUN/checkpoint/ as it was. POSIX cannot swap two non-emp
 directories in one call, so between 2 and 3 only RUN/checkpoint.old/ exists:
 ``find_checkpoint`` then returns it and the next save moves it back first.
 
+A run that keeps its best model by a validation metric (train-classifier) also holds
+RUN/best/, saved the same way; ``model_directory(RUN)`` then names it.
+
 ``load_model_and_tokenizer`` is how eval, generate and train --init read a model: from a
 model directory or a run's checkpoint, with a tokenizer whose vocabulary fits it. Needs
 only NumPy and what the model, tokenizer and optimizer use to save and load themselves.
@@ -33,16 +36,19 @@ from .hub import CONFIG_NAME
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "BEST_DIR",
     "save_checkpoint",
     "find_checkpoint",
     "read_trainer_state",
     "model_directory",
     "load_model_and_tokenizer",
+    "load_bert_and_tokenizer",
     "OPTIMIZER_FILE",
     "TRAINER_STATE_FILE",
 ]
 
 CHECKPOINT_DIR = "checkpoint"
+BEST_DIR = "best"
 OPTIMIZER_FILE = "optimizer.npz"
 TRAINER_STATE_FILE = "trainer_state.json"
 _TMP_SUFFIX = ".tmp"
@@ -59,16 +65,17 @@ def _fsync_directory(path):
             os.close(fd)
 
 
-def save_checkpoint(run_dir, model, tokenizer, optimizer, trainer_state):
-    """Write a complete checkpoint into ``run_dir``/checkpoint, replacing the previous one.
+def save_checkpoint(run_dir, model, tokenizer, optimizer, trainer_state, name=CHECKPOINT_DIR):
+    """Write a complete checkpoint into ``run_dir``/``name``, replacing the previous one.
 
-    model: a GPT (``save_pretrained``); tokenizer: a BPETokenizer (``save``); optimizer:
-    an AdamW (``save``); trainer_state: a JSON-able dict (the step, the sampler state,
-    the training configuration). See the module docstring for the crash-safe sequence.
+    model: anything with ``save_pretrained(dir)`` (GPT, the BERT classes); tokenizer:
+    anything with ``save(dir)`` (BPETokenizer, WordPieceTokenizer); optimizer: an AdamW
+    (``save``); trainer_state: a JSON-able dict (the step, the sampler state, the training
+    configuration). See the module docstring for the crash-safe sequence.
     Returns the checkpoint's path.
     """
     run_dir = os.fspath(run_dir)
-    final = os.path.join(run_dir, CHECKPOINT_DIR)
+    final = os.path.join(run_dir, name)
     tmp, old = final + _TMP_SUFFIX, final + _OLD_SUFFIX
     if not os.path.isdir(final) and os.path.isdir(old):  # a previous save died between its renames
         os.rename(old, final)
@@ -109,7 +116,8 @@ def read_trainer_state(checkpoint_dir):
 
 
 def model_directory(path):
-    """``path`` itself when it holds a model (config.json), else the checkpoint of the run ``path``.
+    """``path`` itself when it holds a model (config.json), else the model of the run ``path``:
+    its best/ when it kept one, else its latest checkpoint.
 
     Lets ``--model`` name either a model directory or a training run's directory.
     Raises FileNotFoundError when ``path`` is neither.
@@ -119,6 +127,8 @@ def model_directory(path):
         raise FileNotFoundError(f"model directory {path!r} does not exist")
     if os.path.isfile(os.path.join(path, CONFIG_NAME)):
         return path
+    if os.path.isfile(os.path.join(path, BEST_DIR, CONFIG_NAME)):
+        return os.path.join(path, BEST_DIR)
     checkpoint = find_checkpoint(path)
     if checkpoint is None:
         what = "directory" if os.path.isdir(path) else "path"
@@ -162,4 +172,33 @@ def load_model_and_tokenizer(path, direction, tokenizer_path=None, attention_bac
     if direction == "decode" and n_model > n_tokenizer:
         raise ValueError(f"the model in {directory} has {n_model} token ids but the tokenizer in {tokenizer_dir} "
                          f"only {n_tokenizer}: sampled ids could not be decoded")
+    return directory, model, tokenizer
+
+
+def load_bert_and_tokenizer(path, model_class, tokenizer_path=None, flag="--model", **model_options):
+    """(directory, model, tokenizer): the BERT at ``path`` as ``model_class`` and its WordPiece.
+
+    path: a model directory (numpyllm's or Hugging Face's: config.json with model_type
+    "bert", its weights, vocab.txt) or a training run's (see ``model_directory``).
+    model_class: BertForMaskedLM, BertForSequenceClassification, ... tokenizer_path: a
+    directory with vocab.txt (default: ``directory``). flag names the option in messages.
+    model_options: passed to ``model_class.from_pretrained`` (attention_backend, seed,
+    BertConfig fields such as num_labels and id2label).
+    Raises FileNotFoundError for missing files and ValueError for a model that is not a
+    BERT (a GPT-2 directory, say) or a tokenizer with ids the model does not have.
+    """
+    from .hub import read_config
+    from .wordpiece import WordPieceTokenizer
+
+    directory = model_directory(path)
+    model_type = read_config(directory, "a BERT configuration object").get("model_type")
+    if model_type != "bert":
+        raise ValueError(f"{flag} {os.fspath(path)!r}: {os.path.join(directory, CONFIG_NAME)} has model_type "
+                         f"{model_type!r}; this command needs a BERT (model_type 'bert')")
+    tokenizer_dir = os.fspath(tokenizer_path or directory)
+    tokenizer = WordPieceTokenizer.from_pretrained(tokenizer_dir)
+    model = model_class.from_pretrained(directory, **model_options)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer in {tokenizer_dir} has {tokenizer.vocab_size} ids but the model in "
+                         f"{directory} only {model.config.vocab_size}: text could encode to ids the model does not have")
     return directory, model, tokenizer

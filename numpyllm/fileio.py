@@ -3,8 +3,8 @@
 Every file numpyllm writes (checkpoints, optimizer state, tokenizer files, token
 arrays, logs, plots) goes through ``atomic_write``: a reader, or a crash, never sees
 half a file. Every JSON file it reads (config.json, vocab.json, trainer_state.json, a
-weights index) holds one object and goes through ``read_json_object``. Depends on the
-standard library only.
+weights index) holds one object and goes through ``read_json_object``; ``write_json_object``
+writes one. Depends on the standard library only.
 """
 
 import contextlib
@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 
-__all__ = ["atomic_write", "read_json_object"]
+__all__ = ["atomic_write", "read_json_object", "write_json_object"]
 
 
 def read_json_object(path, what="a JSON object"):
@@ -30,6 +30,12 @@ def read_json_object(path, what="a JSON object"):
     if not isinstance(value, dict):
         raise ValueError(f"{os.fspath(path)} must hold {what}, got a JSON {type(value).__name__}")
     return value
+
+
+def write_json_object(path, value):
+    """Write the dict ``value`` to ``path`` as indented UTF-8 JSON (non-ASCII kept as is), atomically."""
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
 
 
 @contextlib.contextmanager

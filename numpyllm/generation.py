@@ -15,15 +15,21 @@ import codecs
 
 import numpy as np
 
-from . import attention
+from . import attention, backend
 from ._checks import check_int, check_real, check_token_ids
-from .layers import embedding_forward, layernorm_forward, linear_forward, merge_heads, mlp_forward, qkv_forward
+from .layers import (LAYERNORM_EPS, embedding_forward, layernorm_forward, linear_forward, merge_heads, mlp_forward,
+                     qkv_forward, tied_decoder_forward)
 
 __all__ = ["KVCache", "Decoder", "generate", "iter_tokens", "sample_logits", "check_sampling",
            "StreamDecoder"]
 
 
 # --------------------------------------------------------------------------- the cached forward
+
+# A block's parameters in the order numpyllm._layers.decode_block takes them.
+_FUSED_BLOCK_PARAMS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+                       "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                       "mlp.c_proj.weight", "mlp.c_proj.bias")
 
 
 class KVCache:
@@ -54,8 +60,11 @@ class Decoder:
     ``model(all ids so far)[:, -1]`` up to rounding. Inputs are trusted (``generate``
     validates them). The positions may not exceed ``capacity`` <= block_size.
 
-    A step multiplies one row per sequence by every weight matrix, so it is bound by
-    reading the weights from memory; BLAS uses the threads the caller set (on an idle
+    A step of one position runs each block as one call of the compiled layer kernels when
+    ``numpyllm.backend`` allows them and the model's attention backend is not "numpy";
+    otherwise (and for a prompt) the layer functions run one by one. A step multiplies one
+    row per sequence by every weight matrix, so it is bound by reading the weights from
+    memory; BLAS uses the threads the caller set (on an idle
     2-core machine two threads measured ~1.2× faster than one; on a busy one, where a
     descheduled worker stalls every product, ~4× slower: set OPENBLAS_NUM_THREADS=1 or
     use threadpoolctl there). Attention uses the model's backend.
@@ -68,6 +77,7 @@ class Decoder:
         self.model = model
         self.cache = KVCache(config, batch_size, capacity)
         self._blocks = [model.block_params(i) for i in range(config.n_layer)]  # looked up once
+        self._block_arrays = [tuple(block[name] for name in _FUSED_BLOCK_PARAMS) for block in self._blocks]
 
     def prefill(self, idx):
         self.cache.length = 0
@@ -75,13 +85,22 @@ class Decoder:
 
     def step(self, idx):
         """idx (B, T_new) at positions [length, length + T_new) -> logits (B, V) of the last one."""
-        p, cache, n_head = self.model.params, self.cache, self.model.config.n_head
+        p, cache = self.model.params, self.cache
         start = cache.length
         end = start + idx.shape[1]
         if end > cache.capacity:
             raise ValueError(f"the cache holds {cache.capacity} positions; {end} were asked for")
-        backend = self.model.attention_backend
         x, _ = embedding_forward(idx, p["wte.weight"], p["wpe.weight"][start:])  # (B, T_new, C)
+        kernel = backend.kernel(x) if idx.shape[1] == 1 and self.model.attention_backend != "numpy" else None
+        x = self._fused_blocks(kernel, x[:, 0], start)[:, None] if kernel else self._blocks_forward(x, start, end)
+        cache.length = end
+        x, _ = layernorm_forward(x[:, -1], p["ln_f.weight"], p["ln_f.bias"])  # (B, C)
+        logits, _ = tied_decoder_forward(x, p["wte.weight"])  # tied head: (B, C) @ (C, V)
+        return logits
+
+    def _blocks_forward(self, x, start, end):
+        """The blocks on x (B, T_new, C) at positions [start, end), layer function by layer function."""
+        cache, n_head, attention_backend = self.cache, self.model.config.n_head, self.model.attention_backend
         for layer, b in enumerate(self._blocks):
             h, _ = layernorm_forward(x, b["ln_1.weight"], b["ln_1.bias"])
             (q, k, v), _ = qkv_forward(h, b["attn.c_attn.weight"], b["attn.c_attn.bias"], n_head)  # (B, H, T_new, hd)
@@ -89,16 +108,21 @@ class Decoder:
             keys[:, :, start:end] = k
             values[:, :, start:end] = v
             # bottom-right causal: new position i sees every cached key and new keys up to i
-            o, _ = attention.forward(q, keys[:, :, :end], values[:, :, :end], causal=True, backend=backend)
+            o, _ = attention.forward(q, keys[:, :, :end], values[:, :, :end], causal=True, backend=attention_backend)
             h, _ = linear_forward(merge_heads(o), b["attn.c_proj.weight"], b["attn.c_proj.bias"])  # (B, T_new, C)
             x += h
             h, _ = layernorm_forward(x, b["ln_2.weight"], b["ln_2.bias"])
             h, _ = mlp_forward(h, b["mlp.c_fc.weight"], b["mlp.c_fc.bias"], b["mlp.c_proj.weight"], b["mlp.c_proj.bias"])
             x += h
-        cache.length = end
-        x, _ = layernorm_forward(x[:, -1], p["ln_f.weight"], p["ln_f.bias"])  # (B, C)
-        logits, _ = linear_forward(x, p["wte.weight"].T)  # tied head: (B, C) @ (C, V)
-        return logits
+        return x
+
+    def _fused_blocks(self, kernel, x, position):
+        """The blocks on one new position x (B, C), each one call of the compiled kernel
+        (``numpyllm._layers.decode_block``: the same layers, attention included, in C)."""
+        rows = np.ascontiguousarray(x)  # (B, C), updated in place block by block
+        for layer, params in enumerate(self._block_arrays):
+            kernel.decode_block(rows, params, self.cache.keys[layer], self.cache.values[layer], position, LAYERNORM_EPS)
+        return rows
 
 
 # --------------------------------------------------------------------------- validation

@@ -44,8 +44,8 @@ from .layers import (
     embedding_forward,
     layernorm_backward,
     layernorm_forward,
-    linear_backward,
-    linear_forward,
+    tied_decoder_backward,
+    tied_decoder_forward,
 )
 
 __all__ = ["GPTConfig", "GPT", "param_shapes", "block_param_shapes", "config_from_hf", "config_to_hf",
@@ -219,7 +219,7 @@ def read_checkpoint(directory, dtype=None):
     for a config that is not GPT-2 or a setting numpyllm does not compute, and for
     missing, unexpected or mis-shaped tensors (each named).
     """
-    config = config_from_hf(hub.read_config(directory, "a GPT-2 configuration object"), dtype)
+    config = config_from_hf(hub.read_config(directory, "a GPT-2 configuration object", "gpt2"), dtype)
     expected = dict(param_shapes(config))
     params = _params_from_stored(hub.read_weights(directory), expected, f"checkpoint {directory!r}")
     return config, {name: np.ascontiguousarray(params[name], dtype=config.dtype) for name in expected}
@@ -311,7 +311,7 @@ class GPT:
             x, block = block_forward(x, self.block_params(i), config.n_head, backend)
             blocks.append(block)
         x, ln_f = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
-        logits, head = linear_forward(x, p["wte.weight"].T)  # tied head: (B, T, C) @ (C, V)
+        logits, head = tied_decoder_forward(x, p["wte.weight"])  # tied head: (B, T, C) @ (C, V)
         return logits, (embedding, blocks, ln_f, head)
 
     def _backward(self, dlogits, caches):
@@ -319,8 +319,7 @@ class GPT:
         embedding, blocks, ln_f, head = caches
         flat_grads = np.empty_like(self.flat_params)
         grads = flat_views(flat_grads, self._shapes)
-        dx, dwte_head, _ = linear_backward(dlogits, head)  # dwte_head: (C, V)
-        grads["wte.weight"][...] = dwte_head.T
+        dx, grads["wte.weight"][...], _ = tied_decoder_backward(dlogits, head)  # (V, C)
         dx, grads["ln_f.weight"][...], grads["ln_f.bias"][...] = layernorm_backward(dx, ln_f)
         for i in reversed(range(self.config.n_layer)):
             dx, block_grads = block_backward(dx, blocks[i])

@@ -22,7 +22,7 @@ import numpy as np
 
 from .fileio import atomic_write, read_json_object
 
-__all__ = ["read_config", "read_weights", "check_param_shapes", "write_pretrained",
+__all__ = ["read_config", "read_weights", "weights_file", "check_param_shapes", "write_pretrained",
            "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "config.json"
@@ -31,10 +31,11 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_WEIGHTS_NAME = "pytorch_model.bin"
 
 
-def read_config(directory, description):
+def read_config(directory, description, model_type=None):
     """The parsed config.json of checkpoint ``directory`` (a dict), or a FileNotFoundError/ValueError.
 
     description: what the JSON object should be, for the error message ("a GPT-2 configuration object").
+    model_type: the ``model_type`` the file must name ("gpt2", "bert"), or None to accept any.
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
@@ -42,7 +43,11 @@ def read_config(directory, description):
     config_path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"checkpoint directory {directory!r} has no {CONFIG_NAME}")
-    return read_json_object(config_path, description)
+    config = read_json_object(config_path, description)
+    if model_type is not None and config.get("model_type") != model_type:
+        raise ValueError(f"{config_path} has model_type {config.get('model_type')!r}, expected {model_type!r} "
+                         f"({description})")
+    return config
 
 
 # --------------------------------------------------------------------------- weight files
@@ -104,28 +109,33 @@ def _read_torch_bin(path):
     return tensors
 
 
+def weights_file(directory):
+    """The path of the weights in ``directory``: model.safetensors, else its shard index, else pytorch_model.bin."""
+    for name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME, TORCH_WEIGHTS_NAME):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"no weights in checkpoint directory {directory!r}: expected {WEIGHTS_NAME}, "
+        f"{WEIGHTS_INDEX_NAME} or {TORCH_WEIGHTS_NAME}"
+    )
+
+
 def read_weights(directory):
-    """{name: ndarray} as stored, from model.safetensors, its shards, or pytorch_model.bin."""
-    single = os.path.join(directory, WEIGHTS_NAME)
-    index = os.path.join(directory, WEIGHTS_INDEX_NAME)
-    torch_bin = os.path.join(directory, TORCH_WEIGHTS_NAME)
-    if os.path.isfile(single):
-        return _read_safetensors(single)
-    if os.path.isfile(index):
-        weight_map = read_json_object(index, 'an object with a "weight_map"').get("weight_map")
+    """{name: ndarray} as stored, from model.safetensors, its shards, or pytorch_model.bin (see weights_file)."""
+    path = weights_file(directory)
+    if path.endswith(WEIGHTS_INDEX_NAME):
+        weight_map = read_json_object(path, 'an object with a "weight_map"').get("weight_map")
         if not isinstance(weight_map, dict):
-            raise ValueError(f'{index} must map tensor names to shard files under "weight_map"')
+            raise ValueError(f'{path} must map tensor names to shard files under "weight_map"')
         shard_names = sorted(set(map(str, weight_map.values())))
         tensors = {}
         for shard_name in shard_names:
             tensors.update(_read_safetensors(os.path.join(directory, shard_name)))
         return tensors
-    if os.path.isfile(torch_bin):
-        return _read_torch_bin(torch_bin)
-    raise FileNotFoundError(
-        f"no weights in checkpoint directory {directory!r}: expected {WEIGHTS_NAME}, "
-        f"{WEIGHTS_INDEX_NAME} or {TORCH_WEIGHTS_NAME}"
-    )
+    if path.endswith(TORCH_WEIGHTS_NAME):
+        return _read_torch_bin(path)
+    return _read_safetensors(path)
 
 
 def check_param_shapes(tensors, expected, source):

@@ -1,4 +1,4 @@
-"""The layers of GPT-2 as forward/backward pairs of plain NumPy functions.
+"""The layers of both model families (GPT-2 and BERT) as forward/backward pairs of plain NumPy functions.
 
 Every layer is a pair, side by side:
 
@@ -12,9 +12,15 @@ channels, V vocabulary, H heads, hd = C / H head size. Everything is computed in
 dtype of the inputs (float32 or float64); inputs are trusted (the model validates once,
 at its public boundary).
 
-Linear weights have GPT-2's Conv1D layout (in, out), so a linear layer is ``x @ W + b``.
+Linear weights have GPT-2's Conv1D layout (in, out), so a linear layer is ``x @ W + b``;
+BERT's (out, in) weights are passed transposed (``W.T``, a view: BLAS reads it in place).
 
-Depends on NumPy and ``numpyllm.attention`` only.
+The NumPy code below is the specification. Layernorm, both GELUs, the cross-entropy and
+linear's bias gradient also have compiled, multi-threaded kernels (``numpyllm._layers``,
+source in ``kernels/layers.pyx``); ``numpyllm.backend`` selects which runs ("auto": the
+kernels when built). Either way a function returns the same values and the same cache.
+
+Depends on NumPy, ``numpyllm.attention`` and ``numpyllm.backend`` only.
 """
 
 import math
@@ -22,19 +28,25 @@ import math
 import numpy as np
 
 from . import attention
+from .backend import kernel as layer_kernel
 
 __all__ = [
+    "lookup_forward", "lookup_backward",
     "embedding_forward", "embedding_backward",
     "layernorm_forward", "layernorm_backward",
     "linear_forward", "linear_backward",
+    "tied_decoder_forward", "tied_decoder_backward",
     "gelu_forward", "gelu_backward",
     "gelu_erf_forward", "gelu_erf_backward",
+    "tanh_forward", "tanh_backward",
     "cross_entropy_forward", "cross_entropy_backward",
-    "qkv_forward", "qkv_backward", "merge_heads", "split_heads",
+    "mse_forward", "mse_backward",
+    "bce_with_logits_forward", "bce_with_logits_backward",
+    "qkv_forward", "split_qkv", "merge_qkv", "merge_heads", "split_heads", "pack_rows", "unpack_rows",
     "self_attention_forward", "self_attention_backward",
     "mlp_forward", "mlp_backward",
     "block_forward", "block_backward",
-    "LAYERNORM_EPS", "IGNORE_INDEX",
+    "ACTIVATIONS", "LAYERNORM_EPS", "IGNORE_INDEX",
 ]
 
 LAYERNORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
@@ -44,29 +56,45 @@ IGNORE_INDEX = -1  # the padding target numpyllm writes; every negative target i
 # --------------------------------------------------------------------------- embedding
 
 
+def lookup_forward(idx, table):
+    """Row lookup: x[..., :] = table[idx[...]].
+
+    idx: (...) int, table: (V, C) -> x: (..., C).
+    """
+    return table[idx], (idx, table.shape)
+
+
+def lookup_backward(dx, cache):
+    """Every use of a row adds its dx to that row: dtable[v] = Σ_{i : idx[i] = v} dx[i].
+
+    dx: (..., C) -> dtable: (V, C) (rows never looked up are zero).
+    """
+    idx, table_shape = cache
+    dtable = np.zeros(table_shape, dtype=dx.dtype)
+    np.add.at(dtable, idx, dx)  # unbuffered: repeated ids accumulate
+    return dtable
+
+
 def embedding_forward(idx, wte, wpe):
     """Token plus position embedding: x[b, t] = wte[idx[b, t]] + wpe[t].
 
     idx: (B, T) int, wte: (V, C), wpe: (block_size, C) -> x: (B, T, C).
     """
     T = idx.shape[1]
-    x = wte[idx] + wpe[:T]  # (B, T, C) + (T, C)
-    return x, (idx, wte.shape, wpe.shape)
+    x, token_cache = lookup_forward(idx, wte)
+    x += wpe[:T]  # (B, T, C) + (T, C)
+    return x, (token_cache, wpe.shape)
 
 
 def embedding_backward(dx, cache):
-    """Gradients of the embedding tables: every use of a row adds its dx to that row.
-
-        dwte[v] = Σ_{b,t : idx[b,t] = v} dx[b, t]        dwpe[t] = Σ_b dx[b, t]
+    """Gradients of the embedding tables (see lookup_backward): dwpe[t] = Σ_b dx[b, t].
 
     dx: (B, T, C) -> dwte: (V, C), dwpe: (block_size, C) (rows >= T are zero).
     """
-    idx, wte_shape, wpe_shape = cache
-    dwte = np.zeros(wte_shape, dtype=dx.dtype)
-    np.add.at(dwte, idx, dx)  # unbuffered: repeated tokens accumulate
+    token_cache, wpe_shape = cache
     dwpe = np.zeros(wpe_shape, dtype=dx.dtype)
-    dwpe[: idx.shape[1]] = dx.sum(axis=0)
-    return dwte, dwpe
+    dwpe[: dx.shape[1]] = dx.sum(axis=0)
+    return lookup_backward(dx, token_cache), dwpe
 
 
 # --------------------------------------------------------------------------- layernorm
@@ -80,6 +108,10 @@ def layernorm_forward(x, weight, bias, eps=LAYERNORM_EPS):
 
     x: (..., C), weight, bias: (C,) -> y: (..., C). Saves mean and rstd: (..., 1).
     """
+    kernel = layer_kernel(x, weight, bias)
+    if kernel is not None:
+        y, mean, rstd = kernel.layernorm_forward(x, weight, bias, eps)
+        return y, (x, weight, mean, rstd)
     mean = x.mean(axis=-1, keepdims=True)
     centered = x - mean
     variance = np.mean(centered * centered, axis=-1, keepdims=True)
@@ -98,6 +130,9 @@ def layernorm_backward(dy, cache):
     dy: (..., C) -> dx: (..., C), dweight: (C,), dbias: (C,).
     """
     x, weight, mean, rstd = cache
+    kernel = layer_kernel(dy, x, weight, mean, rstd)
+    if kernel is not None:
+        return kernel.layernorm_backward(dy, x, weight, mean, rstd)
     x_hat = (x - mean) * rstd
     g = dy * weight
     dx = g - g.mean(axis=-1, keepdims=True)
@@ -138,8 +173,35 @@ def linear_backward(dy, cache):
     # dweight = xᵀ dy: (n_in, N) @ (N, n_out). OpenBLAS runs this long reduction 2-3x
     # faster when the product is at least as tall as wide, so a wide one is formed transposed.
     dweight = x_2d.T @ dy_2d if n_in >= n_out else (dy_2d.T @ x_2d).T
-    dbias = dy_2d.sum(axis=0) if has_bias else None
+    dbias = _sum_rows(dy_2d) if has_bias else None
     return dx, dweight, dbias
+
+
+def tied_decoder_forward(x, table, bias=None):
+    """Output layer tied to an embedding table (GPT-2's LM head, BERT's MLM decoder):
+
+        logits = x @ tableᵀ + bias
+
+    x: (..., C), table: (V, C), bias: (V,) or None -> logits: (..., V).
+    """
+    return linear_forward(x, table.T, bias)  # tableᵀ is a (C, V) view
+
+
+def tied_decoder_backward(dlogits, cache):
+    """Backward of tied_decoder_forward: dx = dlogits @ table, dtable = dlogitsᵀ @ x, dbias = Σ_rows dlogits.
+
+    dlogits: (..., V) -> dx: (..., C), dtable: (V, C), dbias: (V,) (None without a bias).
+    dtable is the table's use as a decoder only; a caller that also looks rows up adds
+    the lookup's gradient to it.
+    """
+    dx, dtable_t, dbias = linear_backward(dlogits, cache)  # dtable_t: (C, V)
+    return dx, dtable_t.T, dbias
+
+
+def _sum_rows(x):
+    """Σ over rows: x (N, n) -> (n,), e.g. a bias gradient Σ_rows dy."""
+    kernel = layer_kernel(x)
+    return kernel.sum_rows(x) if kernel is not None else x.sum(axis=0)
 
 
 # --------------------------------------------------------------------------- GELU
@@ -156,6 +218,10 @@ def gelu_forward(x):
 
     x: any shape -> y: same shape. Saves x and tanh(u).
     """
+    kernel = layer_kernel(x)
+    if kernel is not None:
+        y, tanh_u = kernel.gelu_forward(x)
+        return y, (x, tanh_u)
     u = _GELU_SCALE * (x + _GELU_CUBIC * x * x * x)
     tanh_u = np.tanh(u, out=u)
     y = 0.5 * x * (1.0 + tanh_u)
@@ -171,6 +237,9 @@ def gelu_backward(dy, cache):
     dy: any shape -> dx: same shape.
     """
     x, tanh_u = cache
+    kernel = layer_kernel(dy, x, tanh_u)
+    if kernel is not None:
+        return kernel.gelu_backward(dy, x, tanh_u)
     du_dx = _GELU_SCALE * (1.0 + 3.0 * _GELU_CUBIC * x * x)
     dx = x * (1.0 - tanh_u * tanh_u) * du_dx
     dx += 1.0 + tanh_u
@@ -187,6 +256,10 @@ def gelu_erf_forward(x):
     negative tail where ``1 + erf`` would cancel.
     x: any shape -> y: same shape. Saves x and Φ(x).
     """
+    kernel = layer_kernel(x)
+    if kernel is not None:
+        y, cdf = kernel.gelu_erf_forward(x)
+        return y, (x, cdf)
     from scipy.special import ndtr  # scipy is a dependency of the package, not of the import
 
     cdf = ndtr(x)
@@ -201,8 +274,33 @@ def gelu_erf_backward(dy, cache):
     dy: any shape -> dx: same shape.
     """
     x, cdf = cache
+    kernel = layer_kernel(dy, x, cdf)
+    if kernel is not None:
+        return kernel.gelu_erf_backward(dy, x, cdf)
     density = np.exp(-0.5 * x * x) * _INV_SQRT_2PI
     return dy * (cdf + x * density)
+
+
+def tanh_forward(x):
+    """y = tanh(x), element-wise (BERT's pooler). x: any shape -> y: same shape. Saves y."""
+    y = np.tanh(x)
+    return y, y
+
+
+def tanh_backward(dy, cache):
+    """dx = dy · (1 - tanh²(x)) = dy · (1 - y²). dy: any shape -> dx: same shape."""
+    y = cache
+    return dy * (1.0 - y * y)
+
+
+# The MLP activations by the names Hugging Face configs give them (GPT-2's activation_function,
+# BERT's hidden_act): name -> (forward, backward). "gelu_pytorch_tanh" is torch's own kernel of
+# the same tanh formula as "gelu_new".
+ACTIVATIONS = {
+    "gelu": (gelu_erf_forward, gelu_erf_backward),
+    "gelu_new": (gelu_forward, gelu_backward),
+    "gelu_pytorch_tanh": (gelu_forward, gelu_backward),
+}
 
 
 # --------------------------------------------------------------------------- cross-entropy
@@ -220,12 +318,16 @@ def cross_entropy_forward(logits, targets):
     valid = targets >= 0  # (B, T); -1 (ours) and -100 (Hugging Face's) alike are ignored
     n_valid = int(np.count_nonzero(valid))
     safe_targets = np.where(valid, targets, 0)  # any in-range index; masked out below
-    probs = logits - logits.max(axis=-1, keepdims=True)  # shifted so exp cannot overflow
-    target_logit = np.take_along_axis(probs, safe_targets[..., None], axis=-1)[..., 0]  # (B, T)
-    np.exp(probs, out=probs)
-    sum_exp = probs.sum(axis=-1, keepdims=True)  # (B, T, 1), >= 1
-    probs /= sum_exp
-    row_loss = np.log(sum_exp[..., 0]) - target_logit  # (B, T)
+    kernel = layer_kernel(logits)
+    if kernel is not None:
+        probs, row_loss = kernel.cross_entropy_forward(logits, safe_targets)
+    else:
+        probs = logits - logits.max(axis=-1, keepdims=True)  # shifted so exp cannot overflow
+        target_logit = np.take_along_axis(probs, safe_targets[..., None], axis=-1)[..., 0]  # (B, T)
+        np.exp(probs, out=probs)
+        sum_exp = probs.sum(axis=-1, keepdims=True)  # (B, T, 1), >= 1
+        probs /= sum_exp
+        row_loss = np.log(sum_exp[..., 0]) - target_logit  # (B, T)
     loss = float(row_loss[valid].sum(dtype=np.float64)) / n_valid
     return loss, (probs, safe_targets, valid, n_valid)
 
@@ -240,10 +342,54 @@ def cross_entropy_backward(dloss, cache):
     """
     probs, safe_targets, valid, n_valid = cache
     row_scale = (valid * (dloss / n_valid)).astype(probs.dtype)  # (B, T): 0 on ignored positions
+    kernel = layer_kernel(probs)
+    if kernel is not None:
+        return kernel.cross_entropy_backward(probs, safe_targets, row_scale)
     dlogits = probs * row_scale[..., None]
     rows = dlogits.reshape(-1, dlogits.shape[-1])  # (B·T, V) view
     rows[np.arange(rows.shape[0]), safe_targets.ravel()] -= row_scale.ravel()  # one entry per row
     return dlogits
+
+
+def mse_forward(predictions, targets):
+    """Mean squared error over every entry (BERT's regression loss):
+
+        loss = (1 / N) Σ_i (predictions_i - targets_i)²        N = predictions.size
+
+    predictions, targets: the same shape -> loss: Python float (summed in float64).
+    """
+    diff = predictions - targets
+    loss = float(np.sum(diff * diff, dtype=np.float64)) / diff.size
+    return loss, diff
+
+
+def mse_backward(dloss, cache):
+    """dpredictions = dloss · 2 (predictions - targets) / N. dloss: float -> dpredictions: predictions' shape."""
+    diff = cache
+    return diff * (2.0 * dloss / diff.size)
+
+
+def bce_with_logits_forward(logits, targets):
+    """Binary cross-entropy on sigmoid(logits), averaged over every entry (multi-label classification):
+
+        loss = (1 / N) Σ_i [max(x_i, 0) - x_i y_i + log(1 + exp(-|x_i|))]
+
+    which is -[y log σ(x) + (1 - y) log(1 - σ(x))] written so that no exp overflows.
+    logits, targets (values in [0, 1]): the same shape -> loss: Python float (summed in float64).
+    Saves σ(x) and the targets.
+    """
+    x, y = logits, targets
+    row_loss = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+    loss = float(np.sum(row_loss, dtype=np.float64)) / x.size
+    e = np.exp(-np.abs(x))  # σ(x) = 1 / (1 + e) for x >= 0, e / (1 + e) for x < 0: no overflow
+    sigmoid = np.where(x >= 0, 1.0, e) / (1.0 + e)
+    return loss, (sigmoid.astype(x.dtype, copy=False), y)
+
+
+def bce_with_logits_backward(dloss, cache):
+    """dlogits = dloss · (σ(x) - y) / N. dloss: float -> dlogits: logits' shape."""
+    sigmoid, y = cache
+    return (sigmoid - y) * (dloss / sigmoid.size)
 
 
 # --------------------------------------------------------------------------- attention
@@ -261,85 +407,122 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
 
 
+def split_qkv(qkv, n_head):
+    """[q | k | v] (B, T, 3C) -> q, k, v: (B, H, T, hd), views (both attention backends read them in place)."""
+    B, T, C3 = qkv.shape
+    return qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
+
+
+def merge_qkv(dq, dk, dv):
+    """The inverse of split_qkv: dq, dk, dv (B, H, T, hd) -> [dq | dk | dv] (B, T, 3C), one C-contiguous array."""
+    B, H, T, hd = dq.shape
+    dqkv = np.empty((B, T, 3, H, hd), dtype=dq.dtype)
+    heads = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd) view that writes into dqkv
+    heads[0], heads[1], heads[2] = dq, dk, dv
+    return dqkv.reshape(B, T, 3 * H * hd)
+
+
 def qkv_forward(x, weight, bias, n_head):
     """Fused q, k, v projection (GPT-2's c_attn), split into heads.
 
         [q | k | v] = x @ weight + bias        each (B, T, C), then split_heads
 
     x: (B, T, C), weight: (C, 3C), bias: (3C,) -> q, k, v: (B, H, T, hd), views into
-    one (B, T, 3C) array (both attention backends read such views in place). Also usable
-    for new positions only, e.g. decoding with a KV cache.
+    one (B, T, 3C) array. Also usable for new positions only, e.g. decoding with a KV cache.
     """
     qkv, cache = linear_forward(x, weight, bias)  # (B, T, 3C)
-    B, T, C3 = qkv.shape
-    q, k, v = qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
-    return (q, k, v), cache
+    return split_qkv(qkv, n_head), cache
 
 
-def qkv_backward(dq, dk, dv, cache):
-    """Backward of qkv_forward: merge the heads back into [dq | dk | dv], then linear_backward.
+def unpack_rows(x, rows):
+    """Packed rows back to their places: x (N, C) -> (B, T, C), zeros at the positions left out.
 
-    dq, dk, dv: (B, H, T, hd) -> dx: (B, T, C), dweight: (C, 3C), dbias: (3C,).
+    rows = (index, B, T): index (N,) are the rows' positions in the flattened (B·T) batch, or
+    None for all of them (then N = B·T and this is a reshape). The transpose of pack_rows,
+    so each is the other's backward.
     """
-    B, H, T, hd = dq.shape
-    dqkv = np.empty((B, T, 3, H, hd), dtype=dq.dtype)
-    heads = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd) view that writes into dqkv
-    heads[0], heads[1], heads[2] = dq, dk, dv
-    return linear_backward(dqkv.reshape(B, T, 3 * H * hd), cache)
+    index, B, T = rows
+    if index is None:
+        return x.reshape(B, T, x.shape[-1])
+    out = np.zeros((B * T, x.shape[-1]), dtype=x.dtype)
+    out[index] = x
+    return out.reshape(B, T, x.shape[-1])
 
 
-def self_attention_forward(x, w_attn, b_attn, w_proj, b_proj, n_head, backend="auto"):
-    """Causal multi-head self-attention, GPT-2's:
+def pack_rows(x, rows):
+    """The rows ``index`` of x (B, T, C) -> (N, C) (see unpack_rows; index None: a reshape)."""
+    index, B, T = rows
+    x = x.reshape(B * T, x.shape[-1])
+    return x if index is None else x[index]
+
+
+def self_attention_forward(x, w_attn, b_attn, w_proj, b_proj, n_head, backend="auto", causal=True,
+                           key_lengths=None, rows=None):
+    """Multi-head self-attention, GPT-2's (causal) and BERT's (over a right-padded batch):
 
         q, k, v = heads(x @ w_attn + b_attn)                       (B, H, T, hd) each
-        o = softmax(q kᵀ / sqrt(hd) + causal mask) v               numpyllm.attention
+        o = softmax(q kᵀ / sqrt(hd) + mask) v                      numpyllm.attention
         y = merge_heads(o) @ w_proj + b_proj
 
+    The mask hides keys after the query (causal=True, GPT-2) and keys j >= key_lengths[b]
+    (key_lengths (B,) ints or None, BERT's padding). BERT's separate query, key and value
+    weights enter as one w_attn = [Wq | Wk | Wv]ᵀ (see numpyllm.bert).
     x: (B, T, C), w_attn: (C, 3C), b_attn: (3C,), w_proj: (C, C), b_proj: (C,) -> y: (B, T, C).
+    rows: None, or (index, B, T) when x holds only some positions, packed: x (N, C) -> y (N, C)
+    (see unpack_rows). The projections then skip the positions left out (BERT's padding,
+    which no kept position attends to); the heads see zeros there.
     The cache keeps q, k, v, o and the row log-sum-exp (B, H, T): no T×T matrix
     (the NumPy attention backend rebuilds one transiently; the Cython one never does).
     """
-    (q, k, v), qkv_cache = qkv_forward(x, w_attn, b_attn, n_head)
-    o, lse = attention.forward(q, k, v, causal=True, backend=backend)  # (B, H, T, hd), (B, H, T)
-    y, proj_cache = linear_forward(merge_heads(o), w_proj, b_proj)  # (B, T, C) -> (B, T, C)
-    return y, (qkv_cache, q, k, v, o, lse, proj_cache, backend)
+    qkv, qkv_cache = linear_forward(x, w_attn, b_attn)  # (B, T, 3C) or (N, 3C)
+    q, k, v = split_qkv(qkv if rows is None else unpack_rows(qkv, rows), n_head)  # (B, H, T, hd) each
+    mask = dict(causal=causal, key_lengths=key_lengths, backend=backend)
+    o, lse = attention.forward(q, k, v, **mask)  # (B, H, T, hd), (B, H, T)
+    merged = merge_heads(o)  # (B, T, C)
+    y, proj_cache = linear_forward(merged if rows is None else pack_rows(merged, rows), w_proj, b_proj)
+    return y, (qkv_cache, q, k, v, o, lse, proj_cache, mask, rows)
 
 
 def self_attention_backward(dy, cache):
     """Backward of self_attention_forward, its steps in reverse.
 
-    dy: (B, T, C) -> dx: (B, T, C), dw_attn: (C, 3C), db_attn: (3C,), dw_proj: (C, C), db_proj: (C,).
+    dy: (B, T, C) (or (N, C) with rows) -> dx: like x, dw_attn: (C, 3C), db_attn: (3C,),
+    dw_proj: (C, C), db_proj: (C,).
     """
-    qkv_cache, q, k, v, o, lse, proj_cache, backend = cache
-    do, dw_proj, db_proj = linear_backward(dy, proj_cache)  # (B, T, C)
-    do = split_heads(do, q.shape[1])  # (B, H, T, hd)
-    dq, dk, dv = attention.backward(do, q, k, v, o, lse, causal=True, backend=backend)
-    dx, dw_attn, db_attn = qkv_backward(dq, dk, dv, qkv_cache)
+    qkv_cache, q, k, v, o, lse, proj_cache, mask, rows = cache
+    do, dw_proj, db_proj = linear_backward(dy, proj_cache)  # (B, T, C) or (N, C)
+    do = split_heads(do if rows is None else unpack_rows(do, rows), q.shape[1])  # (B, H, T, hd)
+    dq, dk, dv = attention.backward(do, q, k, v, o, lse, **mask)
+    dqkv = merge_qkv(dq, dk, dv)  # (B, T, 3C)
+    dx, dw_attn, db_attn = linear_backward(dqkv if rows is None else pack_rows(dqkv, rows), qkv_cache)
     return dx, dw_attn, db_attn, dw_proj, db_proj
 
 
 # --------------------------------------------------------------------------- MLP
 
 
-def mlp_forward(x, w_fc, b_fc, w_proj, b_proj):
-    """GPT-2's MLP: y = gelu(x @ w_fc + b_fc) @ w_proj + b_proj.
+def mlp_forward(x, w_fc, b_fc, w_proj, b_proj, activation="gelu_new"):
+    """The transformer MLP: y = act(x @ w_fc + b_fc) @ w_proj + b_proj.
 
-    x: (B, T, C), w_fc: (C, 4C), b_fc: (4C,), w_proj: (4C, C), b_proj: (C,) -> y: (B, T, C).
+    activation: a name in ACTIVATIONS ("gelu_new": GPT-2's tanh GELU; "gelu": BERT's exact one).
+    x: (B, T, C), w_fc: (C, I), b_fc: (I,), w_proj: (I, C), b_proj: (C,) -> y: (B, T, C)
+    (GPT-2: I = 4C; BERT: intermediate_size).
     """
-    h, fc_cache = linear_forward(x, w_fc, b_fc)  # (B, T, 4C)
-    h, gelu_cache = gelu_forward(h)
+    act_forward, act_backward = ACTIVATIONS[activation]
+    h, fc_cache = linear_forward(x, w_fc, b_fc)  # (B, T, I)
+    h, act_cache = act_forward(h)
     y, proj_cache = linear_forward(h, w_proj, b_proj)  # (B, T, C)
-    return y, (fc_cache, gelu_cache, proj_cache)
+    return y, (fc_cache, act_backward, act_cache, proj_cache)
 
 
 def mlp_backward(dy, cache):
     """Backward of mlp_forward.
 
-    dy: (B, T, C) -> dx: (B, T, C), dw_fc: (C, 4C), db_fc: (4C,), dw_proj: (4C, C), db_proj: (C,).
+    dy: (B, T, C) -> dx: (B, T, C), dw_fc: (C, I), db_fc: (I,), dw_proj: (I, C), db_proj: (C,).
     """
-    fc_cache, gelu_cache, proj_cache = cache
+    fc_cache, act_backward, act_cache, proj_cache = cache
     dh, dw_proj, db_proj = linear_backward(dy, proj_cache)
-    dh = gelu_backward(dh, gelu_cache)
+    dh = act_backward(dh, act_cache)
     dx, dw_fc, db_fc = linear_backward(dh, fc_cache)
     return dx, dw_fc, db_fc, dw_proj, db_proj
 

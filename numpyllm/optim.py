@@ -14,13 +14,16 @@ biases or layernorm gains: decaying those pulls them towards zero for no benefit
 The moments m and v are kept per parameter, in the parameter's dtype. The state
 (step count, hyperparameters, moments) round-trips through ``state_dict`` /
 ``load_state_dict`` and through ``save`` / ``load`` (an .npz file written
-atomically), so that a resumed run continues bit for bit. Needs only NumPy.
+atomically), so that a resumed run continues bit for bit. Needs only NumPy. The
+element-wise update and the sum of squares also run as compiled kernels
+(``numpyllm._layers``) when ``numpyllm.backend`` selects them (by default, when built).
 """
 
 import math
 
 import numpy as np
 
+from . import backend
 from ._checks import check_int, check_real
 from .fileio import atomic_write
 
@@ -121,6 +124,11 @@ class AdamW:
         decay_factor = 1.0 - lr * self.weight_decay
         for name, p in self.params.items():
             g, m, v = grads[name], self.exp_avg[name], self.exp_avg_sq[name]
+            kernel = backend.kernel(p, g, m, v)
+            if kernel is not None and all(a.flags.c_contiguous for a in (p, m, v)):  # written in place
+                kernel.adamw_update(p, g, m, v, decay_factor if p.ndim >= 2 else 1.0, beta1, beta2,
+                                    step_size, sqrt_bias_correction2, self.eps)
+                continue
             tmp = self._scratch[p.dtype][: p.size].reshape(p.shape)
             if p.ndim >= 2:
                 p *= decay_factor
@@ -212,16 +220,22 @@ def clip_grad_norm(grads, max_norm):
     This is ``torch.nn.utils.clip_grad_norm_`` (same 1e-6 guard): one norm over all
     tensors, never per tensor. ``max_norm`` > 0 (inf: never clips). Returns ``total_norm``
     (a float, before clipping). Each tensor's sum of squares is a dot product in its own
-    dtype; those sums add in float64.
+    dtype (in double by the kernel); those sums add in float64.
 
     A non-finite norm (a NaN or inf gradient) leaves the gradients untouched and is
     returned as is, so the caller can detect it and skip the step.
     """
     _check_tensor_dict(grads, "grads")
     max_norm = check_real(max_norm, "max_norm", 0.0, math.inf, low_inclusive=False, high_inclusive=True)
-    total_norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    total_norm = math.sqrt(sum(_sum_of_squares(g) for g in grads.values()))
     if math.isfinite(total_norm) and total_norm > max_norm:
         scale = max_norm / (total_norm + 1e-6)
         for g in grads.values():
             g *= scale
     return total_norm
+
+
+def _sum_of_squares(g):
+    """Σ g² of one tensor as a float: a dot product in g's dtype (the kernel sums in double)."""
+    kernel = backend.kernel(g)
+    return kernel.sum_of_squares(g) if kernel is not None else float(np.vdot(g, g))

@@ -7,7 +7,7 @@ AdamW step, a norm or a checkpoint is one vector operation. Depends on NumPy onl
 
 import math
 
-__all__ = ["DTYPES", "flat_views"]
+__all__ = ["DTYPES", "flat_views", "flat_span"]
 
 DTYPES = ("float32", "float64")  # the dtypes a model computes in
 
@@ -27,3 +27,21 @@ def flat_views(buffer, shapes):
         views[name] = buffer[offset: offset + size].reshape(shape)
         offset += size
     return views
+
+
+def flat_span(buffer, shapes, names):
+    """The 1-D view of ``buffer`` over the tensors ``names``, which lie back to back in ``shapes``.
+
+    buffer, shapes: as for ``flat_views``; names: consecutive entries of ``shapes``. Lets a
+    model treat tensors stored apart (BERT's query, key and value weights) as one stacked
+    array without copying: ``flat_span(...).reshape(3 * C, C)``.
+    """
+    starts, sizes, offset = {}, {}, 0
+    for name, shape in shapes:
+        starts[name], sizes[name] = offset, math.prod(shape)
+        offset += sizes[name]
+    start = starts[names[0]]
+    for previous, name in zip(names, names[1:]):
+        if starts[name] != starts[previous] + sizes[previous]:
+            raise ValueError(f"{name!r} does not follow {previous!r} in the flat buffer")
+    return buffer[start: starts[names[-1]] + sizes[names[-1]]]

@@ -4,8 +4,9 @@ log.csv columns (empty cell = not measured at that step):
 
     step              optimizer steps done
     train_loss        the training batch's loss at this step
-    val_loss          mean validation loss (only at evaluation steps)
-    val_perplexity    exp(val_loss)
+    val_...           the objective's validation metrics, only at evaluation steps: val_loss
+                      always (the mean validation loss), then e.g. val_perplexity = exp(val_loss)
+                      (next-token), val_accuracy (masked-LM, classification), val_macro_f1
     lr                the learning rate this step used
     grad_norm         global gradient norm before clipping
     tokens_per_second training throughput of this step
@@ -21,18 +22,21 @@ import os
 
 from .fileio import atomic_write
 
-__all__ = ["COLUMNS", "RunLog", "read_log", "plot_losses"]
+__all__ = ["LOOP_COLUMNS", "RunLog", "read_log", "plot_losses"]
 
-COLUMNS = ("step", "train_loss", "val_loss", "val_perplexity", "lr", "grad_norm",
-           "tokens_per_second", "elapsed_seconds")
+# Every log's columns; the objective's validation columns go between train_loss and lr.
+LOOP_COLUMNS = ("step", "train_loss", "lr", "grad_norm", "tokens_per_second", "elapsed_seconds")
+_REQUIRED = ("step", "train_loss", "val_loss")
 
 
 def read_log(path):
     """The rows of a log.csv as dicts: "step" an int, other columns floats or None (empty)."""
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise ValueError(f"{path} is not a numpyllm training log: columns {reader.fieldnames}, expected {COLUMNS}")
+        missing = [name for name in _REQUIRED + LOOP_COLUMNS if name not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{path} is not a numpyllm training log: columns {reader.fieldnames}, "
+                             f"missing {missing}")
         return [
             {key: int(value) if key == "step" else (float(value) if value else None) for key, value in row.items()}
             for row in reader
@@ -40,31 +44,33 @@ def read_log(path):
 
 
 class RunLog:
-    """Append-only CSV writer of ``COLUMNS``; each row is flushed as soon as it is written.
+    """Append-only CSV writer of ``columns``; each row is flushed as soon as it is written.
 
+    columns : the header, a sequence of names (LOOP_COLUMNS with the validation ones inserted)
     keep_until_step : int or None. None starts a fresh log. An int keeps the rows of an
         existing log with step <= keep_until_step (a resumed run drops the rows logged
         after its checkpoint) and appends after them.
     """
 
-    def __init__(self, path, keep_until_step=None):
+    def __init__(self, path, columns, keep_until_step=None):
         self.path = os.fspath(path)
+        self.columns = tuple(columns)
         rows = []
         if keep_until_step is not None and os.path.isfile(self.path):
             rows = [row for row in read_log(self.path) if row["step"] <= keep_until_step]
         with atomic_write(self.path, "w") as f:
-            writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+            writer = csv.DictWriter(f, self.columns, lineterminator="\n")
             writer.writeheader()
             writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
         self._file = open(self.path, "a", newline="", encoding="utf-8")
-        self._writer = csv.DictWriter(self._file, COLUMNS, lineterminator="\n")
+        self._writer = csv.DictWriter(self._file, self.columns, lineterminator="\n")
 
     def write(self, **values):
         """Append one row; ``values`` maps column names to numbers or None (missing = None)."""
-        unknown = set(values) - set(COLUMNS)
+        unknown = set(values) - set(self.columns)
         if unknown:
-            raise ValueError(f"unknown log columns {sorted(unknown)}; expected some of {COLUMNS}")
-        self._writer.writerow({key: "" if values.get(key) is None else values[key] for key in COLUMNS})
+            raise ValueError(f"unknown log columns {sorted(unknown)}; expected some of {self.columns}")
+        self._writer.writerow({key: "" if values.get(key) is None else values[key] for key in self.columns})
         self._file.flush()
 
     def close(self):

@@ -47,7 +47,7 @@ def expected_backends():
 
 def test_attention_benchmark_prints_a_row_per_problem_and_pass(capsys, tmp_path):
     json_path = tmp_path / "results.json"
-    records = bench.main(["--quick", "--sizes", "32", "--repeats", "1", "--json", str(json_path)])
+    records = bench.main(["--quick", "--sizes", "32", "--repeats", "1", "--no-padded", "--json", str(json_path)])
     output = capsys.readouterr().out
     backends = expected_backends()
 
@@ -76,6 +76,31 @@ def test_attention_benchmark_prints_a_row_per_problem_and_pass(capsys, tmp_path)
     assert "VmHWM" in saved["memory_method"] and "FLOPs" in saved["flop_convention"]
 
 
+def test_padded_batch_is_timed_against_the_real_batch(capsys):
+    records = bench.main(["--quick", "--sizes", "16", "--causal", "no", "--repeats", "1", "--heads", "1",
+                          "--head-dim", "8"])
+    backends = expected_backends()
+    real = bench.QUICK_PADDED_REAL_LENGTH
+    headers, rows = next(table for heading, table in markdown_tables(capsys.readouterr().out).items()
+                         if heading.startswith("Padded batch"))
+    assert [row[:4] for row in rows] == [
+        [str(n_q), str(n_k), length, pass_name]
+        for n_q, n_k, length in ((real, real, "—"), (real, 2 * real, str(real)), (2 * real, 2 * real, str(real)))
+        for pass_name in ("forward", "backward")
+    ]
+    assert [row[headers.index(f"{backends[0]} × real")] for row in rows[:2]] == ["1", "1"]
+    assert all(float(row[headers.index("max rel diff")]) < 1e-4 for row in rows)  # padding means the same to all
+    padded = [r for r in records if r.get("key_length") == real]
+    assert {r["backend"] for r in padded} == set(backends)
+    assert all(r["gflops"] > 0 for r in padded)
+
+
+def test_padded_problem_counts_only_real_keys():
+    problem = bench.Problem(4, 2, 8, 16, 8, "float32", False, key_length=5)
+    assert problem.visible_pairs() == 8 * 5
+    assert problem.key_lengths().tolist() == [5, 5, 5, 5]
+
+
 def test_decode_mode_times_one_query_forward_only(capsys):
     bench.main(["--quick", "--decode", "--sizes", "16", "40", "--repeats", "1", "--no-torch"])
     headers, rows = next(iter(markdown_tables(capsys.readouterr().out).values()))
@@ -84,7 +109,7 @@ def test_decode_mode_times_one_query_forward_only(capsys):
 
 def test_missing_kernel_is_reported_and_the_rest_still_runs(capsys, monkeypatch):
     monkeypatch.setattr(attention, "available_backends", lambda: ("numpy",))
-    bench.main(["--quick", "--sizes", "16", "--causal", "no", "--repeats", "1", "--no-torch"])
+    bench.main(["--quick", "--sizes", "16", "--causal", "no", "--repeats", "1", "--no-torch", "--no-padded"])
     output = capsys.readouterr().out
     assert "Cython kernel is not built" in output
     headers, rows = next(iter(markdown_tables(output).values()))
@@ -92,7 +117,8 @@ def test_missing_kernel_is_reported_and_the_rest_still_runs(capsys, monkeypatch)
 
 
 def test_thread_scaling_table_pairs_one_and_two_threads(capsys):
-    bench.main(["--quick", "--thread-scaling", "--sizes", "16", "--causal", "yes", "--repeats", "1", "--no-torch"])
+    bench.main(["--quick", "--thread-scaling", "--sizes", "16", "--causal", "yes", "--repeats", "1", "--no-torch",
+                "--no-padded"])
     headers, rows = markdown_tables(capsys.readouterr().out)["Thread scaling"]
     assert headers[5:] == ["1 thread ms", "2 threads ms", "speed-up"]
     without_torch = [name for name in expected_backends() if name != "torch"]
@@ -163,7 +189,7 @@ def test_peak_rss_sees_c_malloc_and_resets_between_blocks():
 
 def test_without_a_resettable_peak_memory_the_tables_say_so(capsys, monkeypatch):
     monkeypatch.setattr(bench, "peak_rss_unsupported_reason", lambda: "no /proc here")
-    bench.main(["--quick", "--sizes", "16", "--causal", "no", "--repeats", "1", "--no-torch"])
+    bench.main(["--quick", "--sizes", "16", "--causal", "no", "--repeats", "1", "--no-torch", "--no-padded"])
     output = capsys.readouterr().out
     assert "Memory is not measured here: no /proc here." in output
     headings = list(markdown_tables(output))
@@ -173,5 +199,55 @@ def test_without_a_resettable_peak_memory_the_tables_say_so(capsys, monkeypatch)
 def test_plot_is_written_as_a_png(tmp_path):
     pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the plot extra)")
     path = tmp_path / "attention.png"
-    bench.main(["--quick", "--sizes", "16", "--causal", "no", "--repeats", "1", "--no-torch", "--plot", str(path)])
+    bench.main(["--quick", "--sizes", "16", "--causal", "no", "--repeats", "1", "--no-torch", "--no-padded",
+                "--plot", str(path)])
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_model_benchmark_prints_the_floor_and_machine(capsys):
+    from benchmarks import model as bench_model
+
+    results = bench_model.main(["--quick", "--rounds", "1", "--n-layer", "1", "--n-head", "2", "--n-embd", "8",
+                                "--vocab", "16", "--batch", "2", "--seq", "8"])
+    output = capsys.readouterr().out
+    assert "- CPU: " in output and "- BLAS: " in output
+    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in output.splitlines()
+             if line.startswith("| ")]
+    headers, rows = table[0], table[2:]
+    assert "% of floor (step)" in headers
+    names = [row[0] for row in rows]
+    assert names[-1] == bench_model.FLOOR and rows[-1][headers.index("% of floor (step)")] == "100%"
+    assert results[bench_model.FLOOR]["first_loss"] is None
+    losses = {results[name]["first_loss"] for name in names[:-1]}  # every model row: the same weights and batch
+    assert max(losses) - min(losses) < 1e-4
+
+
+def test_machine_lines_name_the_cpu_and_each_blas_kernel():
+    from benchmarks._timing import blas_kernels, format_machine, machine_info
+
+    np.ones((2, 2)) @ np.ones((2, 2))  # NumPy's BLAS is loaded
+    info = machine_info()
+    text = format_machine(info)
+    assert text.startswith("- CPU: ") and info["cpu"] in text
+    pools = [pool for pool in info["thread_pools"] if pool["user_api"] == "blas"]
+    assert pools and all(any(pool["library"] in line and pool["internal_api"] in line for line in blas_kernels(pools))
+                         for pool in pools)
+    assert "- BLAS: " + "; ".join(blas_kernels(info["thread_pools"])) in text
+
+
+def test_bert_benchmark_prints_both_rows_with_the_same_first_loss(capsys):
+    from benchmarks import bert as bert_bench
+
+    results = bert_bench.main(["--quick", "--rounds", "1", "--batch", "3", "--seq", "8", "--layers", "1",
+                               "--hidden", "16", "--heads", "2", "--intermediate", "32", "--vocab", "50"])
+    output = capsys.readouterr().out
+    headers, rows = next(table for heading, table in markdown_tables("## x\n" + output).items())
+    assert headers[:3] == ["implementation", "train step ms", "train tok/s"] and "inference tok/s" in headers
+    assert "real (non-padding) tokens" in output
+    names = [row[0] for row in rows]
+    assert names[0] == "numpyllm"
+    real = results["numpyllm"]["real_tokens"]
+    assert 0 < real < 3 * 8  # some padding, counted out
+    if "transformers + torch" in results:  # the same weights and batch give the same loss before any update
+        assert results["numpyllm"]["first_loss"] == pytest.approx(results["transformers + torch"]["first_loss"],
+                                                                  rel=1e-5)

@@ -296,7 +296,7 @@ def test_malformed_shard_index_is_named(tmp_path, index):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"model_type": "llama"}, r"model_type 'llama'; numpyllm reads GPT-2"),
+        ({"model_type": "llama"}, r"config.json has model_type 'llama', expected 'gpt2'"),
         ({"n_embd": None}, r"'n_embd' as a positive int, got None"),
         ({"layer_norm_epsilon": 1e-6}, r"layer_norm_epsilon=1e-06; numpyllm supports only \[1e-05\]"),
         ({"activation_function": "relu"}, r"activation_function='relu'"),

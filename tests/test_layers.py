@@ -1,16 +1,25 @@
 """Every layer's backward equals central finite differences of its forward (float64); forwards
-match their definitions; float32 inputs stay float32."""
+match their definitions; float32 inputs stay float32. These prove the NumPy reference (the
+layer kernels are proven equal to it in tests/test_layer_kernels.py)."""
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from scipy.special import log_softmax, ndtr
+from scipy.special import expit, log_softmax, ndtr
 
 from finite_differences import assert_gradient_matches
-from numpyllm import attention
+from numpyllm import attention, backend
 from numpyllm import layers as L
 from numpyllm.gpt import block_param_shapes
+
+
+@pytest.fixture(autouse=True, scope="module")
+def reference_layers():
+    """The reference under test here, whatever the default backend."""
+    with backend.using("numpy"):
+        yield
+
 
 seeds = st.integers(0, 2**32 - 1)
 batch = st.integers(1, 2)
@@ -229,3 +238,129 @@ def test_float32_in_float32_out():
     out, cache = L.embedding_forward(rng.integers(0, T, (B, T)), wte, wpe)
     assert out.dtype == np.float32
     assert {g.dtype for g in L.embedding_backward(out, cache)} == {np.dtype(np.float32)}
+
+
+# --------------------------------------------------------------------------- the layers BERT adds
+
+
+@given(seeds, batch, time, st.integers(1, 4), st.integers(1, 5))
+def test_lookup_backward_matches_finite_differences(seed, B, T, V, C):
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, V, (B, T))  # a small table makes repeated ids likely
+
+    def lookup(table):
+        return L.lookup_forward(idx, table)
+
+    check_pair(lookup, L.lookup_backward, [rng.standard_normal((V, C))], rng)
+
+
+@given(seeds, batch, time, st.integers(1, 6), st.integers(1, 5), st.booleans())
+def test_tied_decoder_backward_matches_finite_differences(seed, B, T, V, C, with_bias):
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal((B, T, C)), rng.standard_normal((V, C))] + ([rng.standard_normal(V)] * with_bias)
+
+    def backward(dlogits, cache):
+        dx, dtable, dbias = L.tied_decoder_backward(dlogits, cache)
+        assert dtable.shape == (V, C) and (dbias is None) == (not with_bias)
+        return (dx, dtable, dbias)[:len(arrays)]
+
+    check_pair(L.tied_decoder_forward, backward, arrays, rng)
+    logits, _ = L.tied_decoder_forward(*arrays)
+    np.testing.assert_allclose(logits, arrays[0] @ arrays[1].T + (arrays[2] if with_bias else 0), rtol=1e-12)
+
+
+@given(seeds, st.integers(1, 40))
+def test_tanh_backward_matches_finite_differences(seed, n):
+    rng = np.random.default_rng(seed)
+    check_pair(L.tanh_forward, L.tanh_backward, [rng.standard_normal(n) * 2], rng)
+
+
+@given(seeds, batch, st.integers(1, 4))
+def test_mse_backward_matches_finite_differences_and_is_the_mean_square(seed, B, n):
+    rng = np.random.default_rng(seed)
+    predictions, targets = rng.standard_normal((B, n)), rng.standard_normal((B, n))
+    dloss = rng.standard_normal()
+    loss, cache = L.mse_forward(predictions, targets)
+    assert loss == pytest.approx(np.mean((predictions - targets) ** 2), rel=1e-12)
+    assert_gradient_matches(lambda: L.mse_forward(predictions, targets)[0] * dloss, predictions,
+                            L.mse_backward(dloss, cache), rng, name="predictions")
+
+
+@given(seeds, batch, st.integers(1, 4))
+def test_bce_with_logits_backward_matches_finite_differences_and_is_binary_cross_entropy(seed, B, n):
+    rng = np.random.default_rng(seed)
+    logits, targets = rng.standard_normal((B, n)) * 4, (rng.random((B, n)) < 0.5).astype(float)
+    targets[0, 0] = 0.3  # soft targets are values too
+    dloss = rng.standard_normal()
+    loss, cache = L.bce_with_logits_forward(logits, targets)
+    sigmoid = expit(logits)
+    expected = -np.mean(targets * np.log(sigmoid) + (1 - targets) * np.log(1 - sigmoid))
+    assert loss == pytest.approx(expected, rel=1e-12)
+    assert_gradient_matches(lambda: L.bce_with_logits_forward(logits, targets)[0] * dloss, logits,
+                            L.bce_with_logits_backward(dloss, cache), rng, name="logits")
+
+
+def test_bce_with_logits_survives_huge_logits():
+    logits = np.array([[1e4, -1e4, 1e4, -1e4]], dtype=np.float32)
+    loss, cache = L.bce_with_logits_forward(logits, np.array([[1.0, 0.0, 0.0, 1.0]], dtype=np.float32))
+    assert loss == pytest.approx(1e4 / 2, rel=1e-6)  # the two wrong ones cost 1e4 each
+    dlogits = L.bce_with_logits_backward(1.0, cache)
+    assert dlogits.dtype == np.float32
+    np.testing.assert_allclose(dlogits, [[0.0, 0.0, 0.25, -0.25]], atol=1e-7)
+
+
+def padded_lengths(rng, B, T):
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T  # one full row: the batch is as long as its longest
+    return lengths
+
+
+@pytest.mark.parametrize("backend", attention.available_backends())
+@given(seed=seeds, B=batch, T=time, H=heads, hd=head_size)
+def test_padded_self_attention_backward_matches_finite_differences(backend, seed, B, T, H, hd):
+    rng = np.random.default_rng(seed)
+    C = H * hd
+    arrays = [rng.standard_normal((B, T, C)), rng.standard_normal((C, 3 * C)) / np.sqrt(C),
+              rng.standard_normal(3 * C), rng.standard_normal((C, C)), rng.standard_normal(C)]
+    lengths = padded_lengths(rng, B, T)
+
+    def self_attention(*arrays):
+        return L.self_attention_forward(*arrays, n_head=H, backend=backend, causal=False, key_lengths=lengths)
+
+    check_pair(self_attention, L.self_attention_backward, arrays, rng)
+
+
+def test_padded_self_attention_ignores_the_padding_and_sees_both_directions():
+    rng = np.random.default_rng(1)
+    B, T, H, hd = 2, 6, 2, 3
+    C = H * hd
+    weights = [rng.standard_normal((C, 3 * C)), rng.standard_normal(3 * C), rng.standard_normal((C, C)),
+               rng.standard_normal(C)]
+    x, lengths = rng.standard_normal((B, T, C)), np.array([6, 4])
+    y, _ = L.self_attention_forward(x, *weights, H, backend="numpy", causal=False, key_lengths=lengths)
+    changed = x.copy()
+    changed[1, 4:] += 5.0  # row 1's padding
+    y_changed, _ = L.self_attention_forward(changed, *weights, H, backend="numpy", causal=False, key_lengths=lengths)
+    np.testing.assert_array_equal(y_changed[1, :4], y[1, :4])
+    np.testing.assert_array_equal(y_changed[0], y[0])
+    short, _ = L.self_attention_forward(x[1:, :4], *weights, H, backend="numpy", causal=False)  # no padding at all
+    np.testing.assert_allclose(y[1:, :4], short, rtol=1e-12)
+    changed[1, 3] += 1.0  # a later token changes earlier outputs: not causal
+    y_changed, _ = L.self_attention_forward(changed, *weights, H, backend="numpy", causal=False, key_lengths=lengths)
+    assert not np.allclose(y_changed[1, 0], y[1, 0])
+
+
+@pytest.mark.parametrize("activation", sorted(L.ACTIVATIONS))
+@given(seed=seeds, B=batch, T=time, C=st.integers(1, 4), inner=st.integers(1, 6))
+def test_mlp_backward_matches_finite_differences_for_every_activation(activation, seed, B, T, C, inner):
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal((B, T, C)), rng.standard_normal((C, inner)), rng.standard_normal(inner),
+              rng.standard_normal((inner, C)), rng.standard_normal(C)]
+
+    def mlp(*arrays):
+        return L.mlp_forward(*arrays, activation=activation)
+
+    check_pair(mlp, L.mlp_backward, arrays, rng)
+    h = arrays[0] @ arrays[1] + arrays[2]
+    act = h * ndtr(h) if activation == "gelu" else L.gelu_forward(h)[0]
+    np.testing.assert_allclose(mlp(*arrays)[0], act @ arrays[3] + arrays[4], rtol=1e-10, atol=1e-12)
