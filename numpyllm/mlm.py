@@ -142,7 +142,7 @@ class _MaskedLM:
         if not os.path.isfile(os.path.join(out, TOKENS_FILE)):  # a resume whose tokens.npy was deleted
             _encode(out, config, files, tokenizer, progress)
         body = config.block_size - 2
-        self.train_tokens, self.val_tokens = split_tokens(load_tokens(os.path.join(out, TOKENS_FILE)),
+        self.train_tokens, self.val_tokens = split_tokens(load_tokens(os.path.join(out, TOKENS_FILE), tokenizer.vocab_size),
                                                           config.val_fraction, body + 1)
         self.cls, self.sep = tokenizer.cls_token_id, tokenizer.sep_token_id
         self.masking = dict(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_token_id,
