@@ -17,6 +17,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import tokenize
 
 import numpy as np
 
@@ -133,7 +134,7 @@ def load_tokens(path, vocab_size=None):
         raise FileNotFoundError(f"token file {path!r} does not exist")
     try:
         tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as error:  # the last two: a damaged header
         raise ValueError(f"{path} is not a .npy token array ({error})") from None
     if not isinstance(tokens, np.ndarray) or tokens.ndim != 1 or tokens.dtype not in (np.dtype("<u2"),
                                                                                       np.dtype("<u4")):

@@ -213,7 +213,8 @@ def _resumed_run(task, out, overrides, world):
 
     checkpoint = find_checkpoint(out)
     if checkpoint is None:
-        raise FileNotFoundError(f"--resume: --out {out!r} has no training checkpoint to continue")
+        raise FileNotFoundError(f"--resume: --out {out!r} has no training checkpoint to continue "
+                                f"(no {CHECKPOINT_DIR}/{TRAINER_STATE_FILE})")
     resumable = task.config_class.RESUMABLE
     fixed = sorted(set(overrides) - set(resumable))
     if fixed:

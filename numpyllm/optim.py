@@ -21,6 +21,7 @@ element-wise update and the sum of squares also run as compiled kernels
 
 import math
 import os
+import tokenize
 import zipfile
 
 import numpy as np
@@ -222,7 +223,8 @@ class AdamW:
                     if name:
                         state[group][name] = npz[key]
             self.load_state_dict(state)
-        except (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile) as error:
+        except (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile, SyntaxError,
+                tokenize.TokenError) as error:  # SyntaxError, TokenError: a damaged .npy header
             raise ValueError(f"{path} is not this optimizer's saved state ({type(error).__name__}: {error})") from None
 
     def _expected_arrays(self):

@@ -44,14 +44,17 @@ def _read_rows(path):
         if missing:
             raise ValueError(f"{path} is not a numpyllm training log: columns {reader.fieldnames}, "
                              f"missing {missing}")
-        try:
-            return [
-                {key: int(value) if key == "step" else (float(value) if value else None)
-                 for key, value in row.items()}
-                for row in reader
-            ]
-        except (TypeError, ValueError) as error:  # a cell cut short or missing (None), or extra cells
-            raise ValueError(f"{path}:{reader.line_num}: not a row of numbers ({error})") from None
+        rows = []
+        for row in reader:
+            if None in row or None in row.values():  # DictReader's marks of extra and missing cells
+                raise ValueError(f"{path}:{reader.line_num}: {len(reader.fieldnames)} cells expected, the row "
+                                 "has more or fewer (a damaged or cut-short log)")
+            try:
+                rows.append({key: int(value) if key == "step" else (float(value) if value else None)
+                             for key, value in row.items()})
+            except ValueError as error:  # a cell that is not a number
+                raise ValueError(f"{path}:{reader.line_num}: not a row of numbers ({error})") from None
+        return rows
 
 
 class RunLog:
