@@ -35,11 +35,17 @@ SPECIAL_TOKEN_NAMES = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": 
 def read_bert_dir(directory):
     """Read a BERT tokenizer directory -> keyword arguments for ``WordPieceTokenizer(**kwargs)``.
 
-    Returns a dict with ``vocab`` (dict str -> id), the basic tokenizer's options
-    (``lowercase``, ``strip_accents``, ``tokenize_chinese_chars``, ``clean_text``),
+    Returns a dict with ``vocab`` (dict str -> id) and those of the basic tokenizer's
+    options (``lowercase``, ``strip_accents``, ``tokenize_chinese_chars``, ``clean_text``),
     the special tokens' text by name, ``max_input_chars_per_word``,
-    ``clean_up_tokenization_spaces`` and, from a ``tokenizer.json``, ``added_tokens``
-    (further never-split tokens: (text, special) pairs).
+    ``clean_up_tokenization_spaces`` and ``added_tokens`` (from a ``tokenizer.json``:
+    further never-split tokens, as (text, special) pairs) that the directory sets.
+
+    Where both say something, ``tokenizer_config.json`` wins over ``tokenizer.json``, as
+    in transformers >= 5 (its BertTokenizer rebuilds the normalizer from the config's
+    ``do_lower_case``, ``strip_accents``, ``tokenize_chinese_chars`` and takes only the
+    vocabulary from tokenizer.json); an option the config leaves out comes from
+    tokenizer.json's BertNormalizer (transformers would use BERT's default instead).
 
     Raises FileNotFoundError when the directory has neither ``tokenizer.json`` nor
     ``vocab.txt``, and ValueError naming the file for content this tokenizer cannot
@@ -48,33 +54,33 @@ def read_bert_dir(directory):
     directory = pathlib.Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"tokenizer directory {str(directory)!r} does not exist")
-    config_path = directory / CONFIG_FILE
-    config = read_json_object(config_path, "a JSON object of tokenizer options") if config_path.is_file() else {}
-    special_path = directory / SPECIAL_TOKENS_FILE
-    special_map = read_json_object(special_path, "a JSON object name -> token") if special_path.is_file() else {}
-    kwargs = {}
-    for name, default in SPECIAL_TOKEN_NAMES.items():
-        kwargs[name] = _token_text(config.get(name, special_map.get(name, default)), name, config_path)
-    kwargs["clean_up_tokenization_spaces"] = bool(config.get("clean_up_tokenization_spaces", False))
     if (directory / TOKENIZER_FILE).is_file():
-        kwargs.update(_read_tokenizer_json(directory / TOKENIZER_FILE))
+        kwargs = _read_tokenizer_json(directory / TOKENIZER_FILE)
     elif (directory / VOCAB_FILE).is_file():
-        kwargs["vocab"] = _read_vocab_txt(directory / VOCAB_FILE)
-        kwargs["lowercase"] = _option(config, "do_lower_case", True, (bool,), config_path)
-        kwargs["strip_accents"] = _option(config, "strip_accents", None, (bool, type(None)), config_path)
-        kwargs["tokenize_chinese_chars"] = _option(config, "tokenize_chinese_chars", True, (bool,), config_path)
+        kwargs = {"vocab": _read_vocab_txt(directory / VOCAB_FILE)}
     else:
         raise FileNotFoundError(
             f"{str(directory)!r} has neither {TOKENIZER_FILE} nor {VOCAB_FILE}: it is not a BERT tokenizer directory"
         )
+    config_path = directory / CONFIG_FILE
+    config = read_json_object(config_path, "a JSON object of tokenizer options") if config_path.is_file() else {}
+    special_path = directory / SPECIAL_TOKENS_FILE
+    special_map = read_json_object(special_path, "a JSON object name -> token") if special_path.is_file() else {}
+    for name in SPECIAL_TOKEN_NAMES:
+        for source, path in ((config, config_path), (special_map, special_path)):
+            if name in source:
+                kwargs[name] = _token_text(source[name], name, path)
+                break
+    for key, option, types in (("do_lower_case", "lowercase", (bool,)),
+                               ("strip_accents", "strip_accents", (bool, type(None))),
+                               ("tokenize_chinese_chars", "tokenize_chinese_chars", (bool,)),
+                               ("clean_up_tokenization_spaces", "clean_up_tokenization_spaces", (bool,))):
+        if key in config:
+            kwargs[option] = config[key]
+            if not isinstance(config[key], types):
+                raise ValueError(f"{config_path}: {key} must be {' or '.join(t.__name__ for t in types)}, "
+                                 f"got {config[key]!r}")
     return kwargs
-
-
-def _option(config, key, default, types, path):
-    value = config.get(key, default)
-    if not isinstance(value, types):
-        raise ValueError(f"{path}: {key} must be {' or '.join(t.__name__ for t in types)}, got {value!r}")
-    return value
 
 
 def _token_text(value, name, path):

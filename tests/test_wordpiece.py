@@ -318,6 +318,33 @@ def test_a_transformers_trained_vocab_loads_here(corpus, bert_fast, tmp_path):
         assert_same_tokens(from_json, bert_fast.from_pretrained(json_dir), HARD_TEXTS)
 
 
+@pytest.mark.parametrize("config_lowercase", [True, False])
+def test_tokenizer_config_wins_over_tokenizer_json_as_in_transformers(saved_pair, bert_fast, tmp_path, config_lowercase):
+    """transformers >= 5 rebuilds the normalizer from tokenizer_config.json; tokenizer.json gives the vocabulary."""
+    _, hf = saved_pair
+    hf.save_pretrained(tmp_path)
+    tokenizer_json = json.loads((tmp_path / "tokenizer.json").read_text())
+    tokenizer_json["normalizer"].update(lowercase=not config_lowercase, strip_accents=not config_lowercase)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": config_lowercase}))
+    assert_same_tokens(WordPieceTokenizer.from_pretrained(tmp_path), bert_fast.from_pretrained(tmp_path),
+                       HARD_TEXTS[:3] + ["Mixed CASE Text"])
+
+
+def test_added_tokens_of_a_tokenizer_json_are_never_split(saved_pair, bert_fast, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers", reason="Hugging Face tokenizers makes the added tokens")
+    hf = bert_fast.from_pretrained(saved_pair[1].name_or_path)
+    hf.add_tokens([tokenizers.AddedToken("<new>", normalized=False),
+                   tokenizers.AddedToken("<SPEC>", normalized=False, special=True)])
+    hf.save_pretrained(tmp_path)
+    ours = WordPieceTokenizer.from_pretrained(tmp_path)
+    assert ours.tokenize("a<new>b <SPEC> x<NEW>")[:4] == ["a", "<new>", "b", "<SPEC>"]
+    assert_same_tokens(ours, bert_fast.from_pretrained(tmp_path), ["a<new>b <SPEC> x<NEW>", "hello <new> world <SPEC>"])
+    with pytest.raises(ValueError, match="added tokens \\['<new>', '<SPEC>'\\] cannot be saved"):
+        ours.save(tmp_path / "again")
+
+
 @pytest.mark.parametrize("config", [
     {"do_lower_case": False}, {"do_lower_case": True, "strip_accents": False},
     {"do_lower_case": False, "strip_accents": True}, {"tokenize_chinese_chars": False},
@@ -415,6 +442,12 @@ def test_from_pretrained_rejects_missing_and_unsupported_files(tmp_path):
         WordPieceTokenizer.from_pretrained(tmp_path)
     (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE"}}))
     with pytest.raises(ValueError, match="model type must be 'WordPiece'"):
+        WordPieceTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text(json.dumps({
+        "model": {"type": "WordPiece", "vocab": {token: i for i, token in enumerate(SPECIALS)}},
+        "pre_tokenizer": {"type": "BertPreTokenizer"}, "normalizer": None,
+        "added_tokens": [{"id": 5, "content": "<new>", "normalized": True}]}))
+    with pytest.raises(ValueError, match="added token '<new>' sets normalized"):
         WordPieceTokenizer.from_pretrained(tmp_path)
     (tmp_path / "tokenizer.json").unlink()
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[UNK]\n")
