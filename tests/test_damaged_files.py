@@ -102,6 +102,47 @@ def test_damaged_run_file_is_named_by_resume_and_the_run_is_intact(run_dir, tmp_
         assert not _must_fail(os.path.basename(name), kind) or (kind == "truncate" and arg == -1)
 
 
+BERT_FILES = ["config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    from numpyllm import BertConfig, BertForMaskedLM, WordPieceTokenizer
+
+    directory = tmp_path_factory.mktemp("bert")
+    tokenizer = WordPieceTokenizer.train(["the cat sat on the mat", "a dog ran in the park"] * 5, vocab_size=60,
+                                         progress=False)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=12, max_position_embeddings=16)
+    BertForMaskedLM(config, seed=0).save_pretrained(directory)
+    tokenizer.save(directory)
+    return directory
+
+
+@pytest.mark.parametrize("name", BERT_FILES)
+@pytest.mark.parametrize("kind, arg", CASES)
+def test_damaged_bert_file_is_named_by_fill_mask(bert_dir, tmp_path, capsys, name, kind, arg):
+    model = tmp_path / "model"
+    shutil.copytree(bert_dir, model)
+    others = [n for n in BERT_FILES if n != name]
+    damage(model / name, kind, arg, model / others[BERT_FILES.index(name) % len(others)])
+    status, line = run_cli(["fill-mask", "--model", str(model), "--text", "the [MASK] sat"], capsys)
+    if status != 0:
+        assert status == 2 and name in line, line
+    else:  # the optional files may go or be another JSON object; a flipped weight, a last newline lost: valid
+        assert (name in ("tokenizer_config.json", "special_tokens_map.json") and kind in ("delete", "replace")) \
+            or kind == "flip" or (kind == "truncate" and arg == -1)
+
+
+def test_tokenizer_json_of_the_wrong_shape_is_named(tmp_path):
+    from numpyllm import WordPieceTokenizer
+
+    for content in ('{"model": [1]}', '{"model": {"type": "WordPiece"}, "pre_tokenizer": "x"}', "[[[[" * 50000):
+        (tmp_path / "tokenizer.json").write_text(content)
+        with pytest.raises(ValueError, match="tokenizer.json"):
+            WordPieceTokenizer.from_pretrained(tmp_path)
+
+
 # --------------------------------------------------------------------------- hostile files
 
 
