@@ -156,17 +156,21 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_pytorch_weights_that_would_run_code_are_refused(run_dir, tmp_path):
-    pytest.importorskip("torch", reason="reading pytorch_model.bin needs torch")
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_pytorch_weights_that_would_run_code_are_refused(run_dir, tmp_path, writer):
+    torch = pytest.importorskip("torch", reason="reading pytorch_model.bin needs torch")
     model = tmp_path / "model"
     shutil.copytree(run_dir / "checkpoint", model)
     (model / "model.safetensors").unlink()
     marker = tmp_path / "ran"
+    hostile = {"wte.weight": _RunsCode(marker)}
     with open(model / "pytorch_model.bin", "wb") as f:
-        pickle.dump({"wte.weight": _RunsCode(marker)}, f)
+        torch.save(hostile, f) if writer == "torch.save" else pickle.dump(hostile, f, protocol=2)
     with pytest.raises(ValueError, match="pytorch_model.bin is not a readable PyTorch state dict"):
         hub.read_weights(model)
     assert not marker.exists()
+    pickle.loads(pickle.dumps(_RunsCode(marker)))  # the same object unpickled without weights_only runs code:
+    assert marker.exists()                          # so the test above would see it
 
 
 def test_pickled_optimizer_state_and_tokens_are_refused(tmp_path):
@@ -181,6 +185,8 @@ def test_pickled_optimizer_state_and_tokens_are_refused(tmp_path):
     with pytest.raises(ValueError, match="tokens.npy is not a .npy token array"):
         load_tokens(tokens)
     assert not marker.exists()
+    np.load(tokens, allow_pickle=True)  # what allow_pickle=False prevents
+    assert marker.exists()
 
 
 def test_safetensors_header_claiming_data_past_the_end_is_refused_before_reading(run_dir, tmp_path):
