@@ -1,16 +1,15 @@
-"""Scoring a model on token ids: the mean next-token cross-entropy and its perplexity.
+"""Scoring a model on token ids: the mean next-token cross-entropy.
 
 ``mean_loss`` averages the loss over batches, ``evaluate_tokens`` cuts 1-D token ids
 into non-overlapping windows of the model's block size (every token but the first is
-predicted once, with as much context as its window gives), and ``perplexity`` is
-exp(loss). The command line is ``numpyllm.cli.eval``.
+predicted once, with as much context as its window gives); its perplexity is
+``numpyllm.metrics.perplexity``. ``continuations`` makes greedy continuations of
+held-out lines and their true text, for BLEU and ROUGE. The command line is ``numpyllm.cli.eval``.
 """
-
-import math
 
 from .layers import cross_entropy_forward
 
-__all__ = ["mean_loss", "evaluate_tokens", "perplexity"]
+__all__ = ["mean_loss", "evaluate_tokens", "continuations"]
 
 _LOGITS_BUDGET = 1 << 24  # default batch: about this many logits per forward pass
 
@@ -31,11 +30,6 @@ def mean_loss(model, batches):
     return total / count, count
 
 
-def perplexity(loss):
-    """exp(loss), the perplexity of a mean cross-entropy in nats; inf where exp would overflow."""
-    return math.exp(loss) if loss < 700 else math.inf
-
-
 def evaluate_tokens(model, tokens, batch_size=None):
     """(mean loss, number of targets) of ``model`` on the 1-D ``tokens`` (see the module docstring)."""
     from .data import sequential_batches
@@ -44,3 +38,29 @@ def evaluate_tokens(model, tokens, batch_size=None):
     if batch_size is None:
         batch_size = max(1, _LOGITS_BUDGET // (block_size * model.config.vocab_size))
     return mean_loss(model, sequential_batches(tokens, block_size, batch_size))
+
+
+def continuations(model, tokenizer, lines, n_tokens, limit):
+    """(hypotheses, references): greedy continuations of held-out lines and their true text.
+
+    Each line of ``lines`` (str) that encodes to at least 4 tokens, up to ``limit`` of
+    them, is cut after the first half of its tokens (at most block_size - n_tokens): the
+    first part is the prompt, the next up to ``n_tokens`` tokens of the line are the
+    reference, and the model continues the prompt greedily (temperature 0) by as many
+    tokens as the reference has. Both are decoded to text, for ``numpyllm.metrics``.
+    """
+    import numpy as np
+
+    hypotheses, references = [], []
+    for line in lines:
+        if len(hypotheses) == limit:
+            break
+        ids = tokenizer.encode(line.strip())
+        if len(ids) < 4:
+            continue
+        cut = max(1, min(len(ids) // 2, model.config.block_size - n_tokens))
+        reference = ids[cut:cut + n_tokens]
+        out = model.generate(np.array([ids[:cut]]), len(reference), temperature=0)
+        hypotheses.append(tokenizer.decode(out[0, cut:].tolist()))
+        references.append(tokenizer.decode(reference))
+    return hypotheses, references

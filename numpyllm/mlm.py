@@ -156,7 +156,7 @@ class _MaskedLM:
         if self.next_sentence:  # its loss adds two means (MLM, NSP): no one count weighs it across MPI ranks
             self.scored = None
         body = config.block_size - 2 - self.next_sentence
-        self.train_tokens, self.val_tokens = split_tokens(load_tokens(os.path.join(out, TOKENS_FILE)),
+        self.train_tokens, self.val_tokens = split_tokens(load_tokens(os.path.join(out, TOKENS_FILE), tokenizer.vocab_size),
                                                           config.val_fraction, body + 1)
         self.cls, self.sep = tokenizer.cls_token_id, tokenizer.sep_token_id
         self.masking = dict(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_token_id,

@@ -11,7 +11,8 @@ import pytest
 from numpyllm import GPT, BPETokenizer
 from numpyllm.__main__ import main
 from numpyllm.data import document_ids
-from numpyllm.evaluate import evaluate_tokens, perplexity
+from numpyllm.evaluate import evaluate_tokens
+from numpyllm.metrics import perplexity
 
 from tiny_run import tiny_overrides, write_corpus
 
@@ -127,3 +128,49 @@ def test_train_then_eval_end_to_end(tmp_path, corpus):
 def test_perplexity_is_exp_of_the_loss_and_inf_past_overflow():
     assert perplexity(0.0) == 1.0 and perplexity(2.0) == math.exp(2.0)
     assert perplexity(800.0) == math.inf  # math.exp would raise OverflowError
+
+
+def test_eval_reports_bleu_and_rouge_of_greedy_continuations(tmp_path, corpus, capsys):
+    from numpyllm import metrics
+    from numpyllm.train import train
+
+    out = tmp_path / "run"
+    assert train(out, overrides=tiny_overrides(corpus, max_steps=12)) == 0
+    held_out = tmp_path / "held_out.txt"
+    lines = ["def omega_beta(x, y):", "    return x * 3 + y", "", "def alpha_gamma(x, y):", "x"]
+    held_out.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert _main("eval", "--model", out, "--data", held_out, "--bleu", "--rouge", "--continuation-tokens", "4") == 0
+    match = re.fullmatch(r"loss \S+ perplexity \S+ bleu (\S+) rouge1 (\S+) rouge2 (\S+) rougeL (\S+)\n",
+                         capsys.readouterr().out)
+    assert match
+    # The same continuations made here: each long enough line cut after half its tokens.
+    model = GPT.from_pretrained(out / "checkpoint")
+    tokenizer = BPETokenizer.from_pretrained(out / "checkpoint")
+    hypotheses, references = [], []
+    for line in lines:
+        ids = tokenizer.encode(line.strip())
+        if len(ids) >= 4:
+            cut = len(ids) // 2
+            reference = ids[cut:cut + 4]
+            generated = model.generate(np.array([ids[:cut]]), len(reference), temperature=0)[0, cut:]
+            hypotheses.append(tokenizer.decode(generated.tolist()))
+            references.append(tokenizer.decode(reference))
+    assert len(hypotheses) == 3
+    scores = metrics.rouge(hypotheses, references)
+    expected = [metrics.bleu(hypotheses, references), scores["rouge1"], scores["rouge2"], scores["rougeL"]]
+    assert [float(x) for x in match.groups()] == pytest.approx(expected, abs=1e-4)
+
+
+def test_eval_bleu_needs_lines_long_enough(tmp_path, corpus, capsys):
+    from numpyllm.train import train
+
+    out = tmp_path / "run"
+    assert train(out, overrides=tiny_overrides(corpus, max_steps=2)) == 0
+    short = tmp_path / "short.txt"
+    short.write_text("x\ny\nzz\n")
+    capsys.readouterr()
+    assert _main("eval", "--model", out, "--data", short, "--bleu", "--continuation-tokens", "16") == 2
+    assert "--continuation-tokens must be < the model's block_size 16" in _one_error_line(capsys, "eval")
+    assert _main("eval", "--model", out, "--data", short, "--bleu", "--continuation-tokens", "4") == 2
+    assert "no line of --data has the 4 tokens" in _one_error_line(capsys, "eval")
