@@ -1,16 +1,14 @@
-"""Scoring a model on token ids: the mean next-token cross-entropy and its perplexity.
+"""Scoring a model on token ids: the mean next-token cross-entropy.
 
 ``mean_loss`` averages the loss over batches, ``evaluate_tokens`` cuts 1-D token ids
 into non-overlapping windows of the model's block size (every token but the first is
-predicted once, with as much context as its window gives), and ``perplexity`` is
-exp(loss). The command line is ``numpyllm.cli.eval``.
+predicted once, with as much context as its window gives). Its perplexity is
+``numpyllm.metrics.perplexity``; the command line is ``numpyllm.cli.eval``.
 """
-
-import math
 
 from .layers import cross_entropy_forward
 
-__all__ = ["mean_loss", "evaluate_tokens", "perplexity"]
+__all__ = ["mean_loss", "evaluate_tokens"]
 
 _LOGITS_BUDGET = 1 << 24  # default batch: about this many logits per forward pass
 
@@ -29,11 +27,6 @@ def mean_loss(model, batches):
     if count == 0:
         raise ValueError("no batches to evaluate")
     return total / count, count
-
-
-def perplexity(loss):
-    """exp(loss), the perplexity of a mean cross-entropy in nats; inf where exp would overflow."""
-    return math.exp(loss) if loss < 700 else math.inf
 
 
 def evaluate_tokens(model, tokens, batch_size=None):

@@ -106,7 +106,8 @@ class _NextToken:
         return int((batch[1] >= 0).sum())  # negative targets are not scored
 
     def validate(self, model):
-        from .evaluate import mean_loss, perplexity
+        from .evaluate import mean_loss
+        from .metrics import perplexity
 
         loss, _ = mean_loss(model, self.val_batches)
         val_perplexity = perplexity(loss)

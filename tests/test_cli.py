@@ -11,7 +11,8 @@ import pytest
 from numpyllm import GPT, BPETokenizer
 from numpyllm.__main__ import main
 from numpyllm.data import document_ids
-from numpyllm.evaluate import evaluate_tokens, perplexity
+from numpyllm.evaluate import evaluate_tokens
+from numpyllm.metrics import perplexity
 
 from tiny_run import tiny_overrides, write_corpus
 

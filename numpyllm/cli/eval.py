@@ -19,7 +19,8 @@ from .. import attention
 from ..checkpoint import load_model_and_tokenizer
 from ..corpus import read_texts
 from ..data import document_ids, text_files
-from ..evaluate import evaluate_tokens, perplexity
+from ..evaluate import evaluate_tokens
+from ..metrics import perplexity
 
 
 def add_arguments(parser):
