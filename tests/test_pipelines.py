@@ -20,41 +20,44 @@ def _perturb(model, seed, scale):
     return model
 
 
-@pytest.fixture(scope="module")
-def gpt_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("gpt")
-    tokenizer = BPETokenizer.train(TEXTS, vocab_size=300)
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
-    _perturb(GPT(config, seed=0), 1, 0.3).save_pretrained(directory)
-    tokenizer.save(directory)
-    return str(directory)
-
-
 def _bert_config(tokenizer, **labels):
     return BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=64, max_position_embeddings=64, **labels)
 
 
-@pytest.fixture(scope="module")
-def wordpiece():
-    return WordPieceTokenizer.train(TEXTS, vocab_size=150)
-
-
-@pytest.fixture(scope="module")
-def mlm_dir(tmp_path_factory, wordpiece):
-    directory = tmp_path_factory.mktemp("mlm")
-    _perturb(BertForMaskedLM(_bert_config(wordpiece), seed=0), 2, 0.2).save_pretrained(directory)
-    wordpiece.save(directory)
-    return str(directory)
-
-
-@pytest.fixture(scope="module")
-def classifier_dir(tmp_path_factory, wordpiece):
-    directory = tmp_path_factory.mktemp("classifier")
+def build_directories(root):
+    """root/gpt, root/mlm, root/classifier: tiny perturbed models with their tokenizers beside them."""
+    bpe = BPETokenizer.train(TEXTS, vocab_size=300)
+    config = GPTConfig(vocab_size=bpe.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
+    _perturb(GPT(config, seed=0), 1, 0.3).save_pretrained(root / "gpt")
+    bpe.save(root / "gpt")
+    wordpiece = WordPieceTokenizer.train(TEXTS, vocab_size=150)
+    _perturb(BertForMaskedLM(_bert_config(wordpiece), seed=0), 2, 0.2).save_pretrained(root / "mlm")
     config = _bert_config(wordpiece, num_labels=3, id2label={0: "negative", 1: "neutral", 2: "positive"})
-    _perturb(BertForSequenceClassification(config, seed=0), 3, 0.2).save_pretrained(directory)
-    wordpiece.save(directory)
-    return str(directory)
+    _perturb(BertForSequenceClassification(config, seed=0), 3, 0.2).save_pretrained(root / "classifier")
+    for name in ("mlm", "classifier"):
+        wordpiece.save(root / name)
+    return {name: str(root / name) for name in ("gpt", "mlm", "classifier")}
+
+
+@pytest.fixture(scope="module")
+def directories(tmp_path_factory):
+    return build_directories(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def gpt_dir(directories):
+    return directories["gpt"]
+
+
+@pytest.fixture(scope="module")
+def mlm_dir(directories):
+    return directories["mlm"]
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(directories):
+    return directories["classifier"]
 
 
 @pytest.fixture(scope="module")
