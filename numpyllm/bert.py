@@ -29,7 +29,12 @@ then biases), so the stacked [Wq; Wk; Wv] (3C, C) is a view and the three projec
 run as the one product GPT-2's c_attn uses (``layers.self_attention_forward``).
 
 The padding mask: ``attention_mask`` (1 = token, 0 = padding, right-padded) becomes the
-lengths (B,) that ``numpyllm.attention`` takes as ``key_lengths``.
+lengths (B,) that ``numpyllm.attention`` takes as ``key_lengths``. The encoder works on rows
+(N, C): every position for outputs returned per position (as transformers computes them),
+the real tokens only for the heads' losses and the classifier's logits, which no padded
+position can change (no real token attends to one): the padding costs no matrix product.
+The [PAD] row of the word embeddings gets no gradient from lookups (transformers'
+``padding_idx``).
 
 Checkpoints are Hugging Face BERT directories (config.json with model_type "bert", and
 model.safetensors, shards or pytorch_model.bin; the files are ``numpyllm.hub``'s business).
@@ -247,10 +252,12 @@ def _key_lengths(attention_mask, shape):
     if mask.dtype.kind not in "biuf":
         raise TypeError(f"attention_mask must hold 0/1 numbers, got dtype {mask.dtype}")
     if not np.all((mask == 0) | (mask == 1)):
-        raise ValueError(f"attention_mask entries must be 0 (padding) or 1 (token), got {mask[(mask != 0) & (mask != 1)].flat[0]}")
+        bad = mask[(mask != 0) & (mask != 1)].flat[0]
+        raise ValueError(f"attention_mask entries must be 0 (padding) or 1 (token), got {bad}")
     lengths = np.count_nonzero(mask, axis=1)
     if lengths.min() < 1:
-        raise ValueError(f"attention_mask must mark at least one token in every row; row {int(np.argmin(lengths))} is all padding")
+        raise ValueError(f"attention_mask must mark at least one token in every row; "
+                         f"row {int(np.argmin(lengths))} is all padding")
     right_padded = np.arange(shape[1]) < lengths[:, None]  # (B, T): ones, then zeros
     if not np.array_equal(mask != 0, right_padded):
         row = int(np.flatnonzero(np.any((mask != 0) != right_padded, axis=1))[0])
@@ -855,7 +862,8 @@ def _load_into(model, tensors, source):
     unknown = sorted(set(named) - known)
     if unknown:
         raise ValueError(f"{source} has tensors that are not BERT's: {unknown}")
-    optional = {prefix + "pooler.dense.weight", prefix + "pooler.dense.bias"} | {n for n, _ in model._head_shapes(model.config)}
+    optional = {prefix + "pooler.dense.weight", prefix + "pooler.dense.bias"}
+    optional |= {name for name, _ in model._head_shapes(model.config)}
     missing = [name for name in expected if name not in named and name not in optional]
     if missing:
         raise ValueError(f"{source} is missing tensors {missing}")

@@ -30,7 +30,7 @@ The processes must see one file system (the run directory, --data, --init): rank
 writes the encoded corpus and the checkpoints there and the others read them. Each
 rank gets cores_per_node // ranks_per_node BLAS / OpenMP threads unless
 OMP_NUM_THREADS or a BLAS's own variable is set. Depends on NumPy; on mpi4py,
-threadpoolctl and this package's attention module only under mpiexec.
+threadpoolctl and this package's kernel loaders (attention, backend) only under mpiexec.
 """
 
 import contextlib
@@ -177,9 +177,10 @@ class MPIWorld(World):
             return "threads as " + ", ".join(fixed)
         from threadpoolctl import threadpool_limits
 
-        from .attention import available_backends
+        from . import attention, backend
 
-        available_backends()  # loads the compiled kernel, and with it OpenMP, so the limit reaches both
+        for kernels in (attention, backend):  # load the compiled kernels, and with them OpenMP, so the limit
+            kernels.available_backends()      # reaches OpenMP as well as the BLAS
         local = self._comm.Split_type(self._MPI.COMM_TYPE_SHARED)
         ranks_here = local.Get_size()
         local.Free()

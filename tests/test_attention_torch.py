@@ -12,6 +12,7 @@ import pytest
 
 from numpyllm import attention
 from numpyllm.testing import check_attention, make_attention_problem, tolerances
+from test_readme import python_block
 
 torch = pytest.importorskip("torch", reason="torch is not installed: no PyTorch comparison")
 sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -99,3 +100,10 @@ def test_finding_backward_overflows_for_huge_scores_past_32_keys(dtype, score_si
     if "cython" in attention.available_backends():
         check_attention(lambda *a, **kw: attention.forward(*a, backend="cython", **kw),
                         lambda *a, **kw: attention.backward(*a, backend="cython", **kw), problem=problem)
+
+
+def test_readme_torch_example_finds_finding_1(no_shrinking):
+    """The README's plain torch adapter (is_causal as given) fails on a causal problem with a
+    scale <= 0, as the README says."""
+    with pytest.raises(AssertionError, match=r"differs from the float64 reference by nan .*causal=True.*scale=(-|0\.0)"):
+        exec(compile(python_block("### Testing your own attention kernel", index=1), "README.md", "exec"), {})

@@ -191,7 +191,8 @@ def test_bad_inputs_are_rejected_with_their_name(kwargs, error, message):
 @pytest.mark.parametrize("cls, labels, error, message", [
     (BertForSequenceClassification, np.array([0, 2]), ValueError, r"labels entries must be < 2"),
     (BertForSequenceClassification, np.array([-100, -1]), ValueError, "nothing to score"),
-    (BertForSequenceClassification, np.zeros((2, 3)), ValueError, r"multi_label_classification must have shape \(2, 2\)"),
+    (BertForSequenceClassification, np.zeros((2, 3)), ValueError,
+     r"multi_label_classification must have shape \(2, 2\)"),
     (BertForSequenceClassification, np.full((2, 2), 2.0), ValueError, r"must lie in \[0, 1\]"),
     (BertForMaskedLM, np.zeros((2, 4), int), ValueError, r"labels must have shape \(2, 3\)"),
     (BertForMaskedLM, np.full((2, 3), 0.5), TypeError, "labels must be an integer array"),

@@ -274,3 +274,21 @@ def test_classify_and_fill_mask_errors_are_one_line(tmp_path, corpus, two_packag
     assert "has model_type 'gpt2'; this command needs a BERT" in _one_error_line(capsys, "train-mlm")
     assert main(["train-classifier", "--out", str(tmp_path / "c"), "--data", str(tmp_path / "missing.csv")]) == 2
     assert "missing.csv: no such file" in _one_error_line(capsys, "train-classifier")
+
+
+def test_regression_with_text_pairs_trains_and_scores_with_mse_and_pearson(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta"]
+    path = tmp_path / "pairs.jsonl"
+    with open(path, "w") as f:
+        for _ in range(64):
+            n = int(rng.integers(1, 6))
+            f.write(json.dumps({"text": " ".join(rng.choice(words, n)), "text_pair": "beta", "label": n / 4 + 0.01})
+                    + "\n")
+    run = tmp_path / "run"
+    assert run_training(CLASSIFIER, run, overrides=_classifier_overrides(path, path, epochs=1)) == 0
+    assert json.loads((run / "best" / "config.json").read_text())["problem_type"] == "regression"
+    assert "val_pearson" in read_log(run / "log.csv")[0]
+    capsys.readouterr()
+    assert main(["classify", "--model", str(run), "--data", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("examples 64 MSE ")

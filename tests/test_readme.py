@@ -6,11 +6,11 @@ import re
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
-def python_block(heading):
-    """The first ```python block after ``heading`` in the README."""
+def python_block(heading, index=0):
+    """The first (or ``index``-th) ```python block after ``heading`` in the README."""
     text = README.read_text(encoding="utf-8")
     section = text[text.index(heading):]
-    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)[index]
 
 
 def test_library_tour_runs(tmp_path, monkeypatch):
@@ -32,3 +32,9 @@ def test_one_line_section_runs(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fill-mask targets outside the tiny vocabulary warn
         exec(compile(python_block("## One line"), "README.md", "exec"), {})
+
+
+def test_attention_example_runs():
+    namespace = {}
+    exec(compile(python_block("## Attention\n"), "README.md", "exec"), namespace)
+    assert namespace["dk4"].shape == (2, 4, 1024, 64)

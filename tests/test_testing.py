@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 
 from numpyllm import attention
-from numpyllm.testing import AttentionProblem, attention_problems, check_attention
+from numpyllm.testing import AttentionProblem, attention_problems, check_attention, corner_problems
 from numpyllm.testing.__main__ import main as cli_main
 
 reference_forward = functools.partial(attention.forward, backend="numpy")
@@ -193,6 +193,41 @@ def test_strategy_draws_every_option_value_often():
     collect()
     shares = {name: count / len(drawn) for name, count in counts.items()}
     assert all(share >= 0.15 for share in shares.values()), shares
+
+
+def _kind(problem):
+    scale = "default" if problem.scale is None else ("zero" if problem.scale == 0 else
+                                                     "negative" if problem.scale < 0 else "positive")
+    return problem.causal, scale, problem.key_lengths is not None, (problem.q.shape[1], problem.k.shape[1])
+
+
+def test_corner_problems_cover_every_combination_of_option_values():
+    corners = corner_problems()
+    assert len({_kind(p) for p in corners}) == len(corners) == 2 * 4 * 2 * 3
+    assert {p.q.dtype for p in corners} == {np.dtype(np.float32), np.dtype(np.float64)}
+    assert all(p.q.shape[2] <= p.k.shape[2] for p in corners if p.causal)  # bottom-right refuses Nq > Nk
+    assert {p.q.shape[2] > p.k.shape[2] for p in corners} == {False, True}
+    for p in corners:
+        if p.key_lengths is not None:
+            assert (p.key_lengths < p.k.shape[2]).any()
+
+
+def test_corner_problems_follow_the_strategy_options():
+    corners = corner_problems(causal=True, key_lengths=False, grouped_heads=False, dtypes=("float64",),
+                              causal_alignment="top-left", max_score=1e3)
+    assert len(corners) == 4  # the four scale kinds
+    assert all(p.causal and p.key_lengths is None and p.k.shape[1] == p.q.shape[1] for p in corners)
+    assert any(p.q.shape[2] > p.k.shape[2] for p in corners)  # top-left allows it
+
+
+def test_a_bug_in_one_combination_is_found_before_any_random_draw():
+    """Like torch's NaN rows (README finding 1): wrong only for causal with a negative scale."""
+    def wrong_for_causal_negative_scale(q, k, v, causal, scale, **options):
+        out = reference_out_only(q, k, v, causal=causal, scale=scale, **options)
+        return out * 2 if causal and scale is not None and scale < 0 else out
+
+    with pytest.raises(AssertionError, match="out differs"):
+        check_attention(wrong_for_causal_negative_scale, max_examples=1)
 
 
 @given(attention_problems())

@@ -11,11 +11,13 @@ __all__ = ["add_config_arguments", "config_overrides", "add_run_arguments", "run
 _TYPES = {int: int, float: float, str: str, tuple: str, bool: None}
 
 
-def add_run_arguments(parser, presets, preset_help, resumable):
-    """--preset, --out, --resume and --no-progress, the options of every train command."""
+def add_run_arguments(parser, presets, preset_help, resumable, out_prefix=""):
+    """--preset, --out, --resume and --no-progress, the options of every train command.
+
+    The default --out is runs/<out_prefix>PRESET (run_command must be given the same prefix)."""
     parser.add_argument("--preset", default="tiny", choices=list(presets),
                         help=f"starting values of every option: {preset_help} (default: tiny)")
-    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/PRESET)")
+    parser.add_argument("--out", metavar="DIR", help=f"run directory (default: runs/{out_prefix}PRESET)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the checkpoint in --out exactly; may change only "
                              + ", ".join(flag(name) for name in resumable))
@@ -33,7 +35,7 @@ def add_config_arguments(parser, config_class, tiny):
         else:
             kwargs.setdefault("type", _TYPES[field.type])
             if "choices" not in kwargs:
-                kwargs.setdefault("metavar", {int: "N", float: "X"}.get(kwargs["type"]))
+                kwargs.setdefault("metavar", {int: "N", float: "X", str: "NAME"}.get(kwargs["type"]))
         preset_value = getattr(tiny, field.name)
         kwargs["help"] += "" if preset_value is None else f" (tiny: {preset_value})"
         parser.add_argument(flag(field.name), default=None, **kwargs)
@@ -45,7 +47,7 @@ def config_overrides(args, config_class):
             if getattr(args, field.name) is not None}
 
 
-def run_command(command, train, args, overrides):
+def run_command(command, train, args, overrides, out_prefix=""):
     """Run ``train(out, preset, overrides, resume=, progress=)`` for ``args``; return the exit status.
 
     --data paths become absolute, so a resume from another directory can re-read them; the
@@ -56,7 +58,7 @@ def run_command(command, train, args, overrides):
             overrides[name] = tuple(os.path.abspath(path) for path in overrides[name])
         elif isinstance(overrides.get(name), str):
             overrides[name] = os.path.abspath(overrides[name])
-    out = args.out or os.path.join("runs", args.preset)
+    out = args.out or os.path.join("runs", out_prefix + args.preset)
     progress = not args.no_progress and sys.stderr.isatty()
     try:
         return train(out, args.preset, overrides, resume=args.resume, progress=progress)

@@ -31,7 +31,7 @@ from .options import add_config_arguments, add_run_arguments, config_overrides, 
 
 def add_arguments(parser):
     add_run_arguments(parser, PRESETS, "tiny (a fresh 2 x 128 encoder; a few minutes on 2 cores), finetune "
-                                       "(for --init of a pretrained BERT)", ClassifierConfig.RESUMABLE)
+                                       "(for --init of a pretrained BERT)", ClassifierConfig.RESUMABLE, "classifier-")
     add_config_arguments(parser, ClassifierConfig, PRESETS["tiny"])
 
 
@@ -40,4 +40,4 @@ def _train(out, preset, overrides, *, resume, progress):
 
 
 def main(args):
-    return run_command("train-classifier", _train, args, config_overrides(args, ClassifierConfig))
+    return run_command("train-classifier", _train, args, config_overrides(args, ClassifierConfig), "classifier-")

@@ -25,7 +25,7 @@ from .options import add_config_arguments, add_run_arguments, config_overrides, 
 
 def add_arguments(parser):
     add_run_arguments(parser, PRESETS, "tiny (about a minute on 2 cores), small (4 layers x 256), "
-                                       "bert-base (the 110M shape)", MLMConfig.RESUMABLE)
+                                       "bert-base (the 110M shape)", MLMConfig.RESUMABLE, "mlm-")
     add_config_arguments(parser, MLMConfig, PRESETS["tiny"])
 
 
@@ -34,4 +34,4 @@ def _train(out, preset, overrides, *, resume, progress):
 
 
 def main(args):
-    return run_command("train-mlm", _train, args, config_overrides(args, MLMConfig))
+    return run_command("train-mlm", _train, args, config_overrides(args, MLMConfig), "mlm-")

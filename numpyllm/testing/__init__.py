@@ -16,7 +16,8 @@ The forward may return ``(out, lse)`` or ``out`` alone; the backward may be nump
 ``vjp(dout, q, k, v, ...)``. The strategy draws padded batches (``key_lengths``),
 grouped and multi-query heads (k, v with H_kv < H heads), every scale sign, both
 masks and, for a top-left causal kernel (PyTorch's ``is_causal``), Nq > Nk; each can
-be switched off for a candidate that lacks it.
+be switched off for a candidate that lacks it. Before drawing, the search runs
+``corner_problems``: one small problem per combination of those options.
 
 Tolerances follow DESIGN.md's numerical contract, scaled by how hard the problem is:
 a candidate's error may be at most ``rtol · (1 + S) · M`` where ``rtol`` is 1e-12
@@ -46,6 +47,7 @@ from .problems import (
     MAX_SCORE,
     AttentionProblem,
     attention_problems,
+    corner_problems,
     make_attention_problem,
 )
 
@@ -53,6 +55,7 @@ __all__ = [
     "AttentionProblem",
     "make_attention_problem",
     "attention_problems",
+    "corner_problems",
     "check_attention",
     "tolerances",
     "ALIGNMENTS",

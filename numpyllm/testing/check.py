@@ -9,10 +9,10 @@ Results may be anything ``np.asarray`` reads (a CPU torch tensor included).
 """
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 
 from .. import attention
-from .problems import attention_problems
+from .problems import attention_problems, corner_problems
 
 __all__ = ["tolerances", "check_attention"]
 
@@ -130,7 +130,9 @@ def check_attention(forward, backward=None, problem=None, *, vjp=None, max_examp
         forward at (q, k, v) applied to dout (what an autograd framework gives).
     problem : AttentionProblem, optional
         Check this one problem (use inside your own ``@given(attention_problems())``
-        test). When omitted, hypothesis draws ``max_examples`` problems from
+        test). When omitted, the small ``corner_problems(**strategy_options)``
+        (every combination of mask, scale kind, padding and head grouping) run
+        first, then hypothesis draws ``max_examples`` problems from
         ``attention_problems(**strategy_options)`` and shrinks any failure.
     on_failure : callable, optional
         Called with each failing problem before its error propagates; during a
@@ -166,4 +168,6 @@ def check_attention(forward, backward=None, problem=None, *, vjp=None, max_examp
     def run(drawn):
         check(drawn)
 
+    for corner in reversed(corner_problems(**strategy_options)):  # explicit examples, run first, in order
+        run = example(corner)(run)
     run()

@@ -15,6 +15,7 @@ __all__ = [
     "AttentionProblem",
     "make_attention_problem",
     "attention_problems",
+    "corner_problems",
     "ALIGNMENTS",
     "EDGE_LENGTHS",
     "EDGE_HEAD_DIMS",
@@ -240,3 +241,40 @@ def attention_problems(
         seed=draw(st.integers(0, 2**32 - 1)),
     )
     return make_attention_problem(**recipe)
+
+
+def corner_problems(dtypes=("float32", "float64"), causal=None, max_batch=2, max_heads=4, max_len=260,
+                    head_dims=EDGE_HEAD_DIMS, max_score=MAX_SCORE, layouts=LAYOUTS, key_lengths=True,
+                    grouped_heads=True, causal_alignment="bottom-right"):
+    """Small problems covering every combination of mask, scale kind (default, positive,
+    negative, zero), padding and head grouping that ``attention_problems`` with the same
+    options can draw, with dtypes and the Nq/Nk relation taking turns: the explicit
+    examples ``check_attention`` runs before its random search, so a bug confined to one
+    option value, or to a combination of them, is found whatever the search draws.
+
+    Takes ``attention_problems``' options. The problems are B = min(2, max_batch),
+    H = 4 (as max_heads allows), Nk = 6, d = 3 (or the first of head_dims), ordinary
+    scores (max_score only shapes the random search) and the first of ``layouts``.
+    """
+    n_k, d = min(6, max_len), 3 if 3 in head_dims else head_dims[0]
+    batch = min(2, max_batch)
+    lengths = [max(1, n_k // 3), n_k][:batch]  # batch 0 padded; batch 1 (if any) not
+    relations = [n_k, max(1, n_k // 2)] + ([min(max_len, n_k + 3)] if max_len > n_k else [])
+    heads = [(h, g) for h, g in ((4, 4), (4, 1), (4, 2)) if h <= max_heads and (grouped_heads or g == h)]
+    heads = heads or [(max_heads, max_heads)]
+    problems = []
+    for is_causal in ((False, True) if causal is None else (bool(causal),)):
+        for scale in (None, 0.7, -0.7, 0.0):
+            for padded in ((False, True) if key_lengths else (False,)):
+                for n_head, n_kv_head in heads:
+                    index = len(problems)
+                    n_q = relations[index % len(relations)]
+                    if is_causal and causal_alignment == "bottom-right":
+                        n_q = min(n_q, n_k)
+                    problems.append(make_attention_problem(
+                        batch=batch, heads=n_head, kv_heads=n_kv_head, n_q=n_q, n_k=n_k, head_dim=d,
+                        dtype=dtypes[index % len(dtypes)], causal=is_causal, causal_alignment=causal_alignment,
+                        scale=scale, key_lengths=lengths if padded else None,
+                        layouts=(layouts[0],) * 3, seed=index,
+                    ))
+    return problems
