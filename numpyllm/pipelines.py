@@ -138,7 +138,7 @@ class _Pipeline:
     def __init__(self, model, tokenizer, **defaults):
         self.model, self.tokenizer = model, tokenizer
         self.defaults = defaults
-        self._options({})  # a bad default fails now, not at the first call
+        self._options(dict(defaults))  # a bad default fails now, not at the first call
 
     def _options(self, options):
         raise NotImplementedError

@@ -195,3 +195,5 @@ def test_bad_inputs(mlm_dir, classifier_dir):
         classify({"text": "a", "pair": "b"})
     with pytest.raises(ValueError, match="function_to_apply must be one of"):
         classify("a", function_to_apply="relu")
+    with pytest.raises(ValueError, match="top_k must be >= 1"):  # a bad default fails in pipeline()
+        numpyllm.pipeline("fill-mask", model=mlm_dir, top_k=0)
