@@ -197,3 +197,16 @@ def test_bad_inputs(mlm_dir, classifier_dir):
         classify("a", function_to_apply="relu")
     with pytest.raises(ValueError, match="top_k must be >= 1"):  # a bad default fails in pipeline()
         numpyllm.pipeline("fill-mask", model=mlm_dir, top_k=0)
+
+
+def test_fill_mask_on_a_pretraining_directory_matches_transformers(tmp_path, hf_pipeline):
+    """A BertForPreTraining directory (MLM + NSP heads) serves fill-mask, as in transformers."""
+    from numpyllm import BertForPreTraining
+
+    wordpiece = WordPieceTokenizer.train(TEXTS, vocab_size=150)
+    _perturb(BertForPreTraining(_bert_config(wordpiece), seed=0), 4, 0.2).save_pretrained(tmp_path)
+    wordpiece.save(tmp_path)
+    with pytest.warns(UserWarning, match="unused checkpoint tensors"):  # the NSP head, as transformers says
+        fill = numpyllm.pipeline("fill-mask", model=str(tmp_path))
+    text = "the dog [MASK] after the cat"
+    assert_same(fill(text), hf_pipeline("fill-mask", str(tmp_path))(text))
