@@ -130,47 +130,30 @@ def test_perplexity_is_exp_of_the_loss_and_inf_past_overflow():
     assert perplexity(800.0) == math.inf  # math.exp would raise OverflowError
 
 
-def test_eval_reports_bleu_and_rouge_of_greedy_continuations(tmp_path, corpus, capsys):
-    from numpyllm import metrics
-    from numpyllm.train import train
+def test_eval_bleu_and_rouge_score_greedy_continuations(tmp_path, capsys):
+    from numpyllm import GPTConfig
+    from numpyllm.metrics import bleu, rouge
 
-    out = tmp_path / "run"
-    assert train(out, overrides=tiny_overrides(corpus, max_steps=12)) == 0
-    held_out = tmp_path / "held_out.txt"
-    lines = ["def omega_beta(x, y):", "    return x * 3 + y", "", "def alpha_gamma(x, y):", "x"]
-    held_out.write_text("\n".join(lines) + "\n")
-    capsys.readouterr()
-    assert _main("eval", "--model", out, "--data", held_out, "--bleu", "--rouge", "--continuation-tokens", "4") == 0
-    match = re.fullmatch(r"loss \S+ perplexity \S+ bleu (\S+) rouge1 (\S+) rouge2 (\S+) rougeL (\S+)\n",
-                         capsys.readouterr().out)
-    assert match
-    # The same continuations made here: each long enough line cut after half its tokens.
-    model = GPT.from_pretrained(out / "checkpoint")
-    tokenizer = BPETokenizer.from_pretrained(out / "checkpoint")
-    hypotheses, references = [], []
-    for line in lines:
-        ids = tokenizer.encode(line.strip())
-        if len(ids) >= 4:
-            cut = len(ids) // 2
-            reference = ids[cut:cut + 4]
-            generated = model.generate(np.array([ids[:cut]]), len(reference), temperature=0)[0, cut:]
-            hypotheses.append(tokenizer.decode(generated.tolist()))
-            references.append(tokenizer.decode(reference))
-    assert len(hypotheses) == 3
-    scores = metrics.rouge(hypotheses, references)
-    expected = [metrics.bleu(hypotheses, references), scores["rouge1"], scores["rouge2"], scores["rougeL"]]
+    text = "the cat sat on the mat and the dog ran after the cat, " * 20
+    tokenizer = BPETokenizer.train([text], vocab_size=280)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16), seed=1)
+    model.save_pretrained(tmp_path)
+    tokenizer.save(tmp_path)
+    data = tmp_path / "held_out.txt"
+    data.write_text(text)
+    assert _main("eval", "--model", tmp_path, "--data", data, "--bleu", "--rouge", "--prompt-tokens", "6",
+                 "--continuation-tokens", "5", "--max-samples", "3") == 0
+    out = capsys.readouterr()
+    match = re.fullmatch(r"loss \S+ perplexity \S+ bleu (\S+) rouge1 (\S+) rouge2 (\S+) rougeL (\S+)\n", out.out)
+    assert match, out.out
+    assert "greedy continuations of 3 samples (6 prompt + 5 continuation tokens)" in out.err
+    # the same numbers from first principles: 3 windows of 11 tokens, first, middle and last
+    tokens = np.concatenate(list(document_ids([text], tokenizer)))
+    n = len(tokens) // 11
+    starts = [11 * i for i in (0, round((n - 1) / 2), n - 1)]
+    hypotheses = [tokenizer.decode(model.generate(tokens[None, s:s + 6], 5, temperature=0)[0, 6:]) for s in starts]
+    references = [tokenizer.decode(tokens[s + 6:s + 11]) for s in starts]
+    expected = [bleu(hypotheses, references), *rouge(hypotheses, references).values()]
     assert [float(x) for x in match.groups()] == pytest.approx(expected, abs=1e-4)
-
-
-def test_eval_bleu_needs_lines_long_enough(tmp_path, corpus, capsys):
-    from numpyllm.train import train
-
-    out = tmp_path / "run"
-    assert train(out, overrides=tiny_overrides(corpus, max_steps=2)) == 0
-    short = tmp_path / "short.txt"
-    short.write_text("x\ny\nzz\n")
-    capsys.readouterr()
-    assert _main("eval", "--model", out, "--data", short, "--bleu", "--continuation-tokens", "16") == 2
-    assert "--continuation-tokens must be < the model's block_size 16" in _one_error_line(capsys, "eval")
-    assert _main("eval", "--model", out, "--data", short, "--bleu", "--continuation-tokens", "4") == 2
-    assert "no line of --data has the 4 tokens" in _one_error_line(capsys, "eval")
+    assert _main("eval", "--model", tmp_path, "--data", data, "--bleu", "--prompt-tokens", "600") == 2
+    assert "too few for one window of 600 prompt + 600 continuation tokens" in _one_error_line(capsys, "eval")

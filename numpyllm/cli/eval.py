@@ -1,4 +1,4 @@
-"""Evaluate a model on text: the mean next-token cross-entropy and its perplexity.
+"""Evaluate a model on text: the mean next-token cross-entropy and its perplexity; BLEU and ROUGE on request.
 
 The files are encoded with the model's tokenizer (documents joined by <|endoftext|>)
 and cut into non-overlapping windows of the model's block size, so every token but
@@ -6,15 +6,20 @@ the first is predicted exactly once, with as much context as its window gives. P
 
     loss X perplexity Y
 
-with X the mean loss in nats per token and Y = exp(X). With --bleu and/or --rouge the
-same line goes on with "bleu B" (sacrebleu's corpus BLEU, 0-100) and "rouge1 R1 rouge2 R2
-rougeL RL" (rouge-score's mean F-measures, 0-1) of generated text against held-out text:
-each line of the files that has at least 4 tokens (the first --continuations of them) is
-cut after half its tokens; the model continues that prompt greedily by --continuation-tokens
-tokens (fewer when the line ends first), scored against the line's true next tokens.
---model takes a model directory
-(config.json + model.safetensors + vocab.json + merges.txt, e.g. Hugging Face GPT-2's)
-or a training run's --out directory (its latest checkpoint).
+with X the mean loss in nats per token and Y = exp(X).
+
+--bleu and/or --rouge add the scores of generated text to that line (bleu B rouge1 R1
+rouge2 R2 rougeL RL). The same tokens are cut into windows of --prompt-tokens +
+--continuation-tokens (default: 32 + 32, at most half the block size each); up to
+--max-samples windows (default 64), evenly spaced over the data, are taken. Each
+window's first part is the prompt, which the model continues greedily by as many tokens
+as the true continuation has; the generated and the true continuations are decoded
+and scored as hypotheses against references: corpus BLEU (0-100, sacrebleu's 13a
+definition) and the mean ROUGE-1/2/L F-measures (0-1, rouge-score's), numpyllm.metrics.
+
+--model takes a model directory (config.json + model.safetensors + vocab.json +
+merges.txt, e.g. Hugging Face GPT-2's) or a training run's --out directory (its latest
+checkpoint).
 """
 
 import sys
@@ -26,8 +31,8 @@ from ..checkpoint import load_model_and_tokenizer
 from ..corpus import read_texts
 from ..data import document_ids, text_files
 from .._checks import check_int
-from ..evaluate import continuations, evaluate_tokens
-from ..metrics import bleu, perplexity, rouge
+from ..evaluate import continuation_scores, continuation_windows, evaluate_tokens
+from ..metrics import perplexity
 
 
 def add_arguments(parser):
@@ -39,49 +44,52 @@ def add_arguments(parser):
                         help="directory with vocab.json and merges.txt (default: the model directory)")
     parser.add_argument("--batch-size", type=int, metavar="N",
                         help="windows per forward pass (default: as many as keep ~16M logits)")
-    parser.add_argument("--bleu", action="store_true", help="also report BLEU of greedy continuations")
-    parser.add_argument("--rouge", action="store_true", help="also report ROUGE-1/2/L of greedy continuations")
-    parser.add_argument("--continuations", type=int, default=50, metavar="N",
-                        help="lines to continue for --bleu/--rouge (default: %(default)s)")
-    parser.add_argument("--continuation-tokens", type=int, default=16, metavar="N",
-                        help="tokens generated per line for --bleu/--rouge (default: %(default)s)")
+    parser.add_argument("--bleu", action="store_true", help="also score greedy continuations by corpus BLEU")
+    parser.add_argument("--rouge", action="store_true", help="also score them by ROUGE-1/2/L F-measures")
+    parser.add_argument("--prompt-tokens", type=int, metavar="N",
+                        help="prompt length of each sample (default: 32, at most half the block size)")
+    parser.add_argument("--continuation-tokens", type=int, metavar="N",
+                        help="tokens generated and scored per sample (default: as --prompt-tokens)")
+    parser.add_argument("--max-samples", type=int, default=64, metavar="N",
+                        help="samples scored by --bleu/--rouge at most (default: %(default)s)")
     parser.add_argument("--attention-backend", choices=attention.BACKENDS, default="auto",
                         help="attention implementation (default: auto = the compiled kernel when built)")
 
 
+def _samples(args, model, tokens):
+    """(prompts, continuations) for --bleu/--rouge (checked before any work), or None when neither was asked for."""
+    if not (args.bleu or args.rouge):
+        return None
+    half = max(1, model.config.block_size // 2)
+    prompt = check_int(args.prompt_tokens if args.prompt_tokens is not None else min(32, half), "--prompt-tokens", 1)
+    continuation = check_int(args.continuation_tokens if args.continuation_tokens is not None else prompt,
+                             "--continuation-tokens", 1)
+    return continuation_windows(tokens, prompt, continuation, check_int(args.max_samples, "--max-samples", 1))
+
+
+def _scores_text(args, model, tokenizer, samples):
+    """' bleu B rouge1 R1 rouge2 R2 rougeL RL' (the ones asked for) of the greedy continuations."""
+    prompts, continuations = samples
+    scores = continuation_scores(model, tokenizer, prompts, continuations)
+    print(f"scored greedy continuations of {scores['samples']} samples ({prompts.shape[1]} prompt + "
+          f"{continuations.shape[1]} continuation tokens)", file=sys.stderr)
+    line = f" bleu {scores['bleu']:.4f}" if args.bleu else ""
+    if args.rouge:
+        line += "".join(f" {name} {scores[name]:.4f}" for name in ("rouge1", "rouge2", "rougeL"))
+    return line
+
+
 def main(args):
-    check_int(args.continuations, "--continuations", 1)
-    check_int(args.continuation_tokens, "--continuation-tokens", 1)
     files = text_files(args.data)
     directory, model, tokenizer = load_model_and_tokenizer(args.model, "encode", args.tokenizer,
                                                            attention_backend=args.attention_backend)
-    if args.bleu or args.rouge:  # before the loss, so a bad setting fails first
-        if model.config.vocab_size > tokenizer.vocab_size:
-            raise ValueError(f"--bleu/--rouge decode generated ids, but the model has {model.config.vocab_size} "
-                             f"ids and the tokenizer only {tokenizer.vocab_size}")
-        if args.continuation_tokens >= model.config.block_size:
-            raise ValueError(f"--continuation-tokens must be < the model's block_size {model.config.block_size}")
     chunks = list(document_ids(read_texts(files), tokenizer))
     tokens = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
     if tokens.size < 2:
         raise ValueError(f"--data has {tokens.size} token(s); scoring needs at least 2")
+    samples = _samples(args, model, tokens)
     loss, count = evaluate_tokens(model, tokens, args.batch_size)
-    scores = _text_scores(args, files, model, tokenizer) if args.bleu or args.rouge else ""
     print(f"scored {count} tokens of {len(files)} file(s) with {directory}", file=sys.stderr)
-    print(f"loss {loss:.4f} perplexity {perplexity(loss):.4f}{scores}")
+    extra = "" if samples is None else _scores_text(args, model, tokenizer, samples)
+    print(f"loss {loss:.4f} perplexity {perplexity(loss):.4f}{extra}")
     return 0
-
-
-def _text_scores(args, files, model, tokenizer):
-    """" bleu B rouge1 R1 ...": the scores of greedy continuations of the files' lines."""
-    lines = (line for text in read_texts(files) for line in text.splitlines())
-    hypotheses, references = continuations(model, tokenizer, lines, args.continuation_tokens, args.continuations)
-    if not hypotheses:
-        raise ValueError("--bleu/--rouge: no line of --data has the 4 tokens a continuation needs")
-    print(f"continued {len(hypotheses)} lines by up to {args.continuation_tokens} tokens", file=sys.stderr)
-    scores = ""
-    if args.bleu:
-        scores += f" bleu {bleu(hypotheses, references):.4f}"
-    if args.rouge:
-        scores += "".join(f" {name} {value:.4f}" for name, value in rouge(hypotheses, references).items())
-    return scores
