@@ -4,14 +4,15 @@ Importing numpyllm needs only NumPy. The compiled attention kernel, safetensors,
 regex, tqdm and matplotlib are used when present (see the README).
 """
 
-from . import attention
+from . import attention, metrics
 from .bert import BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertModel
 from .gpt import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm
+from .pipelines import pipeline
 from .tokenizer import BPETokenizer
 from .wordpiece import WordPieceTokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "GPT", "GPTConfig", "BertConfig", "BertModel", "BertForMaskedLM", "BertForPreTraining",
+__all__ = ["attention", "metrics", "pipeline", "GPT", "GPTConfig", "BertConfig", "BertModel", "BertForMaskedLM", "BertForPreTraining",
            "BertForSequenceClassification", "AdamW", "clip_grad_norm", "BPETokenizer", "WordPieceTokenizer"]

@@ -18,7 +18,7 @@ import sys
 # name -> (module, one-line summary)
 SUBCOMMANDS = {
     "train": ("numpyllm.cli.train", "train a GPT on text files (default: the Python standard library's source)"),
-    "eval": ("numpyllm.cli.eval", "print the loss and perplexity of a model on a text file"),
+    "eval": ("numpyllm.cli.eval", "print the loss and perplexity of a model on a text file (--bleu/--rouge: of its continuations too)"),
     "generate": ("numpyllm.cli.generate", "continue a prompt with a trained model, streaming the text"),
     "train-mlm": ("numpyllm.cli.train_mlm", "pretrain a BERT with masked-LM on text files "
                                            "(default: the Python standard library's source)"),

@@ -198,6 +198,11 @@ def load_bert_and_tokenizer(path, model_class, tokenizer_path=None, flag="--mode
     tokenizer_dir = os.fspath(tokenizer_path or directory)
     tokenizer = WordPieceTokenizer.from_pretrained(tokenizer_dir)
     model = model_class.from_pretrained(directory, **model_options)
+    if model_class.__name__ in ("BertForMaskedLM", "BertForPreTraining"):
+        if tokenizer.vocab_size < model.config.vocab_size:  # predicted ids must decode
+            raise ValueError(f"the model in {directory} predicts {model.config.vocab_size} token ids but the "
+                             f"tokenizer in {tokenizer_dir} (its vocab.txt or tokenizer.json) has only "
+                             f"{tokenizer.vocab_size}: the two are not from one checkpoint")
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f"the tokenizer in {tokenizer_dir} has {tokenizer.vocab_size} ids but the model in "
                          f"{directory} only {model.config.vocab_size}: text could encode to ids the model does not have")

@@ -17,6 +17,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import tokenize
 
 import numpy as np
 
@@ -119,11 +120,31 @@ def write_tokens(path, chunks, vocab_size):
     return count
 
 
-def load_tokens(path):
-    """The 1-D token array of ``path`` as a read-only memory map (nothing is read until indexed)."""
-    tokens = np.load(path, mmap_mode="r")
-    if tokens.ndim != 1 or tokens.dtype not in (np.dtype("<u2"), np.dtype("<u4")):
-        raise ValueError(f"{path} must hold a 1-D uint16/uint32 token array, got {tokens.dtype} shape {tokens.shape}")
+def load_tokens(path, vocab_size=None):
+    """The 1-D token array of ``path`` as a read-only memory map.
+
+    vocab_size: when given, every id must be below it (one pass over the file, in
+    chunks; the ids come from a tokenizer that must match the model). A file that is
+    not such an array (truncated, damaged, pickled, of another dtype or shape) raises
+    ValueError naming ``path``; memory mapping allocates nothing, and NumPy checks the
+    header's size against the file's before mapping.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"token file {path!r} does not exist")
+    try:
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as error:  # the last two: a damaged header
+        raise ValueError(f"{path} is not a .npy token array ({error})") from None
+    if not isinstance(tokens, np.ndarray) or tokens.ndim != 1 or tokens.dtype not in (np.dtype("<u2"),
+                                                                                      np.dtype("<u4")):
+        raise ValueError(f"{path} must hold a 1-D uint16/uint32 token array, got "
+                         f"{getattr(tokens, 'dtype', type(tokens).__name__)} shape {getattr(tokens, 'shape', '?')}")
+    if vocab_size is not None and tokens.size:
+        largest = max(int(tokens[i:i + (1 << 24)].max()) for i in range(0, tokens.size, 1 << 24))
+        if largest >= vocab_size:
+            raise ValueError(f"{path} holds token id {largest}, outside the tokenizer's {vocab_size} ids: "
+                             "it was not encoded with this run's tokenizer")
     return tokens
 
 

@@ -25,7 +25,7 @@ def read_json_object(path, what="a JSON object"):
     try:
         with open(path, encoding="utf-8") as f:
             value = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # RecursionError: [[[[...
         raise ValueError(f"{os.fspath(path)} is not a UTF-8 JSON file ({error})") from None
     if not isinstance(value, dict):
         raise ValueError(f"{os.fspath(path)} must hold {what}, got a JSON {type(value).__name__}")

@@ -28,6 +28,7 @@ imported by ``generate``).
 
 import dataclasses
 import math
+import os
 import re
 
 import numpy as np
@@ -219,9 +220,24 @@ def read_checkpoint(directory, dtype=None):
     for a config that is not GPT-2 or a setting numpyllm does not compute, and for
     missing, unexpected or mis-shaped tensors (each named).
     """
-    config = config_from_hf(hub.read_config(directory, "a GPT-2 configuration object", "gpt2"), dtype)
+    config_path = os.path.join(os.fspath(directory), hub.CONFIG_NAME)
+    hf_config = hub.read_config(directory, "a GPT-2 configuration object", "gpt2")
+    try:
+        config = config_from_hf(hf_config, dtype)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{config_path}: {error}") from None
+    tensors = hub.read_weights(directory)
+    # Before param_shapes: a config claiming a far larger model fails here, not by building its
+    # list of shapes (a few tensors missing are named by _params_from_stored below).
+    C = config.n_embd
+    claimed = (config.vocab_size + config.block_size + 2) * C + config.n_layer * sum(
+        math.prod(shape) for _, shape in block_param_shapes(C))
+    stored = sum(np.size(tensor) for tensor in tensors.values())
+    if claimed > 2 * stored:
+        raise ValueError(f"{config_path} describes a model of {claimed:,} parameters but "
+                         f"{hub.weights_file(os.fspath(directory))} holds only {stored:,} values")
     expected = dict(param_shapes(config))
-    params = _params_from_stored(hub.read_weights(directory), expected, f"checkpoint {directory!r}")
+    params = _params_from_stored(tensors, expected, f"checkpoint {directory!r}")
     return config, {name: np.ascontiguousarray(params[name], dtype=config.dtype) for name in expected}
 
 

@@ -50,7 +50,7 @@ import numpy as np
 
 from . import distributed
 from ._checks import check_int, check_real
-from .checkpoint import BEST_DIR, CHECKPOINT_DIR
+from .checkpoint import BEST_DIR, CHECKPOINT_DIR, TRAINER_STATE_FILE
 
 __all__ = ["option", "LoopConfig", "flag", "configure", "run_training"]
 
@@ -203,19 +203,24 @@ def _share_model(task, out, config, model, tokenizer, world):
         shutil.rmtree(directory)
     return model, tokenizer
 
+LOG_FILE = "log.csv"
+
 
 def _resumed_run(task, out, overrides, world):
     """The run saved in OUT's checkpoint, with the few options a resume may change."""
     from .checkpoint import OPTIMIZER_FILE, find_checkpoint, read_trainer_state
+    from .runlog import read_log
 
     checkpoint = find_checkpoint(out)
     if checkpoint is None:
-        raise FileNotFoundError(f"--resume: --out {out!r} has no training checkpoint to continue")
+        raise FileNotFoundError(f"--resume: --out {out!r} has no training checkpoint to continue "
+                                f"(no {CHECKPOINT_DIR}/{TRAINER_STATE_FILE})")
     resumable = task.config_class.RESUMABLE
     fixed = sorted(set(overrides) - set(resumable))
     if fixed:
         raise ValueError(f"--resume continues the saved configuration; {', '.join(map(flag, fixed))} cannot "
                          f"change (only {', '.join(map(flag, resumable))} can)")
+    state_path = os.path.join(checkpoint, TRAINER_STATE_FILE)
     state = read_trainer_state(checkpoint)
     try:
         saved = dict(state["train_config"])
@@ -224,16 +229,27 @@ def _resumed_run(task, out, overrides, world):
         config = task.config_class(**{**saved, **overrides})
         step, elapsed, sampler_state = state["step"], state["elapsed_seconds"], state["sampler_state"]
         best_value = state.get("best_value")
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{checkpoint} has a trainer state this version cannot read ({error})") from None
-    config.check()
+        check_int(step, "step", 0)
+        check_real(elapsed, "elapsed_seconds", 0, math.inf)
+        if not isinstance(sampler_state, dict):
+            raise TypeError(f"sampler_state must be an object, got {type(sampler_state).__name__}")
+        config.check()
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{state_path} is not a trainer state this version can continue "
+                         f"({type(error).__name__}: {error})") from None
     world.check_divisible(config.batch_size, flag("batch_size"))
     if step >= getattr(config, "max_steps", step + 1):
         raise ValueError(f"the checkpoint is at step {step} and --max-steps is {config.max_steps}; "
                          "pass a larger --max-steps to train further")
+    log_path = os.path.join(out, LOG_FILE)
+    if os.path.isfile(log_path):
+        read_log(log_path)  # a damaged log fails here, before anything in OUT is written
     model, tokenizer = task.load_model(checkpoint, config)
     optimizer = _optimizer(model, config)
     optimizer.load(os.path.join(checkpoint, OPTIMIZER_FILE))
+    if optimizer.step_count != step:
+        raise ValueError(f"{os.path.join(checkpoint, OPTIMIZER_FILE)} has taken {optimizer.step_count} steps but "
+                         f"{state_path} says {step}: the two files are from different checkpoints")
     inputs = task.inputs(config)
     _print_config(task.command, config, out)
     print(f"resuming {checkpoint} at step {step}")
@@ -337,11 +353,15 @@ def _run_training(world, task, out, preset, overrides, resume, progress):
     world.barrier()
     if not world.is_root:
         objective = task.objective(out, config, run.model, run.tokenizer, inputs, progress)
-    if world.size > 1 and not hasattr(objective, "scored"):
+    if world.size > 1 and getattr(objective, "scored", None) is None:
         raise ValueError(f"numpyllm {task.command} cannot run under MPI yet: its objective does not "
                          "count the targets its loss averages over (scored)")
     if run.sampler_state is not None:
-        objective.state = run.sampler_state
+        try:
+            objective.state = run.sampler_state
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{os.path.join(out, CHECKPOINT_DIR, TRAINER_STATE_FILE)}: its sampler_state "
+                             f"does not fit this run ({type(error).__name__}: {error})") from None
     max_steps, eval_interval = objective.max_steps, objective.eval_interval
     if config.warmup_steps > max_steps:
         if resume or "warmup_steps" in overrides:
@@ -355,7 +375,7 @@ def _run_training(world, task, out, preset, overrides, resume, progress):
     _print_summary(run, objective, world)
 
     columns = LOOP_COLUMNS[:2] + tuple(objective.val_columns) + LOOP_COLUMNS[2:]
-    log_path = os.path.join(out, "log.csv")
+    log_path = os.path.join(out, LOG_FILE)
     log = RunLog(log_path, columns, keep_until_step=run.step if resume else None) if world.is_root else None
     bar = tqdm(total=max_steps, initial=run.step, unit="step", dynamic_ncols=True, disable=not progress)
     saved_step = run.step if resume else None

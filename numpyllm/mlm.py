@@ -14,6 +14,13 @@ chosen positions only (labels elsewhere -100). With whole-word masking the draw 
 word (a token and the ``##`` continuations after it), every piece of a chosen word
 chosen. Validation uses fixed windows and fixed masks: masked-LM loss and accuracy
 (the argmax at the chosen positions).
+
+Next-sentence prediction (``--next-sentence``, BertForPreTraining): the stream has
+sentence pairs everywhere (each stretch and the one after it), so a window of
+block_size - 3 tokens is cut at a random point into A and B, and half the time B is
+replaced by as many tokens from a random place in the corpus (label 1, "not next"; 0
+is "next"): ``[CLS] A [SEP] B [SEP]``, token types 0 then 1. Validation adds the NSP
+accuracy.
 """
 
 import dataclasses
@@ -49,6 +56,9 @@ class MLMConfig(CorpusConfig):
     mlm_probability: float = option(0.15, "fraction of the non-special positions chosen for prediction")
     whole_word_masking: bool = option(False, "choose whole words (a token and its ## continuations) "
                                              "instead of single tokens")
+    next_sentence: bool = option(False, "also train next-sentence prediction (BertForPreTraining): each "
+                                        "sequence is [CLS] A [SEP] B [SEP], B the text after A or, half the "
+                                        "time, a random stretch of the corpus")
 
     SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                     "intermediate_size", "max_position_embeddings")
@@ -59,8 +69,9 @@ class MLMConfig(CorpusConfig):
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"--hidden-size ({self.hidden_size}) must be a multiple of "
                              f"--num-attention-heads ({self.num_attention_heads})")
-        if self.block_size < 3:
-            raise ValueError(f"--block-size must be >= 3 ([CLS], a token, [SEP]), got {self.block_size}")
+        if self.block_size < 3 + self.next_sentence:
+            raise ValueError(f"--block-size must be >= {3 + self.next_sentence} ([CLS], [SEP]s and a token each), "
+                             f"got {self.block_size}")
         if self.block_size > self.max_position_embeddings:
             raise ValueError(f"--block-size ({self.block_size}) must be <= --max-position-embeddings "
                              f"({self.max_position_embeddings})")
@@ -132,7 +143,6 @@ def mask_tokens(input_ids, rng, *, vocab_size, mask_id, specials, probability=0.
 class _MaskedLM:
     """Random packed windows, masked as BERT does; masked-LM loss and accuracy on fixed validation masks."""
 
-    val_columns = ("val_loss", "val_accuracy")
     best = None
 
     def __init__(self, out, config, tokenizer, files, progress):
@@ -141,8 +151,12 @@ class _MaskedLM:
         self.max_steps, self.eval_interval = config.max_steps, config.eval_interval
         if not os.path.isfile(os.path.join(out, TOKENS_FILE)):  # a resume whose tokens.npy was deleted
             _encode(out, config, files, tokenizer, progress)
-        body = config.block_size - 2
-        self.train_tokens, self.val_tokens = split_tokens(load_tokens(os.path.join(out, TOKENS_FILE)),
+        self.next_sentence = config.next_sentence
+        self.val_columns = ("val_loss", "val_accuracy") + (("val_nsp_accuracy",) if self.next_sentence else ())
+        if self.next_sentence:  # its loss adds two means (MLM, NSP): no one count weighs it across MPI ranks
+            self.scored = None
+        body = config.block_size - 2 - self.next_sentence
+        self.train_tokens, self.val_tokens = split_tokens(load_tokens(os.path.join(out, TOKENS_FILE), tokenizer.vocab_size),
                                                           config.val_fraction, body + 1)
         self.cls, self.sep = tokenizer.cls_token_id, tokenizer.sep_token_id
         self.masking = dict(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_token_id,
@@ -157,8 +171,33 @@ class _MaskedLM:
     def _batch(self, windows, masks):
         body, _ = windows.sample()
         B = body.shape[0]
-        ids = np.concatenate([np.full((B, 1), self.cls), body, np.full((B, 1), self.sep)], axis=1)  # (B, T)
-        return mask_tokens(ids, masks, **self.masking)
+        if self.next_sentence:
+            middle, types, is_random = self._pairs(body, windows.tokens, masks)
+        else:
+            middle = body
+        ids = np.concatenate([np.full((B, 1), self.cls), middle, np.full((B, 1), self.sep)], axis=1)  # (B, T)
+        inputs, labels = mask_tokens(ids, masks, **self.masking)
+        if not self.next_sentence:
+            return inputs, labels
+        return inputs, labels, types, is_random.astype(np.int64)
+
+    def _pairs(self, body, tokens, rng):
+        """A [SEP] B of each window (B, L) -> (B, L + 1) ids, the (B, L + 3) token types, and
+        which rows have a random B (see the module docstring)."""
+        B, L = body.shape
+        k = rng.integers(1, L, size=B)[:, None]  # A's length, 1 .. L - 1
+        is_random = rng.random(B) < 0.5
+        starts = rng.integers(0, len(tokens) - L + 1, size=B)
+        elsewhere = tokens[starts[:, None] + np.arange(L)].astype(np.int64)  # (B, L)
+        j = np.arange(L + 1)[None, :]  # position in A [SEP] B
+        from_a = np.take_along_axis(body, np.minimum(j, L - 1).repeat(B, 0), axis=1)
+        next_b = np.take_along_axis(body, np.clip(j - 1, 0, L - 1).repeat(B, 0), axis=1)  # B continues A
+        random_b = np.take_along_axis(elsewhere, np.clip(j - 1 - k, 0, L - 1), axis=1)
+        second = np.where(is_random[:, None], random_b, next_b)
+        middle = np.where(j < k, from_a, np.where(j == k, self.sep, second))
+        types = np.concatenate([np.zeros((B, 1), np.int64), (j > k).astype(np.int64), np.ones((B, 1), np.int64)],
+                               axis=1)
+        return middle, types, is_random
 
     @property
     def state(self):
@@ -173,6 +212,9 @@ class _MaskedLM:
         return self._batch(self.windows, self.masks)
 
     def loss_and_grads(self, model, batch):
+        if self.next_sentence:
+            inputs, labels, types, is_random = batch
+            return model.loss_and_grads(inputs, (labels, is_random), token_type_ids=types)
         inputs, labels = batch
         return model.loss_and_grads(inputs, labels)
 
@@ -185,9 +227,15 @@ class _MaskedLM:
     def validate(self, model):
         from .layers import cross_entropy_forward
 
-        total, correct, count = 0.0, 0, 0
-        for inputs, labels in self.val_batches:
-            logits = model(inputs)  # (B, T, V)
+        total, correct, count, nsp_correct, nsp_count = 0.0, 0, 0, 0, 0
+        for batch in self.val_batches:
+            inputs, labels = batch[:2]
+            if self.next_sentence:
+                logits, nsp_logits = model(inputs, token_type_ids=batch[2])  # (B, T, V), (B, 2)
+                nsp_correct += int((nsp_logits.argmax(axis=1) == batch[3]).sum())
+                nsp_count += len(batch[3])
+            else:
+                logits = model(inputs)  # (B, T, V)
             scored = labels >= 0
             n = int(scored.sum())
             if n == 0:
@@ -199,8 +247,12 @@ class _MaskedLM:
         if count == 0:
             raise ValueError("the validation windows have no masked position; raise --eval-steps or --mlm-probability")
         loss, accuracy = total / count, correct / count
-        return ({"val_loss": loss, "val_accuracy": accuracy},
-                f"val masked-LM loss {loss:.4f}, accuracy {accuracy:.1%} ({count} masked tokens)")
+        metrics = {"val_loss": loss, "val_accuracy": accuracy}
+        line = f"val masked-LM loss {loss:.4f}, accuracy {accuracy:.1%} ({count} masked tokens)"
+        if self.next_sentence:
+            metrics["val_nsp_accuracy"] = nsp_correct / nsp_count
+            line += f", next-sentence accuracy {metrics['val_nsp_accuracy']:.1%}"
+        return metrics, line
 
     def describe(self):
         return f"tokens: {len(self.train_tokens):,} train, {len(self.val_tokens):,} validation"
@@ -219,6 +271,12 @@ def _encode(out, config, files, tokenizer, progress):
                   progress)
 
 
+def _model_class(config):
+    from .bert import BertForMaskedLM, BertForPreTraining
+
+    return BertForPreTraining if config.next_sentence else BertForMaskedLM
+
+
 class _MLMTask:
     command = "train-mlm"
     config_class = MLMConfig
@@ -232,13 +290,13 @@ class _MLMTask:
 
     def new_model(self, out, config, files, progress):
         """WordPiece (given, from --init, or trained) and BERT (new or --init); the corpus encoded."""
-        from .bert import BertConfig, BertForMaskedLM
+        from .bert import BertConfig
         from .checkpoint import load_bert_and_tokenizer
         from .corpus import read_texts
         from .wordpiece import WordPieceTokenizer
 
         if config.init:
-            _, model, tokenizer = load_bert_and_tokenizer(config.init, BertForMaskedLM, config.tokenizer, "--init",
+            _, model, tokenizer = load_bert_and_tokenizer(config.init, _model_class(config), config.tokenizer, "--init",
                                                           attention_backend=config.attention_backend, seed=config.seed)
             shape = {name: getattr(model.config, name) for name in config.SHAPE_FIELDS}
             if config.block_size > shape["max_position_embeddings"]:
@@ -259,15 +317,14 @@ class _MLMTask:
                                       num_attention_heads=config.num_attention_heads,
                                       intermediate_size=config.intermediate_size,
                                       max_position_embeddings=config.max_position_embeddings, dtype=config.dtype)
-            model = BertForMaskedLM(model_config, seed=config.seed, attention_backend=config.attention_backend)
+            model = _model_class(config)(model_config, seed=config.seed, attention_backend=config.attention_backend)
         _encode(out, config, files, tokenizer, progress)
         return config, model, tokenizer
 
     def load_model(self, checkpoint, config):
-        from .bert import BertForMaskedLM
         from .checkpoint import load_bert_and_tokenizer
 
-        _, model, tokenizer = load_bert_and_tokenizer(checkpoint, BertForMaskedLM, flag="--resume",
+        _, model, tokenizer = load_bert_and_tokenizer(checkpoint, _model_class(config), flag="--resume",
                                                       attention_backend=config.attention_backend, dtype=config.dtype)
         return model, tokenizer
 

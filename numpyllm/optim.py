@@ -20,6 +20,9 @@ element-wise update and the sum of squares also run as compiled kernels
 """
 
 import math
+import os
+import tokenize
+import zipfile
 
 import numpy as np
 
@@ -193,22 +196,67 @@ class AdamW:
             np.savez(f, **arrays)
 
     def load(self, path):
-        """Restore the state written by ``save(path)`` into this optimizer."""
-        with np.load(path, allow_pickle=False) as npz:
-            state = {
-                "step": int(npz["step"]),
-                "lr": float(npz["lr"]),
-                "betas": tuple(float(b) for b in npz["betas"]),
-                "eps": float(npz["eps"]),
-                "weight_decay": float(npz["weight_decay"]),
-                "exp_avg": {},
-                "exp_avg_sq": {},
-            }
-            for key in npz.files:
-                group, _, name = key.partition("/")
-                if name:
-                    state[group][name] = npz[key]
-        self.load_state_dict(state)
+        """Restore the state written by ``save(path)`` into this optimizer.
+
+        Every array's .npy header is checked (shape and dtype against this optimizer's
+        parameters) before its data is read, so a damaged or hostile file cannot make
+        NumPy allocate more than the moments themselves; pickled objects are refused.
+        Any problem raises ValueError naming ``path``.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"optimizer state {path!r} does not exist")
+        try:
+            _check_npz_headers(path, self._expected_arrays())
+            with np.load(path, allow_pickle=False) as npz:
+                state = {
+                    "step": int(npz["step"]),
+                    "lr": float(npz["lr"]),
+                    "betas": tuple(float(b) for b in npz["betas"]),
+                    "eps": float(npz["eps"]),
+                    "weight_decay": float(npz["weight_decay"]),
+                    "exp_avg": {},
+                    "exp_avg_sq": {},
+                }
+                for key in npz.files:
+                    group, _, name = key.partition("/")
+                    if name:
+                        state[group][name] = npz[key]
+            self.load_state_dict(state)
+        except (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile, SyntaxError,
+                tokenize.TokenError) as error:  # SyntaxError, TokenError: a damaged .npy header
+            raise ValueError(f"{path} is not this optimizer's saved state ({type(error).__name__}: {error})") from None
+
+    def _expected_arrays(self):
+        """{npz entry name: (shape, dtype kind)} of every array ``save`` writes."""
+        expected = {"step": ((), "iu"), "lr": ((), "f"), "betas": ((2,), "f"), "eps": ((), "f"),
+                    "weight_decay": ((), "f")}
+        for key in _MOMENTS:
+            expected.update({f"{key}/{name}": (p.shape, "f") for name, p in self.params.items()})
+        return expected
+
+
+def _check_npz_headers(path, expected):
+    """Check each member of the .npz at ``path`` against ``expected`` {name: (shape, kinds)}
+    by its .npy header alone (no data read): the same names, shapes and dtype kinds."""
+    with zipfile.ZipFile(path) as archive:
+        names = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
+        if set(names) != set(expected) or len(names) != len(archive.infolist()):
+            raise ValueError(f"entries {sorted(archive.namelist())[:6]}... are not those of this optimizer "
+                             f"(missing {sorted(set(expected) - set(names))[:3]}, "
+                             f"unexpected {sorted(set(names) - set(expected))[:3]})")
+        for name, info in names.items():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version not in ((1, 0), (2, 0)):
+                    raise ValueError(f"entry {name!r} is a .npy of version {version}, expected 1.0 or 2.0")
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(member)
+            want_shape, kinds = expected[name]
+            if tuple(shape) != tuple(want_shape) or dtype.kind not in kinds:
+                raise ValueError(f"entry {name!r} has shape {tuple(shape)} and dtype {dtype}, expected shape "
+                                 f"{tuple(want_shape)} of kind {kinds!r}")
 
 
 def clip_grad_norm(grads, max_norm):

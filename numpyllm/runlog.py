@@ -31,16 +31,30 @@ _REQUIRED = ("step", "train_loss", "val_loss")
 
 def read_log(path):
     """The rows of a log.csv as dicts: "step" an int, other columns floats or None (empty)."""
+    try:
+        return _read_rows(path)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{path} is not a UTF-8 CSV file ({error})") from None
+
+
+def _read_rows(path):
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = [name for name in _REQUIRED + LOOP_COLUMNS if name not in (reader.fieldnames or ())]
         if missing:
             raise ValueError(f"{path} is not a numpyllm training log: columns {reader.fieldnames}, "
                              f"missing {missing}")
-        return [
-            {key: int(value) if key == "step" else (float(value) if value else None) for key, value in row.items()}
-            for row in reader
-        ]
+        rows = []
+        for row in reader:
+            if None in row or None in row.values():  # DictReader's marks of extra and missing cells
+                raise ValueError(f"{path}:{reader.line_num}: {len(reader.fieldnames)} cells expected, the row "
+                                 "has more or fewer (a damaged or cut-short log)")
+            try:
+                rows.append({key: int(value) if key == "step" else (float(value) if value else None)
+                             for key, value in row.items()})
+            except ValueError as error:  # a cell that is not a number
+                raise ValueError(f"{path}:{reader.line_num}: not a row of numbers ({error})") from None
+        return rows
 
 
 class RunLog:

@@ -77,7 +77,7 @@ class _NextToken:
         self.max_steps, self.eval_interval = config.max_steps, config.eval_interval
         if not os.path.isfile(os.path.join(out, TOKENS_FILE)):  # a resume whose tokens.npy was deleted
             _encode(out, config, files, tokenizer, progress)
-        self.train_tokens, self.val_tokens = split_tokens(load_tokens(os.path.join(out, TOKENS_FILE)),
+        self.train_tokens, self.val_tokens = split_tokens(load_tokens(os.path.join(out, TOKENS_FILE), tokenizer.vocab_size),
                                                           config.val_fraction, config.block_size + 1)
         self.sampler = BatchSampler(self.train_tokens, config.batch_size, config.block_size, seed=config.seed)
         # The same validation windows at every evaluation, from their own generator.
@@ -106,7 +106,8 @@ class _NextToken:
         return int((batch[1] >= 0).sum())  # negative targets are not scored
 
     def validate(self, model):
-        from .evaluate import mean_loss, perplexity
+        from .evaluate import mean_loss
+        from .metrics import perplexity
 
         loss, _ = mean_loss(model, self.val_batches)
         val_perplexity = perplexity(loss)

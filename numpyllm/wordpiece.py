@@ -19,6 +19,7 @@ Pure Python plus NumPy for the batch arrays; training needs tqdm for its progres
 
 import functools
 import itertools
+import os
 import re
 
 import numpy as np
@@ -236,7 +237,15 @@ class WordPieceTokenizer:
         as the directory's config gives them (see ``wordpiece_files``). Missing files raise
         FileNotFoundError; malformed ones ValueError naming the file.
         """
-        return cls(**wordpiece_files.read_bert_dir(directory))
+        options = wordpiece_files.read_bert_dir(directory)
+        try:
+            return cls(**options)
+        except (ValueError, TypeError) as error:  # a vocabulary or setting that the files state but cannot be
+            source = os.path.join(os.fspath(directory), wordpiece_files.TOKENIZER_FILE)
+            if not os.path.isfile(source):
+                source = os.path.join(os.fspath(directory), wordpiece_files.VOCAB_FILE)
+            raise ValueError(f"{source} (with the directory's tokenizer_config.json and special_tokens_map.json) "
+                             f"does not make a WordPiece tokenizer: {error}") from None
 
     def save(self, directory):
         """Write ``vocab.txt``, ``tokenizer_config.json``, ``special_tokens_map.json`` into ``directory``.

@@ -95,21 +95,33 @@ def _token_text(value, name, path):
 
 def _read_vocab_txt(path):
     """vocab.txt -> dict token -> line number; a repeated token or an empty line is an error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a UTF-8 text file ({error})") from None
+    lines = text.split("\n")  # only "\n" ends a line, as iterating over the file does
+    if lines[-1] == "":
+        lines.pop()
     vocab = {}
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f):
-            token = line.rstrip("\n")
-            if not token:
-                raise ValueError(f"{path}:{line_number + 1}: empty line (every line is a token)")
-            if token in vocab:
-                raise ValueError(f"{path}:{line_number + 1}: token {token!r} repeats line {vocab[token] + 1}")
-            vocab[token] = line_number
+    for line_number, token in enumerate(lines):
+        if not token:
+            raise ValueError(f"{path}:{line_number + 1}: empty line (every line is a token)")
+        if token in vocab:
+            raise ValueError(f"{path}:{line_number + 1}: token {token!r} repeats line {vocab[token] + 1}")
+        vocab[token] = line_number
     return vocab
 
 
 def _read_tokenizer_json(path):
     """tokenizer.json (a WordPiece model with BERT's normalizer and pre-tokenizer) -> keyword arguments."""
     data = read_json_object(path, "a tokenizers serialization")
+    try:
+        return _tokenizer_json_options(data, path)
+    except (AttributeError, KeyError, TypeError) as error:  # a field of the wrong JSON type, a missing one
+        raise ValueError(f"{path}: not a tokenizers WordPiece serialization ({type(error).__name__}: {error})") from None
+
+
+def _tokenizer_json_options(data, path):
     model = data.get("model") or {}
     if model.get("type") != "WordPiece":
         raise ValueError(f"{path}: model type must be 'WordPiece', got {model.get('type')!r}")

@@ -11,7 +11,8 @@ import pytest
 from numpyllm import GPT, BPETokenizer
 from numpyllm.__main__ import main
 from numpyllm.data import document_ids
-from numpyllm.evaluate import evaluate_tokens, perplexity
+from numpyllm.evaluate import evaluate_tokens
+from numpyllm.metrics import perplexity
 
 from tiny_run import tiny_overrides, write_corpus
 
@@ -127,3 +128,32 @@ def test_train_then_eval_end_to_end(tmp_path, corpus):
 def test_perplexity_is_exp_of_the_loss_and_inf_past_overflow():
     assert perplexity(0.0) == 1.0 and perplexity(2.0) == math.exp(2.0)
     assert perplexity(800.0) == math.inf  # math.exp would raise OverflowError
+
+
+def test_eval_bleu_and_rouge_score_greedy_continuations(tmp_path, capsys):
+    from numpyllm import GPTConfig
+    from numpyllm.metrics import bleu, rouge
+
+    text = "the cat sat on the mat and the dog ran after the cat, " * 20
+    tokenizer = BPETokenizer.train([text], vocab_size=280)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16), seed=1)
+    model.save_pretrained(tmp_path)
+    tokenizer.save(tmp_path)
+    data = tmp_path / "held_out.txt"
+    data.write_text(text)
+    assert _main("eval", "--model", tmp_path, "--data", data, "--bleu", "--rouge", "--prompt-tokens", "6",
+                 "--continuation-tokens", "5", "--max-samples", "3") == 0
+    out = capsys.readouterr()
+    match = re.fullmatch(r"loss \S+ perplexity \S+ bleu (\S+) rouge1 (\S+) rouge2 (\S+) rougeL (\S+)\n", out.out)
+    assert match, out.out
+    assert "greedy continuations of 3 samples (6 prompt + 5 continuation tokens)" in out.err
+    # the same numbers from first principles: 3 windows of 11 tokens, first, middle and last
+    tokens = np.concatenate(list(document_ids([text], tokenizer)))
+    n = len(tokens) // 11
+    starts = [11 * i for i in (0, round((n - 1) / 2), n - 1)]
+    hypotheses = [tokenizer.decode(model.generate(tokens[None, s:s + 6], 5, temperature=0)[0, 6:]) for s in starts]
+    references = [tokenizer.decode(tokens[s + 6:s + 11]) for s in starts]
+    expected = [bleu(hypotheses, references), *rouge(hypotheses, references).values()]
+    assert [float(x) for x in match.groups()] == pytest.approx(expected, abs=1e-4)
+    assert _main("eval", "--model", tmp_path, "--data", data, "--bleu", "--prompt-tokens", "600") == 2
+    assert "too few for one window of 600 prompt + 600 continuation tokens" in _one_error_line(capsys, "eval")

@@ -9,23 +9,19 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import encoder_standins
+from numpyllm import WordPieceTokenizer
+from numpyllm.__main__ import main
+from numpyllm.checkpoint import find_checkpoint, read_trainer_state
+from numpyllm.classification import TASK as CLASSIFIER
+from numpyllm.labelled import Labels, read_examples
+from numpyllm.loop import run_training
+from numpyllm.mlm import TASK as MLM
+from numpyllm.mlm import continuation_ids, mask_tokens, special_ids
+from numpyllm.runlog import read_log
+from numpyllm.stdlib_task import stdlib_examples
 
-encoder_standins.install()  # until numpyllm.bert lands on this branch
-
-from numpyllm import WordPieceTokenizer  # noqa: E402
-from numpyllm.__main__ import main  # noqa: E402
-from numpyllm.checkpoint import find_checkpoint, read_trainer_state  # noqa: E402
-from numpyllm.classification import TASK as CLASSIFIER  # noqa: E402
-from numpyllm.labelled import Labels, read_examples  # noqa: E402
-from numpyllm.loop import run_training  # noqa: E402
-from numpyllm.mlm import TASK as MLM  # noqa: E402
-from numpyllm.mlm import continuation_ids, mask_tokens, special_ids  # noqa: E402
-from numpyllm.runlog import read_log  # noqa: E402
-from numpyllm.stdlib_task import stdlib_examples  # noqa: E402
-
-from test_train import _stop_after  # noqa: E402
-from tiny_run import tiny_overrides, write_corpus  # noqa: E402
+from test_train import _stop_after
+from tiny_run import tiny_overrides, write_corpus
 
 TINY_BERT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                  vocab_size=200, attention_backend="numpy")
@@ -142,7 +138,6 @@ def test_ctrl_c_then_resume_is_bit_identical(tmp_path, corpus, two_packages, mon
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus, two_packages, monkeypatch,
                                                                   capsys, objective):
     task, settings = _task_and_settings(objective, corpus, two_packages)
-    objective_class = type(task.objective)
     calls = []
     real = task.objective
 
@@ -159,7 +154,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corp
         return made
 
     monkeypatch.setattr(task, "objective", objective_with_nan)
-    assert objective_class is not None
     assert run_training(task, tmp_path, overrides=settings) == 1
     assert "loss nan" in capsys.readouterr().err
     assert read_trainer_state(find_checkpoint(tmp_path))["step"] == 5
@@ -292,3 +286,39 @@ def test_regression_with_text_pairs_trains_and_scores_with_mse_and_pearson(tmp_p
     capsys.readouterr()
     assert main(["classify", "--model", str(run), "--data", str(path)]) == 0
     assert capsys.readouterr().out.startswith("examples 64 MSE ")
+
+
+def test_next_sentence_pairs_are_a_then_its_continuation_or_a_random_stretch(tmp_path, corpus):
+    from numpyllm.mlm import _MaskedLM, MLMConfig
+
+    config = MLMConfig(**_mlm_overrides(corpus, next_sentence=True, mlm_probability=1e-9, block_size=20))
+    tokenizer = WordPieceTokenizer.train([corpus.read_text()], vocab_size=200)
+    assert run_training(MLM, tmp_path, overrides=_mlm_overrides(corpus, next_sentence=True, max_steps=3)) == 0
+    assert read_log(tmp_path / "log.csv")[-1]["val_nsp_accuracy"] is not None
+    objective = _MaskedLM(str(tmp_path / "fresh"), config, tokenizer, [corpus], False)
+    stream = np.asarray(objective.train_tokens, dtype=np.int64)
+    inputs, labels, types, is_random = objective._batch(objective.windows, objective.masks)
+    assert (labels < 0).all() and inputs.shape == types.shape == (config.batch_size, 20)
+    assert 0 < is_random.sum() < config.batch_size
+    for row, row_types, random_b in zip(inputs, types, is_random):
+        assert row[0] == tokenizer.cls_token_id and row[-1] == tokenizer.sep_token_id
+        split = int(np.flatnonzero(row_types)[0])  # first position of B
+        assert row[split - 1] == tokenizer.sep_token_id and (row_types[split:] == 1).all()
+        a, b = row[1:split - 1], row[split:-1]
+        joined = np.concatenate([a, b])
+        contiguous = any((stream[s:s + len(joined)] == joined).all() for s in range(len(stream) - len(joined)))
+        assert contiguous or random_b  # a "next" pair is one stretch of the corpus
+
+
+def test_classifier_fine_tunes_a_hugging_face_bert_directory(tmp_path, two_packages, tokenizer):
+    transformers = pytest.importorskip("transformers", reason="builds the Hugging Face directory")
+    hf_dir = tmp_path / "hf"
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    transformers.BertForMaskedLM(config).save_pretrained(hf_dir)
+    tokenizer.save(hf_dir)
+    overrides = {k: v for k, v in _classifier_overrides(*two_packages, epochs=1).items()
+                 if k not in CLASSIFIER.config_class.SHAPE_FIELDS}
+    assert run_training(CLASSIFIER, tmp_path / "run", overrides={**overrides, "init": str(hf_dir)}) == 0
+    tuned = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "run" / "best")
+    assert tuned.config.id2label == {0: "asyncio", 1: "email"}

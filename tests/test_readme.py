@@ -21,6 +21,19 @@ def test_library_tour_runs(tmp_path, monkeypatch):
     assert (tmp_path / "ckpt" / "config.json").is_file()
 
 
+def test_one_line_section_runs(tmp_path, monkeypatch):
+    """The "One line" example on tiny saved directories (tests/test_pipelines.py builds them)."""
+    import warnings
+
+    from test_pipelines import build_directories
+
+    monkeypatch.chdir(tmp_path)
+    build_directories(tmp_path / "runs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fill-mask targets outside the tiny vocabulary warn
+        exec(compile(python_block("## One line"), "README.md", "exec"), {})
+
+
 def test_attention_example_runs():
     namespace = {}
     exec(compile(python_block("## Attention\n"), "README.md", "exec"), namespace)

@@ -16,6 +16,7 @@ import numpy as np
 from ..checkpoint import load_bert_and_tokenizer, model_directory
 from ..classification import predict, read_labels, score
 from ..labelled import Examples, read_examples
+from ..pipelines import label_scores, ranked_labels
 
 
 def add_arguments(parser):
@@ -30,11 +31,6 @@ def add_arguments(parser):
     parser.add_argument("--max-length", type=int, metavar="N",
                         help="tokens per example at most (default: 128, or the model's max_position_embeddings "
                              "when smaller)")
-
-
-def _softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _print_confusion(matrix, names):
@@ -74,13 +70,9 @@ def main(args):
     elif labels.regression:
         for value in logits[:, 0]:
             print(f"{value:.6g}")
-    elif args.text is not None:
-        probabilities = _softmax(logits)[0]
-        for i in np.argsort(-probabilities, kind="stable"):
-            print(f"{labels.names[i]}\t{probabilities[i]:.4f}")
-    else:
-        probabilities = _softmax(logits)
-        for row in probabilities:
-            best = int(row.argmax())
-            print(f"{labels.names[best]}\t{row[best]:.4f}")
+    else:  # --text: every label, most likely first; --data: the best label of each line
+        id2label = dict(enumerate(labels.names))
+        for row in label_scores(logits, model.config, "softmax"):
+            for ranked in ranked_labels(row, id2label, None if args.text is not None else 1):
+                print(f"{ranked['label']}\t{ranked['score']:.4f}")
     return 0

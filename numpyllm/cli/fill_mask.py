@@ -3,10 +3,9 @@
 --model DIR: a train-mlm run or any BERT masked-LM directory (config.json, weights,
 vocab.txt; a Hugging Face one such as bert-base-uncased's). For each [MASK] in --text
 (in order) it prints --top-k lines: the probability, the token, and the text with
-that token in place of the [MASK].
+that token in place of the [MASK] (with several, the others stay, with [CLS] and [SEP],
+as in ``numpyllm.pipeline("fill-mask")``, which computes the same).
 """
-
-import numpy as np
 
 from ..checkpoint import load_bert_and_tokenizer
 
@@ -20,27 +19,19 @@ def add_arguments(parser):
 def main(args):
     from .._checks import check_int
     from ..bert import BertForMaskedLM
+    from ..pipelines import mask_predictions
 
     check_int(args.top_k, "--top-k", 1)
     if "[MASK]" not in args.text:
         raise ValueError(f"--text has no [MASK] to fill: {args.text!r}")
     _, model, tokenizer = load_bert_and_tokenizer(args.model, BertForMaskedLM)
-    ids = np.asarray(tokenizer.encode(args.text), dtype=np.int64)
-    positions = np.flatnonzero(ids == tokenizer.mask_token_id)
-    if positions.size == 0:
-        raise ValueError(f"--text {args.text!r} encodes to no [MASK] token with the tokenizer of {args.model}")
-    if ids.size > model.config.max_position_embeddings:
-        raise ValueError(f"--text is {ids.size} tokens long; the model takes at most "
-                         f"{model.config.max_position_embeddings}")
-    logits = model(ids[None, :])[0]  # (T, V)
-    for n, position in enumerate(positions):
-        row = logits[position] - logits[position].max()
-        probabilities = np.exp(row) / np.exp(row).sum()
-        if positions.size > 1:
-            print(f"[MASK] {n + 1} of {positions.size}:")
-        for token_id in np.argsort(-probabilities, kind="stable")[:args.top_k]:
-            filled = ids.copy()
-            filled[position] = token_id
-            token = tokenizer.convert_ids_to_tokens([int(token_id)])[0]
-            print(f"{probabilities[token_id]:.4f}\t{token}\t{tokenizer.decode(filled, skip_special_tokens=True)}")
+    try:
+        masks = mask_predictions(model, tokenizer, tokenizer.encode(args.text), args.top_k)
+    except ValueError as exc:
+        raise ValueError(f"--text {args.text!r} with the tokenizer of {args.model}: {exc}") from None
+    for n, predictions in enumerate(masks):
+        if len(masks) > 1:
+            print(f"[MASK] {n + 1} of {len(masks)}:")
+        for p in predictions:
+            print(f"{p['score']:.4f}\t{p['token_str']}\t{p['sequence']}")
     return 0

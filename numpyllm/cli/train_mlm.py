@@ -9,7 +9,9 @@ training sequence is [CLS] + block_size - 2 consecutive tokens of that stream + 
 tokens are chosen (--mlm-probability; --whole-word-masking chooses whole words): 80%
 of them become [MASK], 10% a random token, 10% stay, and the model learns to predict
 the original tokens there. Validation: the masked-LM loss and accuracy on fixed
-held-out windows and masks. The loop is train's: AdamW, warmup + cosine, clipping,
+held-out windows and masks. --next-sentence adds next-sentence prediction
+(BertForPreTraining): each window becomes [CLS] A [SEP] B [SEP], B the text after A or,
+half the time, a stretch from a random place in the corpus. The loop is train's: AdamW, warmup + cosine, clipping,
 log.csv, loss.png, atomic checkpoints, --resume bit for bit, Ctrl-C saves.
 
 OUT/checkpoint/ is a Hugging Face BERT directory (config.json, model.safetensors,
