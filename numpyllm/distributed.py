@@ -53,6 +53,7 @@ _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS
 # Errors a user can fix: printed as one line (as the command line does), exit status 2.
 _USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
 _POLL_SECONDS = 0.002  # a waiting rank sleeps this long between checks instead of spinning
+_ABORT_GRACE_SECONDS = 0.5  # between printing why a rank fails and aborting the job
 _mpi_world = None  # this process's MPIWorld once made: there is one MPI.COMM_WORLD per process
 
 
@@ -165,6 +166,7 @@ class MPIWorld(World):
         def abort_on_uncaught(*exc_info):  # what escapes outside training() still ends the job
             previous_hook(*exc_info)
             sys.stderr.flush()
+            time.sleep(_ABORT_GRACE_SECONDS)  # as in _abort: let the launcher forward the traceback
             self._comm.Abort(1)
 
         sys.excepthook = abort_on_uncaught
@@ -219,6 +221,9 @@ class MPIWorld(World):
             traceback.print_exception(error, file=stderr)
             status = 1
         stderr.flush()
+        # MPI_Abort makes the launcher kill every rank at once; on a busy machine it could do
+        # so before forwarding the message just written, and the job would end unexplained.
+        time.sleep(_ABORT_GRACE_SECONDS)
         self._comm.Abort(status)
 
     def check_divisible(self, batch_size, name):

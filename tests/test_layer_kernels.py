@@ -88,10 +88,10 @@ def assert_same_tree(kernel, reference, name):
 def test_kernel_is_built():
     if not REQUIRE_KERNEL and not KERNEL_BUILT:
         pytest.skip("layer kernels not built; set NUMPYLLM_REQUIRE_KERNEL=1 to make this a failure")
-    assert KERNEL_BUILT, f"numpyllm._layers failed to import: {backend._kernel_error}"
+    assert KERNEL_BUILT, f"numpyllm._layers failed to import: {backend.KERNEL.error}"
     assert backend.get_backend() == "auto"
     x = np.ones((2, 3))
-    assert backend.kernel(x) is backend._kernel
+    assert backend.kernel(x) is backend.KERNEL.module
     with backend.using("numpy"):
         assert backend.kernel(x) is None
 
