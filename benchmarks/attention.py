@@ -645,7 +645,7 @@ def choose_backends(args):
         names.append("cython")
     else:
         notes.append(
-            f"The Cython kernel is not built ({attention._kernel_error}); measuring the others. "
+            f"The Cython kernel is not built ({attention.KERNEL.error}); measuring the others. "
             "Build it with `pip install -e .`."
         )
     if not args.no_torch:
@@ -669,7 +669,7 @@ def build_problems(args, sizes):
 def run_memory_n(args, threads, progress):
     """--memory-n: the kernel alone, a fresh process per mask, one call per pass; prints a table."""
     if "cython" not in attention.available_backends():
-        print(f"--memory-n measures the Cython kernel, which is not built ({attention._kernel_error}).")
+        print(f"--memory-n measures the Cython kernel, which is not built ({attention.KERNEL.error}).")
         return []
     records, rows = [], []
     for problem in build_problems(args, [args.memory_n]):

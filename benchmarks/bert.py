@@ -126,7 +126,7 @@ def main(argv=None):
         except ImportError as error:
             notes.append(f"torch/transformers not importable ({error}): no torch row")
     notes += [note for note in [openblas_kernel_note()] if note]
-    backend = numpyllm.attention._resolve(reference.attention_backend)
+    backend = numpyllm.attention.KERNEL.resolve(reference.attention_backend)
     real_tokens = int(inputs[2].sum())
 
     print("# BERT sequence-classification benchmark\n")

@@ -23,15 +23,14 @@ module depends only on NumPy (the kernel is imported lazily and optionally).
 """
 
 import math
-import warnings
 
 import numpy as np
 
 from ._checks import check_int, check_real
+from ._extension import BACKENDS, CompiledModule
 
 __all__ = ["forward", "backward", "available_backends", "BACKENDS"]
 
-BACKENDS = ("numpy", "cython", "auto")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -210,53 +209,12 @@ def _check_backward_inputs(dout, q, out, lse):
 
 # --------------------------------------------------------------------------- dispatch
 
-_kernel = None  # the imported numpyllm._attention module, once loaded
-_kernel_error = None  # why it could not be imported (not built, or scipy/threadpoolctl missing)
-_warned_fallback = False
-
-
-def _load_kernel():
-    """Import the compiled kernel once; remember the error if it is not built."""
-    global _kernel, _kernel_error
-    if _kernel is None and _kernel_error is None:
-        try:
-            from . import _attention
-        except ImportError as exc:
-            _kernel_error = exc
-        else:
-            _kernel = _attention
-    return _kernel
+KERNEL = CompiledModule("_attention", "attention kernel")
 
 
 def available_backends():
     """Names of the backends usable here: ``("numpy",)`` or ``("numpy", "cython")``."""
-    return ("numpy", "cython") if _load_kernel() is not None else ("numpy",)
-
-
-def _resolve(backend):
-    """Map a backend name to "numpy" or "cython", raising if the request cannot be met."""
-    global _warned_fallback
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "numpy":
-        return "numpy"
-    if _load_kernel() is not None:
-        return "cython"
-    if backend == "cython":
-        raise RuntimeError(
-            "backend='cython' was requested but the compiled kernel numpyllm._attention "
-            f"could not be imported ({_kernel_error}). Reinstall numpyllm with a C compiler "
-            "(pip install .) or use backend='numpy'."
-        )
-    if not _warned_fallback:
-        warnings.warn(
-            f"numpyllm's compiled attention kernel is unavailable ({_kernel_error}); "
-            "backend='auto' uses the slower NumPy reference.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        _warned_fallback = True
-    return "numpy"
+    return KERNEL.available_backends()
 
 
 def _check_num_threads(num_threads):
@@ -294,8 +252,8 @@ def forward(q, k, v, causal=False, scale=None, key_lengths=None, backend="auto",
     """
     scale, key_lengths = _check_inputs(q, k, v, causal, scale, key_lengths)
     n_threads = _check_num_threads(num_threads)
-    if _resolve(backend) == "cython":
-        return _kernel.forward(q, k, v, bool(causal), scale, key_lengths, n_threads)
+    if KERNEL.resolve(backend) == "cython":
+        return KERNEL.module.forward(q, k, v, bool(causal), scale, key_lengths, n_threads)
     return reference_forward(q, k, v, bool(causal), scale, key_lengths)
 
 
@@ -323,6 +281,6 @@ def backward(dout, q, k, v, out, lse, causal=False, scale=None, key_lengths=None
     scale, key_lengths = _check_inputs(q, k, v, causal, scale, key_lengths)
     _check_backward_inputs(dout, q, out, lse)
     n_threads = _check_num_threads(num_threads)
-    if _resolve(backend) == "cython":
-        return _kernel.backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths, n_threads)
+    if KERNEL.resolve(backend) == "cython":
+        return KERNEL.module.backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths, n_threads)
     return reference_backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths)

@@ -21,37 +21,22 @@ Depends on NumPy only; the kernel module is imported lazily and optionally.
 """
 
 import contextlib
-import warnings
 
 import numpy as np
 
+from ._extension import BACKENDS, CompiledModule
+
 __all__ = ["BACKENDS", "set_backend", "get_backend", "using", "available_backends", "kernel"]
 
-BACKENDS = ("numpy", "cython", "auto")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _setting = "auto"
-_kernel = None  # numpyllm._layers, once imported
-_kernel_error = None  # why it could not be imported
-_warned_fallback = False
-
-
-def _load_kernel():
-    """Import numpyllm._layers once; remember the error if it is not built."""
-    global _kernel, _kernel_error
-    if _kernel is None and _kernel_error is None:
-        try:
-            from . import _layers
-        except ImportError as exc:
-            _kernel_error = exc
-        else:
-            _kernel = _layers
-    return _kernel
+KERNEL = CompiledModule("_layers", "layer kernels")
 
 
 def available_backends():
     """``("numpy",)``, or ``("numpy", "cython")`` when the kernels are built."""
-    return ("numpy", "cython") if _load_kernel() is not None else ("numpy",)
+    return KERNEL.available_backends()
 
 
 def set_backend(name):
@@ -61,14 +46,8 @@ def set_backend(name):
     the kernels are not built.
     """
     global _setting
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    if name == "cython" and _load_kernel() is None:
-        raise RuntimeError(
-            "backend 'cython' was requested but the compiled layer kernels numpyllm._layers could "
-            f"not be imported ({_kernel_error}). Build them with a C compiler "
-            "(python setup.py build_ext --inplace, or pip install .) or use 'numpy'."
-        )
+    if name != "auto":
+        KERNEL.resolve(name)  # raises for an unknown name, or for "cython" when the kernels are not built
     previous, _setting = _setting, name
     return previous
 
@@ -94,17 +73,9 @@ def kernel(*arrays):
     None when the setting is "numpy", when "auto" finds no kernels (warning once), or when
     the arrays are not all ndarrays of one float32/float64 dtype.
     """
-    global _warned_fallback
-    if _setting == "numpy":
+    if KERNEL.resolve(_setting) == "numpy":
         return None
-    module = _load_kernel()
-    if module is None:
-        if not _warned_fallback:
-            warnings.warn(f"numpyllm's compiled layer kernels are unavailable ({_kernel_error}); "
-                          "the layers and the optimizer use the slower NumPy reference.",
-                          RuntimeWarning, stacklevel=3)
-            _warned_fallback = True
-        return None
+    module = KERNEL.module
     dtype = arrays[0].dtype if isinstance(arrays[0], np.ndarray) else None
     if dtype not in _FLOAT_DTYPES or not all(isinstance(a, np.ndarray) and a.dtype == dtype for a in arrays):
         return None

@@ -816,7 +816,13 @@ def _read_checkpoint(directory, dtype, changes):
     hf_config = hub.read_config(directory, "a BERT configuration object", "bert")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES} or None, got {dtype!r}")
-    return config_from_hf(hf_config, dtype, source, **changes), hub.read_weights(directory)
+    config = config_from_hf(hf_config, dtype, source, **changes)
+    tensors = hub.read_weights(directory)
+    # Before the model is allocated: the embeddings and each layer's weight matrices, a lower bound.
+    C, inner = config.hidden_size, config.intermediate_size
+    embeddings = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * C
+    hub.check_model_fits_weights(directory, embeddings + config.num_hidden_layers * (4 * C * C + 2 * C * inner), tensors)
+    return config, tensors
 
 
 _BUFFERS = re.compile(r"(bert\.)?embeddings\.(position_ids|token_type_ids)")  # stored buffers, not parameters

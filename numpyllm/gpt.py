@@ -230,12 +230,8 @@ def read_checkpoint(directory, dtype=None):
     # Before param_shapes: a config claiming a far larger model fails here, not by building its
     # list of shapes (a few tensors missing are named by _params_from_stored below).
     C = config.n_embd
-    claimed = (config.vocab_size + config.block_size + 2) * C + config.n_layer * sum(
-        math.prod(shape) for _, shape in block_param_shapes(C))
-    stored = sum(np.size(tensor) for tensor in tensors.values())
-    if claimed > 2 * stored:
-        raise ValueError(f"{config_path} describes a model of {claimed:,} parameters but "
-                         f"{hub.weights_file(os.fspath(directory))} holds only {stored:,} values")
+    hub.check_model_fits_weights(directory, (config.vocab_size + config.block_size + 2) * C + config.n_layer * sum(
+        math.prod(shape) for _, shape in block_param_shapes(C)), tensors)
     expected = dict(param_shapes(config))
     params = _params_from_stored(tensors, expected, f"checkpoint {directory!r}")
     return config, {name: np.ascontiguousarray(params[name], dtype=config.dtype) for name in expected}

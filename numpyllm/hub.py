@@ -222,6 +222,20 @@ def weights_file(directory):
     )
 
 
+def check_model_fits_weights(directory, claimed, tensors):
+    """Refuse a config.json whose model needs more than twice the values its weight files hold.
+
+    claimed: the parameter count config.json describes (a lower bound is enough); tensors:
+    what ``read_weights`` returned. Called before the model is allocated, so a config that
+    claims a huge model fails here instead of by allocating it. (Twice, not equal: a
+    checkpoint may lack a head that loading initializes fresh.)
+    """
+    stored = sum(np.size(tensor) for tensor in tensors.values())
+    if claimed > 2 * stored:
+        raise ValueError(f"{os.path.join(os.fspath(directory), CONFIG_NAME)} describes a model of {claimed:,} "
+                         f"parameters but {weights_file(os.fspath(directory))} holds only {stored:,} values")
+
+
 def read_weights(directory):
     """{name: ndarray} as stored, from model.safetensors, its shards, or pytorch_model.bin (see weights_file).
 

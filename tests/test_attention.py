@@ -47,7 +47,7 @@ def random_qkv(shape_q, n_k, dtype=np.float64, seed=0):
 def test_kernel_is_built():
     if not REQUIRE_KERNEL and not KERNEL_BUILT:
         pytest.skip("compiled kernel not built; set NUMPYLLM_REQUIRE_KERNEL=1 to make this a failure")
-    assert KERNEL_BUILT, f"numpyllm._attention failed to import: {attention._kernel_error}"
+    assert KERNEL_BUILT, f"numpyllm._attention failed to import: {attention.KERNEL.error}"
     assert attention.available_backends() == ("numpy", "cython")
 
 
@@ -71,7 +71,7 @@ def test_kernel_matches_reference_with_padding_and_grouped_heads(dtype, problem)
 @pytest.mark.parametrize("causal", [False, True])
 def test_kernel_matches_reference_with_padding_at_tile_edges(causal):
     """Lengths on and around the key tile edge, grouped heads, odd strides, both dtypes."""
-    bk = attention._kernel.block_k
+    bk = attention.KERNEL.module.block_k
     n_k = 2 * bk + 3
     lengths = [1, bk - 1, bk, bk + 1, n_k]
     for dtype in (np.float32, np.float64):
@@ -109,7 +109,7 @@ def test_kernel_ignores_padded_keys_entirely():
 
 def tile_edge_shapes():
     """(Nq, Nk, d) on and around the kernel's query and key tile sizes."""
-    bq, bk = (128, 256) if not KERNEL_BUILT else (attention._kernel.block_q, attention._kernel.block_k)
+    bq, bk = (128, 256) if not KERNEL_BUILT else (attention.KERNEL.module.block_q, attention.KERNEL.module.block_k)
     lengths = [1, bq - 1, bq, bq + 1, bk - 1, bk, bk + 1, 2 * bk + 1]
     shapes = [(n_q, n_k, d) for n_q in lengths for n_k in lengths for d in (1, 3)] + [(1, 4096, 8), (64, 64, 64)]
     return [(*shape, causal) for shape in shapes for causal in (False, True) if not (causal and shape[0] > shape[1])]
@@ -153,7 +153,7 @@ def test_kernel_reads_strided_views_correctly(n_q, n_k):
         views = {name: (odd_views(q)[name], odd_views(k)[name], odd_views(v)[name], odd_views(dout)[name])
                  for name in odd_views(q)}
         for name, (qv, kv, vv, dv) in views.items():
-            assert (attention._kernel._rows(kv) is kv) == ("in place" in name), name
+            assert (attention.KERNEL.module._rows(kv) is kv) == ("in place" in name), name
             for causal in (False, True):
                 check_attention(kernel_forward, kernel_backward, AttentionProblem(qv, kv, vv, dv, causal, None))
 
@@ -484,9 +484,9 @@ def test_empty_query_batch_gives_empty_results(backend):
 
 
 def test_auto_falls_back_to_numpy_with_one_warning(monkeypatch):
-    monkeypatch.setattr(attention, "_kernel", None)
-    monkeypatch.setattr(attention, "_kernel_error", ImportError("simulated missing extension"))
-    monkeypatch.setattr(attention, "_warned_fallback", False)
+    monkeypatch.setattr(attention.KERNEL, "module", None)
+    monkeypatch.setattr(attention.KERNEL, "error", ImportError("simulated missing extension"))
+    monkeypatch.setattr(attention.KERNEL, "warned_fallback", False)
     assert attention.available_backends() == ("numpy",)
     q, k, v = random_qkv((1, 2, 3, 4), 3)
     with pytest.warns(RuntimeWarning, match="simulated missing extension"):

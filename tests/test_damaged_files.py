@@ -215,6 +215,21 @@ def test_config_claiming_a_far_larger_model_is_refused_before_listing_it(run_dir
         GPT.from_pretrained(model)
 
 
+@pytest.mark.parametrize("field", ["num_hidden_layers", "intermediate_size", "vocab_size"])
+def test_bert_config_claiming_a_far_larger_model_is_refused_before_allocating_it(bert_dir, tmp_path, field):
+    import json
+
+    from numpyllm import BertForMaskedLM
+
+    model = tmp_path / "model"
+    shutil.copytree(bert_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config[field] = 10**9
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config.json describes a model of [\d,]+ parameters but .* holds only"):
+        BertForMaskedLM.from_pretrained(model)
+
+
 def test_shard_names_cannot_leave_the_directory(run_dir, tmp_path):
     import json
 
