@@ -31,6 +31,15 @@ import platform
 import statistics
 import time
 
+from numpyllm import attention, backend
+
+# Load numpyllm's compiled kernels at import, before any benchmark imports torch or limits
+# threads: they load the one OpenMP runtime the process shares with torch, and with it the
+# PASSIVE wait policy numpyllm asks for (numpyllm._extension) — loaded after torch, it
+# would spin, and the two sides of a comparison would not run under one policy — and
+# scipy's BLAS, which a thread limit set before it is loaded would not reach.
+attention.available_backends(), backend.available_backends()
+
 # --------------------------------------------------------------------------- timing
 
 

@@ -26,7 +26,7 @@ import tempfile
 
 import numpy as np
 
-from numpyllm import GPT, GPTConfig, attention, backend
+from numpyllm import GPT, GPTConfig, attention
 
 from ._timing import format_machine, interleaved_medians, limited_threads, machine_info, markdown_table
 
@@ -125,9 +125,6 @@ def main(argv=None):
         parser.error(f"--prompt-tokens + --new-tokens must be <= block_size {config.block_size} "
                      "(transformers cannot generate past it)")
 
-    # Load the compiled kernels first: they bring scipy's BLAS, which a thread limit set
-    # before it is loaded would not reach (decode_block's products would then use every core).
-    backend.available_backends(), attention.available_backends()
     with limited_threads(args.threads):
         results = run_benchmark(config, args.prompt_tokens, args.new_tokens, rounds)
         info = machine_info(packages=("numpy", "torch", "transformers"))

@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 import numpyllm
-from numpyllm import GPT, GPTConfig, attention, backend
+from numpyllm import GPT, GPTConfig, attention
 from numpyllm.gpt import config_to_hf
 
 from ._timing import format_machine, interleaved_medians, limited_threads, machine_info, markdown_table, usable_cores
@@ -227,7 +227,6 @@ def main(argv=None):
     idx = rng.integers(0, config.vocab_size, (args.batch, args.seq))
     targets = rng.integers(0, config.vocab_size, (args.batch, args.seq))
     reference = GPT(config, seed=0)
-    backend.available_backends()  # loads the layer kernels (and scipy's BLAS) before any thread limit
     runners, notes = make_runners(args, reference, idx, targets)
     notes += [note for note in [openblas_kernel_note()] if note]
 
