@@ -20,6 +20,7 @@ from numpyllm.mlm import continuation_ids, mask_tokens, special_ids
 from numpyllm.runlog import read_log
 from numpyllm.stdlib_task import stdlib_examples
 
+from test_cli import _one_error_line
 from test_train import _stop_after
 from tiny_run import tiny_overrides, write_corpus
 
@@ -204,14 +205,6 @@ def test_a_malformed_file_is_named_with_its_line_and_field(tmp_path, capsys, con
     line = _one_error_line(capsys, "train-classifier")
     assert str(path) in line and message in line, line
     assert not (tmp_path / "run" / "checkpoint").exists()
-
-
-def _one_error_line(capsys, command):
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"numpyllm {command}: error: "), err
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- the commands end to end
