@@ -32,7 +32,7 @@ import numpy as np
 
 from ._checks import check_real
 from .loop import option
-from .textrun import TOKENS_FILE, CorpusConfig, corpus_files, encode_corpus
+from .textrun import TOKENS_FILE, CorpusConfig, CorpusTask, encode_corpus
 
 __all__ = ["MLMConfig", "PRESETS", "mask_tokens", "special_ids", "continuation_ids", "TASK"]
 
@@ -277,16 +277,10 @@ def _model_class(config):
     return BertForPreTraining if config.next_sentence else BertForMaskedLM
 
 
-class _MLMTask:
+class _MLMTask(CorpusTask):
     command = "train-mlm"
     config_class = MLMConfig
     presets = PRESETS
-
-    def check_new(self, config, overrides):
-        pass
-
-    def inputs(self, config):
-        return corpus_files(config)
 
     def new_model(self, out, config, files, progress):
         """WordPiece (given, from --init, or trained) and BERT (new or --init); the corpus encoded."""

@@ -16,7 +16,7 @@ from . import attention
 from ._checks import check_real
 from .loop import LoopConfig, option
 
-__all__ = ["CorpusConfig", "TOKENS_FILE", "corpus_files", "encode_corpus"]
+__all__ = ["CorpusConfig", "CorpusTask", "TOKENS_FILE", "corpus_files", "encode_corpus"]
 
 TOKENS_FILE = "tokens.npy"
 
@@ -66,6 +66,18 @@ def corpus_files(config):
     from .data import text_files
 
     return text_files(config.data, config.corpus_bytes or None)
+
+
+class CorpusTask:
+    """What a task that trains on the text corpus shares: its inputs are the corpus files, and a
+    new run needs no check beyond its config's own. Subclasses add command, config_class,
+    presets, new_model, load_model and objective (see ``numpyllm.loop``)."""
+
+    def check_new(self, config, overrides):
+        pass
+
+    def inputs(self, config):
+        return corpus_files(config)
 
 
 def encode_corpus(out, config, files, document_ids, vocab_size, progress):

@@ -14,7 +14,7 @@ import os
 import time
 
 from .loop import configure, flag, option, run_training
-from .textrun import TOKENS_FILE, CorpusConfig, corpus_files, encode_corpus
+from .textrun import TOKENS_FILE, CorpusConfig, CorpusTask, encode_corpus
 
 __all__ = ["TrainConfig", "PRESETS", "RESUMABLE", "make_config", "flag", "train", "TASK"]
 
@@ -125,16 +125,10 @@ def _encode(out, config, files, tokenizer, progress):
                   tokenizer.vocab_size, progress)
 
 
-class _GPTTask:
+class _GPTTask(CorpusTask):
     command = "train"
     config_class = TrainConfig
     presets = PRESETS
-
-    def check_new(self, config, overrides):
-        pass
-
-    def inputs(self, config):
-        return corpus_files(config)
 
     def new_model(self, out, config, files, progress):
         """Tokenizer (given, from --init, or trained) and model (new or --init); the corpus encoded."""
