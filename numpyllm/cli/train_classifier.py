@@ -24,6 +24,8 @@ log.csv, loss.png, checkpoints, --resume bit for bit, Ctrl-C saves. Then:
   python -m numpyllm classify --model OUT --data FILE
 """
 
+import functools
+
 from ..classification import PRESETS, TASK, ClassifierConfig
 from ..loop import run_training
 from .options import add_config_arguments, add_run_arguments, config_overrides, run_command
@@ -35,9 +37,5 @@ def add_arguments(parser):
     add_config_arguments(parser, ClassifierConfig, PRESETS["tiny"])
 
 
-def _train(out, preset, overrides, *, resume, progress):
-    return run_training(TASK, out, preset, overrides, resume=resume, progress=progress)
-
-
 def main(args):
-    return run_command("train-classifier", _train, args, config_overrides(args, ClassifierConfig), "classifier-")
+    return run_command("train-classifier", functools.partial(run_training, TASK), args, config_overrides(args, ClassifierConfig), "classifier-")

@@ -20,6 +20,8 @@ vocab.txt): transformers' BertForMaskedLM loads it. Then:
   python -m numpyllm train-classifier --init OUT
 """
 
+import functools
+
 from ..mlm import PRESETS, MLMConfig, TASK
 from ..loop import run_training
 from .options import add_config_arguments, add_run_arguments, config_overrides, run_command
@@ -31,9 +33,5 @@ def add_arguments(parser):
     add_config_arguments(parser, MLMConfig, PRESETS["tiny"])
 
 
-def _train(out, preset, overrides, *, resume, progress):
-    return run_training(TASK, out, preset, overrides, resume=resume, progress=progress)
-
-
 def main(args):
-    return run_command("train-mlm", _train, args, config_overrides(args, MLMConfig), "mlm-")
+    return run_command("train-mlm", functools.partial(run_training, TASK), args, config_overrides(args, MLMConfig), "mlm-")
