@@ -7,7 +7,7 @@
  * CPUs without AVX.
  *
  * exp(x) = 2^n · exp(r) with n = round(x / ln 2) and r = x - n·ln 2 in [-ln2/2, ln2/2];
- * exp(r) is Cephes' degree-7 polynomial for expf (relative error about 1e-7 here).
+ * exp(r) is Cephes' degree-7 polynomial for expf (relative error below 1e-7 here).
  */
 #ifndef NUMPYLLM_FASTEXP_H
 #define NUMPYLLM_FASTEXP_H
@@ -24,30 +24,34 @@
 
 #define NUMPYLLM_LANES 16 /* independent partial results: room for one AVX-512 register */
 
-/* exp(x) for one float, written with selects so that a loop of it vectorizes. */
+/* exp(x) for one float, written with selects so that a loop of it vectorizes.
+ * 2^n is built from the bits of x·log2(e) + 1.5·2^23, whose low mantissa bits hold n: integer
+ * arithmetic on unsigned bits, so no float-to-int conversion (undefined for NaN) is needed.
+ * The polynomial is evaluated in Estrin's scheme (a tree of depth 4, not Horner's chain of 12),
+ * so consecutive elements overlap in the pipeline: the loop is latency-bound otherwise.
+ * A NaN stays NaN through the arithmetic; x < -87 gives 0 and x > 88 gives inf. */
 static inline float numpyllm_expf(float x)
 {
     const float log2e = 1.44269504088896341f;
     const float ln2_hi = 0.693359375f; /* ln 2 split so n·ln2_hi is exact */
     const float ln2_lo = -2.12194440e-4f;
     const float round_magic = 12582912.0f; /* 1.5·2^23: adding it rounds to an integer */
-    float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    float n = (xc * log2e + round_magic) - round_magic;
-    float r = (xc - n * ln2_hi) - n * ln2_lo;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23; /* 2^n as a float's exponent field */
+    float t = x * log2e + round_magic;
+    float n = t - round_magic;
+    float r = (x - n * ln2_hi) - n * ln2_lo;
+    float r2 = r * r;
+    float a = 5.0000001201e-1f + 1.6666665459e-1f * r;
+    float b = 4.1665795894e-2f + 8.3334519073e-3f * r;
+    float c = 1.3981999507e-3f + 1.9875691500e-4f * r;
+    float p = (a + r2 * (b + r2 * c)) * r2 + r + 1.0f;
+    uint32_t t_bits, bits;
+    memcpy(&t_bits, &t, sizeof t_bits);
+    bits = (t_bits - 0x4B400000u + 127u) << 23; /* 2^n as a float's exponent field */
     float two_n;
     memcpy(&two_n, &bits, sizeof two_n);
     float y = p * two_n;
-    y = x < -87.0f ? 0.0f : y;     /* underflow (and -inf) -> 0 */
-    y = x > 88.0f ? INFINITY : y;  /* overflow (and +inf) -> inf */
-    return x != x ? x : y;         /* NaN stays NaN */
+    y = x < -87.0f ? 0.0f : y;       /* underflow (and -inf) -> 0 */
+    return x > 88.0f ? INFINITY : y; /* overflow (and +inf) -> inf */
 }
 
 /* x[j] = exp(x[j] - shift) for j < n. */
@@ -107,28 +111,33 @@ static double numpyllm_sum_f32(const float *x, int n)
 
 /* max_j x[j] for j < n (-inf when n == 0); NaNs are skipped (exp propagates them later).
  * Written with GCC's vector extension: gcc does not vectorize a lane loop of selects
- * without -ffast-math; each clone splits the 16 lanes into its own register width. */
-typedef float numpyllm_v16f __attribute__((vector_size(64)));
-typedef int32_t numpyllm_v16i __attribute__((vector_size(64)));
+ * without -ffast-math. Two vectors of 8 lanes: one AVX2 register each (gcc lowers a
+ * comparison of vectors wider than the target's registers to scalar code). */
+typedef float numpyllm_v8f __attribute__((vector_size(32)));
+typedef int32_t numpyllm_v8i __attribute__((vector_size(32)));
 
 NUMPYLLM_CLONES
 static float numpyllm_max_f32(const float *x, int n)
 {
-    numpyllm_v16f lane_max;
-    for (int l = 0; l < NUMPYLLM_LANES; l++)
-        lane_max[l] = -INFINITY;
+    const numpyllm_v8f neg_inf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
+                                  -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    numpyllm_v8f max_lo = neg_inf, max_hi = neg_inf;
     int j = 0;
-    for (; j + NUMPYLLM_LANES <= n; j += NUMPYLLM_LANES) {
-        numpyllm_v16f v;
-        memcpy(&v, x + j, sizeof v);
-        numpyllm_v16i take = v > lane_max; /* all ones where v is larger (never for NaN) */
-        lane_max = (numpyllm_v16f)(((numpyllm_v16i)v & take) | ((numpyllm_v16i)lane_max & ~take));
+    for (; j + 16 <= n; j += 16) {
+        numpyllm_v8f lo, hi;
+        memcpy(&lo, x + j, sizeof lo);
+        memcpy(&hi, x + j + 8, sizeof hi);
+        numpyllm_v8i take_lo = lo > max_lo, take_hi = hi > max_hi; /* all ones where larger (never for NaN) */
+        max_lo = (numpyllm_v8f)(((numpyllm_v8i)lo & take_lo) | ((numpyllm_v8i)max_lo & ~take_lo));
+        max_hi = (numpyllm_v8f)(((numpyllm_v8i)hi & take_hi) | ((numpyllm_v8i)max_hi & ~take_hi));
     }
     float m = -INFINITY;
     for (; j < n; j++)
         m = x[j] > m ? x[j] : m;
-    for (int l = 0; l < NUMPYLLM_LANES; l++)
-        m = lane_max[l] > m ? lane_max[l] : m;
+    for (int l = 0; l < 8; l++) {
+        m = max_lo[l] > m ? max_lo[l] : m;
+        m = max_hi[l] > m ? max_hi[l] : m;
+    }
     return m;
 }
 
