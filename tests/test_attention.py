@@ -109,8 +109,9 @@ def test_kernel_ignores_padded_keys_entirely():
 
 def tile_edge_shapes():
     """(Nq, Nk, d) on and around the kernel's query and key tile sizes."""
-    bq, bk = (128, 256) if not KERNEL_BUILT else (attention.KERNEL.module.block_q, attention.KERNEL.module.block_k)
-    lengths = [1, bq - 1, bq, bq + 1, bk - 1, bk, bk + 1, 2 * bk + 1]
+    kernel = attention.KERNEL.module if KERNEL_BUILT else None
+    bq, bk, bq_causal = (kernel.block_q, kernel.block_k, kernel.causal_backward_block_q) if kernel else (256, 256, 128)
+    lengths = sorted({1, bq_causal - 1, bq_causal, bq_causal + 1, bq - 1, bq, bq + 1, bk - 1, bk, bk + 1, 2 * bk + 1})
     shapes = [(n_q, n_k, d) for n_q in lengths for n_k in lengths for d in (1, 3)] + [(1, 4096, 8), (64, 64, 64)]
     return [(*shape, causal) for shape in shapes for causal in (False, True) if not (causal and shape[0] > shape[1])]
 
