@@ -343,11 +343,14 @@ def gelu_erf_backward(dy, x, cdf):
 
 
 cdef double _softmax_row(const floating* logits, floating* probs, long V, Py_ssize_t target) noexcept nogil:
-    """probs = softmax(logits) of one row; returns logsumexp(logits) - logits[target]."""
+    """probs = softmax(logits) of one row; returns logsumexp(logits) - logits[target].
+    probs may be logits itself (computed in place)."""
     cdef floating shift = <floating> _max(logits, V)
+    cdef double target_logit = logits[target]  # read before an in-place softmax overwrites it
     cdef long j
     if floating is float:
-        memcpy(probs, logits, V * sizeof(float))
+        if probs != logits:
+            memcpy(probs, logits, V * sizeof(float))
         numpyllm_exp_shift_f32(probs, V, shift)
     else:
         for j in range(V):
@@ -356,7 +359,7 @@ cdef double _softmax_row(const floating* logits, floating* probs, long V, Py_ssi
     cdef floating inv = <floating> (1.0 / sum_exp)
     for j in range(V):
         probs[j] *= inv
-    return log(sum_exp) - <double> (logits[target] - shift)
+    return log(sum_exp) - (target_logit - shift)
 
 
 cdef void _softmax_all(floating[:, ::1] logits, const Py_ssize_t[::1] targets, floating[:, ::1] probs,
@@ -379,33 +382,49 @@ cdef void _cross_entropy_backward_all(floating[:, ::1] probs, const Py_ssize_t[:
         dlogits[i, targets[i]] -= s
 
 
-def cross_entropy_forward(logits, targets):
+def cross_entropy_forward(logits, targets, out=None):
     """logits: (..., V), targets: (...) ints in [0, V) -> probs: (..., V), row_loss: (...) float64,
-    row_loss = logsumexp(logits) - logits[target] of each row."""
+    row_loss = logsumexp(logits) - logits[target] of each row. probs is out when given
+    (logits' shape and dtype; logits itself for an in-place softmax)."""
     rows = _rows(logits)
     target_rows = np.ascontiguousarray(targets, dtype=np.intp).reshape(-1)
-    probs = np.empty_like(rows)
+    probs = _output_rows(out, rows)
     row_loss = np.empty(rows.shape[0])
     n_threads = _threads(rows.size)
     if rows.dtype == np.float32:
         _softmax_all[float](rows, target_rows, probs, row_loss, n_threads)
     else:
         _softmax_all[double](rows, target_rows, probs, row_loss, n_threads)
-    return probs.reshape(logits.shape), row_loss.reshape(logits.shape[:logits.ndim - 1])
+    return _into(out, probs, logits.shape), row_loss.reshape(logits.shape[:logits.ndim - 1])
 
 
-def cross_entropy_backward(probs, targets, row_scale):
-    """probs: (..., V), targets, row_scale: (...) -> dlogits = row_scale · (probs - onehot(targets))."""
+def cross_entropy_backward(probs, targets, row_scale, out=None):
+    """probs: (..., V), targets, row_scale: (...) -> dlogits = row_scale · (probs - onehot(targets)),
+    out when given (probs' shape and dtype; probs itself included)."""
     rows = _rows(probs)
     target_rows = np.ascontiguousarray(targets, dtype=np.intp).reshape(-1)
     scale = np.ascontiguousarray(row_scale, dtype=rows.dtype).reshape(-1)
-    dlogits = np.empty_like(rows)
+    dlogits = _output_rows(out, rows)
     n_threads = _threads(rows.size)
     if rows.dtype == np.float32:
         _cross_entropy_backward_all[float](rows, target_rows, scale, dlogits, n_threads)
     else:
         _cross_entropy_backward_all[double](rows, target_rows, scale, dlogits, n_threads)
-    return dlogits.reshape(probs.shape)
+    return _into(out, dlogits, probs.shape)
+
+
+def _output_rows(out, rows):
+    """Where a kernel writes rows' result: out's own memory when it is C-contiguous, else a new array."""
+    return out.reshape(rows.shape) if out is not None and out.flags.c_contiguous else np.empty_like(rows)
+
+
+def _into(out, result_rows, shape):
+    """The result, shaped: out itself when given (copied into unless written in place)."""
+    if out is None:
+        return result_rows.reshape(shape)
+    if not out.flags.c_contiguous:
+        out[...] = result_rows.reshape(shape)
+    return out
 
 
 # --------------------------------------------------------------------------- sums over rows

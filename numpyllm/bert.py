@@ -585,10 +585,9 @@ class _MaskedLMHead:
         labels = labels.ravel() if index is None else labels.ravel()[index]  # (N,), the rows' labels
         scored = labels >= 0
         logits, cache = self._mlm_forward(x[scored])  # (n_scored, V)
-        loss, ce = cross_entropy_forward(logits, labels[scored])
-        del logits
-        dx = np.zeros_like(x)
-        dx[scored], dword = self._mlm_backward(cross_entropy_backward(1.0, ce), cache, grads)
+        loss, ce = cross_entropy_forward(logits, labels[scored], out=logits)  # one array for logits,
+        dx = np.zeros_like(x)                                                   # probabilities, dlogits
+        dx[scored], dword = self._mlm_backward(cross_entropy_backward(1.0, ce, out=ce[0]), cache, grads)
         return loss, dx, dword
 
 

@@ -366,9 +366,10 @@ class GPT:
         if np.all(targets < 0):
             raise ValueError("targets has no position to score: every entry is negative (ignored)")
         logits, caches = self._forward(idx)
-        loss, cross_entropy = cross_entropy_forward(logits, targets)
-        del logits  # the cross-entropy cache holds the probabilities; free the logits now
-        dlogits = cross_entropy_backward(1.0, cross_entropy)
+        # The (B, T, V) logits, then probabilities, then dlogits share one array: the largest
+        # of a step's activations is allocated (and its pages faulted in) once, not three times.
+        loss, cross_entropy = cross_entropy_forward(logits, targets, out=logits)
+        dlogits = cross_entropy_backward(1.0, cross_entropy, out=cross_entropy[0])
         return loss, self._backward(dlogits, caches)
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,

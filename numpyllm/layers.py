@@ -306,23 +306,37 @@ ACTIVATIONS = {
 # --------------------------------------------------------------------------- cross-entropy
 
 
-def cross_entropy_forward(logits, targets):
+def _check_out(out, like, like_name):
+    """An ``out=`` array must have the shape and dtype of the array it stands in for."""
+    if out is None:
+        return
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array or None, got {type(out).__name__}")
+    if out.shape != like.shape or out.dtype != like.dtype:
+        raise ValueError(f"out must have {like_name}' shape {like.shape} and dtype {like.dtype}, "
+                         f"got {out.shape} {out.dtype}")
+
+
+def cross_entropy_forward(logits, targets, out=None):
     """Softmax cross-entropy, fused, averaged over the targets that are not negative (ignored: padding).
 
         loss = (1 / N) Σ_{(b,t) : targets[b,t] != -1} [logsumexp(logits[b, t]) - logits[b, t, targets[b, t]]]
 
     with N the number of such positions (N >= 1; the caller checks).
     logits: (B, T, V), targets: (B, T) int -> loss: Python float (summed in float64).
-    Saves the softmax probabilities (B, T, V) for the backward.
+    Saves the softmax probabilities (B, T, V) for the backward, in ``out`` when given: an
+    array of logits' shape and dtype, logits itself included (a caller done with its logits
+    saves a (B, T, V) allocation, which for a large vocabulary is also a round of page faults).
     """
+    _check_out(out, logits, "logits")
     valid = targets >= 0  # (B, T); -1 (ours) and -100 (Hugging Face's) alike are ignored
     n_valid = int(np.count_nonzero(valid))
     safe_targets = np.where(valid, targets, 0)  # any in-range index; masked out below
     kernel = layer_kernel(logits)
     if kernel is not None:
-        probs, row_loss = kernel.cross_entropy_forward(logits, safe_targets)
+        probs, row_loss = kernel.cross_entropy_forward(logits, safe_targets, out)
     else:
-        probs = logits - logits.max(axis=-1, keepdims=True)  # shifted so exp cannot overflow
+        probs = np.subtract(logits, logits.max(axis=-1, keepdims=True), out=out)  # exp cannot overflow
         target_logit = np.take_along_axis(probs, safe_targets[..., None], axis=-1)[..., 0]  # (B, T)
         np.exp(probs, out=probs)
         sum_exp = probs.sum(axis=-1, keepdims=True)  # (B, T, 1), >= 1
@@ -332,22 +346,26 @@ def cross_entropy_forward(logits, targets):
     return loss, (probs, safe_targets, valid, n_valid)
 
 
-def cross_entropy_backward(dloss, cache):
+def cross_entropy_backward(dloss, cache, out=None):
     """Gradient with the loss's own 1/N scaling:
 
         dlogits[b, t] = dloss / N · (softmax(logits[b, t]) - onehot(targets[b, t]))   if targets[b, t] >= 0
         dlogits[b, t] = 0                                                               otherwise
 
-    dloss: float (1.0 for the loss itself) -> dlogits: (B, T, V).
+    dloss: float (1.0 for the loss itself) -> dlogits: (B, T, V), in ``out`` when given (an
+    array of the probabilities' shape and dtype; the cache's own probabilities ``cache[0]``
+    included, when the cache is not needed again).
     """
     probs, safe_targets, valid, n_valid = cache
+    _check_out(out, probs, "the probabilities")
     row_scale = (valid * (dloss / n_valid)).astype(probs.dtype)  # (B, T): 0 on ignored positions
     kernel = layer_kernel(probs)
     if kernel is not None:
-        return kernel.cross_entropy_backward(probs, safe_targets, row_scale)
-    dlogits = probs * row_scale[..., None]
-    rows = dlogits.reshape(-1, dlogits.shape[-1])  # (B·T, V) view
-    rows[np.arange(rows.shape[0]), safe_targets.ravel()] -= row_scale.ravel()  # one entry per row
+        return kernel.cross_entropy_backward(probs, safe_targets, row_scale, out)
+    dlogits = np.multiply(probs, row_scale[..., None], out=out)
+    at_target = safe_targets[..., None]  # (B, T, 1): one entry per row
+    target_entries = np.take_along_axis(dlogits, at_target, axis=-1)
+    np.put_along_axis(dlogits, at_target, target_entries - row_scale[..., None], axis=-1)
     return dlogits
 
 

@@ -157,6 +157,39 @@ def test_cross_entropy_kernel_matches_reference(seed, dtype, lead, vocab, ignore
     assert not np.any(kernel[targets == L.IGNORE_INDEX])
 
 
+@pytest.mark.parametrize("name", ["cython", "numpy"])
+@given(seed=seeds, dtype=dtypes, lead=leading, vocab=st.sampled_from([1, 5, 40]), layout=layouts)
+def test_cross_entropy_in_place_equals_out_of_place(name, seed, dtype, lead, vocab, layout):
+    """out=logits (then out=the cache's probabilities) writes the same numbers as fresh arrays."""
+    rng = np.random.default_rng(seed)
+    logits = awkward(rng, (*lead, vocab), dtype, layout, scale=5.0)
+    targets = rng.integers(0, vocab, lead)
+    with backend.using(name):
+        loss, cache = L.cross_entropy_forward(logits, targets)
+        dlogits = L.cross_entropy_backward(0.7, cache)
+        in_place = logits.copy(order="K")  # keeps the layout: strided and transposed outs too
+        loss_in_place, cache_in_place = L.cross_entropy_forward(in_place, targets, out=in_place)
+        assert cache_in_place[0] is in_place
+        np.testing.assert_array_equal(in_place, cache[0])
+        dlogits_in_place = L.cross_entropy_backward(0.7, cache_in_place, out=in_place)
+    assert loss_in_place == loss
+    assert dlogits_in_place is in_place
+    np.testing.assert_array_equal(dlogits_in_place, dlogits)
+
+
+def test_cross_entropy_refuses_an_out_of_another_shape_or_dtype():
+    logits = np.zeros((2, 3, 5), dtype=np.float32)
+    targets = np.zeros((2, 3), dtype=np.int64)
+    for out in (np.zeros((2, 3, 4), np.float32), np.zeros((2, 3, 5), np.float64)):
+        with pytest.raises(ValueError, match="out must have logits' shape"):
+            L.cross_entropy_forward(logits, targets, out=out)
+    with pytest.raises(TypeError, match="out must be a NumPy array"):
+        L.cross_entropy_forward(logits, targets, out=[0.0])
+    _, cache = L.cross_entropy_forward(logits, targets)
+    with pytest.raises(ValueError, match="out must have the probabilities' shape"):
+        L.cross_entropy_backward(1.0, cache, out=np.zeros((6, 5), np.float32))
+
+
 def test_cross_entropy_kernel_survives_huge_logits():
     logits = np.array([[[1e4, 0.0, -1e4], [-np.inf, 0.0, 1.0]]], dtype=np.float32)
     with backend.using("cython"):
