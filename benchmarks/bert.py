@@ -24,7 +24,7 @@ from numpyllm import BertConfig, BertForSequenceClassification
 from numpyllm.bert import config_to_hf
 
 from ._timing import format_machine, interleaved_medians, limited_threads, machine_info, markdown_table
-from .model import add_thread_and_profile_arguments, openblas_kernel_note, profile_step, torch_adamw
+from .model import add_thread_and_profile_arguments, apply_malloc_setting, openblas_kernel_note, profile_step, torch_adamw
 
 PACKAGES = ("numpy", "torch", "transformers", "threadpoolctl")
 ADAMW = dict(lr=2e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
@@ -113,6 +113,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    malloc_note = apply_malloc_setting(args)
     rounds = args.rounds or (2 if args.quick else 7)
     config = BertConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
                         num_attention_heads=args.heads, intermediate_size=args.intermediate,
@@ -125,7 +126,7 @@ def main(argv=None):
             runners["transformers + torch"] = torch_runner(reference, inputs)
         except ImportError as error:
             notes.append(f"torch/transformers not importable ({error}): no torch row")
-    notes += [note for note in [openblas_kernel_note()] if note]
+    notes += [note for note in [openblas_kernel_note(), malloc_note] if note]
     backend = numpyllm.attention.KERNEL.resolve(reference.attention_backend)
     real_tokens = int(inputs[2].sum())
 

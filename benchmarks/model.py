@@ -27,6 +27,7 @@ import numpy as np
 import numpyllm
 from numpyllm import GPT, GPTConfig, attention
 from numpyllm.gpt import config_to_hf
+from numpyllm.memory import retain_freed_memory
 
 from ._timing import format_machine, interleaved_medians, limited_threads, machine_info, markdown_table, usable_cores
 
@@ -216,10 +217,23 @@ def add_thread_and_profile_arguments(add):
         help="BLAS threads (threadpoolctl) and torch.set_num_threads (default: usable cores, %(default)s)")
     add("--profile", action="store_true", help="also cProfile one numpyllm training step")
     add("--top", type=int, default=20, help="functions listed by --profile (default 20)")
+    add("--malloc-defaults", action="store_true",
+        help="leave glibc's malloc as it is; by default freed memory is retained for the next step, as "
+             "numpyllm's training loop does (numpyllm.memory), for every row alike")
+
+
+def apply_malloc_setting(args):
+    """Retain freed memory as the training loop does, unless --malloc-defaults; a note for the table."""
+    if args.malloc_defaults:
+        return "malloc: glibc's defaults (--malloc-defaults)"
+    if retain_freed_memory():
+        return "malloc: freed memory retained between steps (numpyllm.memory, as numpyllm's training loop does; every row shares the process)"
+    return "malloc: the platform's defaults (not glibc)"
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    malloc_note = apply_malloc_setting(args)
     rounds = args.rounds or (2 if args.quick else 5)
     config = GPTConfig(vocab_size=args.vocab, block_size=args.seq, n_layer=args.n_layer, n_head=args.n_head,
                        n_embd=args.n_embd)
@@ -228,7 +242,7 @@ def main(argv=None):
     targets = rng.integers(0, config.vocab_size, (args.batch, args.seq))
     reference = GPT(config, seed=0)
     runners, notes = make_runners(args, reference, idx, targets)
-    notes += [note for note in [openblas_kernel_note()] if note]
+    notes += [note for note in [openblas_kernel_note(), malloc_note] if note]
 
     print("# GPT training-step benchmark\n")
     print(format_machine(machine_info(PACKAGES)))

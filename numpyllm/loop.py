@@ -51,6 +51,7 @@ import numpy as np
 from . import distributed
 from ._checks import check_int, check_real
 from .checkpoint import BEST_DIR, CHECKPOINT_DIR, TRAINER_STATE_FILE
+from .memory import retain_freed_memory
 
 __all__ = ["option", "LoopConfig", "flag", "configure", "run_training"]
 
@@ -328,6 +329,7 @@ def run_training(task, out, preset="tiny", overrides=None, *, resume=False, prog
     Under ``mpiexec -n K`` every rank calls this and rank 0 alone prints and writes; an
     exception on any rank ends the whole job instead (see ``numpyllm.distributed``).
     """
+    retain_freed_memory()  # each step reuses the last one's pages (see numpyllm.memory)
     world = distributed.world()
     with world.training():
         return _run_training(world, task, os.fspath(out), preset, dict(overrides or {}), resume,
