@@ -15,14 +15,14 @@ cache, and rows are split over OpenMP threads (``prange``), as scikit-learn's ke
     sum_rows         Σ over rows (a bias gradient), in per-thread rows
     adamw_update     the AdamW step on one tensor, in place
     sum_of_squares   Σ g² of one tensor (the global norm that clipping needs)
-    decode_block     one GPT-2 block on one new position per row (KV-cached decoding) in a
-                     single call: the products through BLAS, attention and the rest in C
+    DecodeStep       GPT-2's KV-cached forward on a few new positions (a decoding step),
+                     every layer and the head in one parallel region (decode.h's products)
 
 float32 and float64 share one code path (``floating`` fused types); float32 sums are
-accumulated in double. float64 takes exp, tanh and erfc from libm; float32's vector loops
+accumulated in double (DecodeStep's products excepted: in float32, as BLAS's). float64 takes exp, tanh and erfc from libm; float32's vector loops
 (rows.h) build tanh and Φ from ``fastexp.h``'s vectorizable exp. The Python functions
 below take arrays the caller has checked (``numpyllm.layers`` passes only float32/float64
-arrays of one dtype); any strides are accepted: an input that is not C-contiguous is
+arrays of one dtype; DecodeStep checks its own); any strides are accepted: an input that is not C-contiguous is
 copied once.
 """
 
