@@ -661,7 +661,8 @@ cdef class DecodeStep:
     the cores. Built for few rows (decoding, short prompts): its products and attention are
     plain loops, slower than BLAS and the attention kernel on long prompts. Every argument is
     checked here, and the arrays are kept referenced, so bad input raises ValueError or
-    TypeError instead of reaching the C loops.
+    TypeError instead of reaching the C loops. One object serves one caller at a time (its
+    scratch rows are shared by its calls; Decoder makes its own).
     """
 
     cdef object _arrays  # the block arrays the pointers below point into, kept alive
