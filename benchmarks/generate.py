@@ -8,10 +8,14 @@ Both generate greedily (temperature 0 / do_sample=False) ``--new-tokens`` tokens
 same random ``--prompt-tokens``-token prompt with the same float32 weights (numpyllm's
 initialisation, handed to transformers through ``save_pretrained``). Each row is the
 median over interleaved rounds of one whole ``generate`` call (prefill included) in the
-same run; tokens/s = new tokens / that median. The numpyllm rows differ only in the attention
-backend: "auto" (the default: the compiled kernel when built), "numpy" and "cython". With the
-layer kernels built (numpyllm.backend), "auto" and "cython" run each block of a one-token step
-as one fused call (numpyllm._layers.decode_block, attention included), while "numpy" runs the
+same run; tokens/s = new tokens / that median. Each timed call starts after SETTLE_SECONDS
+idle: OpenBLAS's worker threads spin for ~0.1 s after a call (measured: 0.107 s of CPU while
+the caller sleeps), so without the pause the row after a BLAS-heavy one (the floor, the
+layer functions) would share the cores with them. The numpyllm rows differ only in the
+attention backend: "auto" (the default: the compiled kernel when built), "numpy" and
+"cython". With the layer kernels built (numpyllm.backend), "auto" and "cython" run each
+decoding step and a prompt of up to 16 tokens as one call of numpyllm._layers.DecodeStep (every
+layer, attention and the tied head in one OpenMP region, no BLAS), while "numpy" runs the
 layer functions one by one. The last column says whether a row's tokens equal the first row's.
 
 The "weight products only" row is a floor, not a generator: per new token it multiplies one
@@ -23,6 +27,7 @@ token, so a NumPy decoder of this model cannot run faster than that row on this 
 import argparse
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -33,6 +38,7 @@ from ._timing import format_machine, interleaved_medians, limited_threads, machi
 FULL = dict(vocab_size=4096, block_size=128, n_layer=6, n_head=6, n_embd=384)
 QUICK = dict(FULL, n_layer=2)
 WEIGHT_PRODUCTS = "floor: weight products only (no generator)"
+SETTLE_SECONDS = 0.2  # idle before each timed call, untimed: BLAS threads of the previous row stop spinning
 
 
 def numpyllm_runner(model, backend, prompt, new_tokens):
@@ -95,7 +101,9 @@ def run_benchmark(config, prompt_tokens, new_tokens, rounds):
     if hf is not None:
         runners["transformers GPT2LMHeadModel"] = hf
     runners[WEIGHT_PRODUCTS] = weight_products_runner(model, new_tokens)
-    timings = interleaved_medians(runners, rounds)
+    settle = {name: lambda: time.sleep(SETTLE_SECONDS) for name in runners}
+    runners = {name: lambda _, run=run: run() for name, run in runners.items()}  # call(settle())
+    timings = interleaved_medians(runners, rounds, setups=settle)
     return [(name, timing.median, timing.last_result) for name, timing in timings.items()]
 
 

@@ -15,14 +15,14 @@ cache, and rows are split over OpenMP threads (``prange``), as scikit-learn's ke
     sum_rows         Σ over rows (a bias gradient), in per-thread rows
     adamw_update     the AdamW step on one tensor, in place
     sum_of_squares   Σ g² of one tensor (the global norm that clipping needs)
-    decode_block     one GPT-2 block on one new position per row (KV-cached decoding) in a
-                     single call: the products through BLAS, attention and the rest in C
+    DecodeStep       GPT-2's KV-cached forward on a few new positions (a decoding step),
+                     every layer and the head in one parallel region (decode.h's products)
 
 float32 and float64 share one code path (``floating`` fused types); float32 sums are
-accumulated in double. float64 takes exp, tanh and erfc from libm; float32's vector loops
+accumulated in double (DecodeStep's products excepted: in float32, as BLAS's). float64 takes exp, tanh and erfc from libm; float32's vector loops
 (rows.h) build tanh and Φ from ``fastexp.h``'s vectorizable exp. The Python functions
 below take arrays the caller has checked (``numpyllm.layers`` passes only float32/float64
-arrays of one dtype); any strides are accepted: an input that is not C-contiguous is
+arrays of one dtype; DecodeStep checks its own); any strides are accepted: an input that is not C-contiguous is
 copied once.
 """
 
@@ -31,8 +31,8 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport erfc, exp, log, sqrt, tanh
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
-from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
 cdef extern from "fastexp.h" nogil:
     void numpyllm_exp_shift_f32(float* x, int n, float shift)
@@ -68,10 +68,12 @@ cdef extern from *:
     #else
     #define NUMPYLLM_OPENMP 0
     static int omp_get_max_threads(void) { return 1; }
+    static int omp_get_num_threads(void) { return 1; }
     #endif
     """
     bint NUMPYLLM_OPENMP
     int omp_get_max_threads() noexcept nogil
+    int omp_get_num_threads() noexcept nogil
 
 # Elements of work per thread below which more threads cost more than they save (starting
 # a team takes microseconds, and idle OpenMP threads spin beside NumPy's BLAS threads).
@@ -511,34 +513,50 @@ def sum_of_squares(g):
     return float(partial.sum())
 
 
-# --------------------------------------------------------------------------- one decoding step of a block
+# --------------------------------------------------------------------------- one decoding step
 
 
-cdef inline void _matmul_rows(const floating* a, int rows, int k, const floating* w, int n, floating* out,
-                              floating beta) noexcept nogil:
-    """out (rows, n) = a (rows, k) @ w (k, n) + beta · out, all C-contiguous, through BLAS.
+cdef extern from "decode.h" nogil:
+    ctypedef struct numpyllm_barrier:
+        int count
+        int sense
+    void numpyllm_rows_times_f32(const float* x, long B, long K, const float* w, long N, float* y, long j0, long j1)
+    void numpyllm_rows_times_f64(const double* x, long B, long K, const double* w, long N, double* y, long j0,
+                                 long j1)
+    void numpyllm_rows_dot_table_f32(const float* x, long B, long C, const float* table, long V, float* y, long v0,
+                                     long v1)
+    void numpyllm_rows_dot_table_f64(const double* x, long B, long C, const double* table, long V, double* y,
+                                     long v0, long v1)
+    void numpyllm_spin_wait(numpyllm_barrier* barrier, int* local_sense, int n)
 
-    Row-major matrices are column-major transposes, so this is outᵀ = wᵀ aᵀ; one row is a gemv."""
-    cdef char no = b'N'
-    cdef int inc = 1
-    cdef floating alpha = 1
-    if rows == 1:
+cdef enum:
+    N_BLOCK_PARAMS = 12  # ln_1 w, b; c_attn w, b; attn.c_proj w, b; ln_2 w, b; c_fc w, b; mlp.c_proj w, b
+    SPLIT_ALIGN = 16  # thread shares of a row start at multiples of 16 elements (whole cache lines)
+
+
+cdef inline void _times(const floating* x, long B, long K, const floating* w, long N, floating* y, long j0,
+                        long j1) noexcept nogil:
+    """y[:, j0:j1] += x (B, K) @ w[:, j0:j1] (w: (K, N); y: (B, N))."""
+    if j1 > j0:
         if floating is float:
-            sgemv(&no, &n, &k, &alpha, <float*> w, &n, <float*> a, &inc, &beta, out, &inc)
+            numpyllm_rows_times_f32(x, B, K, w, N, y, j0, j1)
         else:
-            dgemv(&no, &n, &k, &alpha, <double*> w, &n, <double*> a, &inc, &beta, out, &inc)
-    elif floating is float:
-        sgemm(&no, &no, &n, &rows, &k, &alpha, <float*> w, &n, <float*> a, &k, &beta, out, &n)
-    else:
-        dgemm(&no, &no, &n, &rows, &k, &alpha, <double*> w, &n, <double*> a, &k, &beta, out, &n)
+            numpyllm_rows_times_f64(x, B, K, w, N, y, j0, j1)
 
 
-cdef void _add_rows(floating* out, const floating* bias, int rows, int n) noexcept nogil:
-    """out[r] += bias for each of the rows."""
-    cdef int r, c
-    for r in range(rows):
-        for c in range(n):
-            out[r * n + c] += bias[c]
+cdef inline void _preset(floating* y, const floating* bias, long B, long N, long j0, long j1,
+                         bint add) noexcept nogil:
+    """y[:, j0:j1] = bias[j0:j1] (add: y[:, j0:j1] += bias[j0:j1]); y: (B, N)."""
+    cdef long r, j
+    for r in range(B):
+        for j in range(j0, j1):
+            y[r * N + j] = y[r * N + j] + bias[j] if add else bias[j]
+
+
+cdef inline long _share(long n, int t, int n_threads) noexcept nogil:
+    """Where thread t's share of [0, n) starts (t = n_threads: n), at a multiple of SPLIT_ALIGN."""
+    cdef long start = (n * t // n_threads + SPLIT_ALIGN - 1) // SPLIT_ALIGN * SPLIT_ALIGN
+    return min(start, n)
 
 
 cdef void _attend_one(const floating* q, floating* keys, floating* values, int length, int hd,
@@ -565,63 +583,224 @@ cdef void _attend_one(const floating* q, floating* keys, floating* values, int l
         out[c] *= inv
 
 
-cdef void _decode_block(floating[:, ::1] x, floating[::1] ln1_w, floating[::1] ln1_b,
-                        floating[:, ::1] w_attn, floating[::1] b_attn, floating[:, ::1] w_proj,
-                        floating[::1] b_proj, floating[::1] ln2_w, floating[::1] ln2_b,
-                        floating[:, ::1] w_fc, floating[::1] b_fc, floating[:, ::1] w_fc_proj,
-                        floating[::1] b_fc_proj, floating[:, :, :, ::1] keys, floating[:, :, :, ::1] values,
-                        int position, double eps, floating[:, ::1] h, floating[:, ::1] qkv,
-                        floating[:, ::1] o, floating[:, ::1] hidden, floating[:, ::1] act,
-                        floating[:, ::1] saved, floating[::1] stats, floating[::1] scores) noexcept nogil:
-    """decode_block's work; h, qkv, o, hidden, act, saved, stats, scores are scratch."""
-    cdef int B = x.shape[0], C = x.shape[1], H = keys.shape[1], hd = keys.shape[3]
-    cdef int b, head, c
-    # x + attention(layernorm_1(x))
+cdef void _step_thread(void** params, int n_layer, floating* x, long B, long T, long C, long I, int H,
+                       long capacity, floating* keys, floating* values, long start, double eps,
+                       const floating* ln_f_w, const floating* ln_f_b, const floating* wte, long V,
+                       floating* logits, floating* h, floating* qkv, floating* o, floating* hidden, floating* act,
+                       floating* saved, floating* scores, floating* stats, numpyllm_barrier* barrier, int t,
+                       int n_threads) noexcept nogil:
+    """Thread t's part of DecodeStep.step on the R = B·T rows of x (row b·T + i at position
+    start + i): every layer, then the head's logits[:, v0:v1] of each sequence's last row.
+
+    Thread t owns heads [h0, h1) (their q, k, v columns, cache rows and attention), columns
+    [c0, c1) of x's updates and [f0, f1) of the hidden layer, and computes each layernorm of
+    all rows itself into its own h (R, C) (cheaper than a barrier). Shared: qkv (R, 3C),
+    o (R, C), hidden, act, saved (R, I); its own scores (capacity), stats (2). Barriers per
+    layer: o complete, x complete, act complete, x complete."""
+    cdef int sense = 0, layer, head, part
+    cdef long R = B * T, b, i, r, c, lo, hi, hd = C // H
+    cdef int h0 = H * t // n_threads, h1 = H * (t + 1) // n_threads
+    cdef long c0 = _share(C, t, n_threads), c1 = _share(C, t + 1, n_threads)
+    cdef long f0 = _share(I, t, n_threads), f1 = _share(I, t + 1, n_threads)
+    cdef long v0 = _share(V, t, n_threads), v1 = _share(V, t + 1, n_threads)
+    cdef floating** p
+    cdef floating* cached_k
+    cdef floating* cached_v
+    for layer in range(n_layer):
+        p = <floating**> (params + layer * N_BLOCK_PARAMS)
+        # qkv = layernorm_1(x) @ w_attn + b_attn for this thread's heads: [q | k | v], head
+        # in channels [head·hd, (head+1)·hd) of each
+        for r in range(R):
+            _layernorm_row(x + r * C, p[0], p[1], h + r * C, stats, stats + 1, C, eps)
+        for part in range(3):
+            lo, hi = part * C + h0 * hd, part * C + h1 * hd
+            _preset(qkv, p[3], R, 3 * C, lo, hi, False)
+            _times(h, R, C, p[2], 3 * C, qkv, lo, hi)
+        for b in range(B):
+            for head in range(h0, h1):
+                cached_k = keys + ((layer * B + b) * H + head) * capacity * hd  # (capacity, hd)
+                cached_v = values + ((layer * B + b) * H + head) * capacity * hd
+                for i in range(T):
+                    r = b * T + i
+                    for c in range(hd):
+                        cached_k[(start + i) * hd + c] = qkv[r * 3 * C + C + head * hd + c]
+                        cached_v[(start + i) * hd + c] = qkv[r * 3 * C + 2 * C + head * hd + c]
+                for i in range(T):  # causal: position start + i sees the positions up to itself
+                    r = b * T + i
+                    _attend_one(qkv + r * 3 * C + head * hd, cached_k, cached_v, <int> (start + i + 1), <int> hd,
+                                scores, o + r * C + head * hd)
+        numpyllm_spin_wait(barrier, &sense, n_threads)
+        # x += o @ w_proj + b_proj
+        _preset(x, p[5], R, C, c0, c1, True)
+        _times(o, R, C, p[4], C, x, c0, c1)
+        numpyllm_spin_wait(barrier, &sense, n_threads)
+        # x += gelu(layernorm_2(x) @ w_fc + b_fc) @ w_fc_proj + b_fc_proj
+        for r in range(R):
+            _layernorm_row(x + r * C, p[6], p[7], h + r * C, stats, stats + 1, C, eps)
+        _preset(hidden, p[9], R, I, f0, f1, False)
+        _times(h, R, C, p[8], I, hidden, f0, f1)
+        for r in range(R):
+            _gelu_chunk(hidden + r * I + f0, act + r * I + f0, saved + r * I + f0, f1 - f0)
+        numpyllm_spin_wait(barrier, &sense, n_threads)
+        _preset(x, p[11], R, C, c0, c1, True)
+        _times(act, R, I, p[10], C, x, c0, c1)
+        numpyllm_spin_wait(barrier, &sense, n_threads)
+    # logits = layernorm_f(x[:, -1]) @ wteᵀ (the tied head), sequence b's row into h[b]
     for b in range(B):
-        _layernorm_row(&x[b, 0], &ln1_w[0], &ln1_b[0], &h[b, 0], &stats[0], &stats[1], C, eps)
-        for c in range(3 * C):
-            qkv[b, c] = b_attn[c]
-    _matmul_rows(&h[0, 0], B, C, &w_attn[0, 0], 3 * C, &qkv[0, 0], 1)
-    for b in range(B):
-        for head in range(H):  # [q | k | v], head h in channels [h·hd, (h+1)·hd) of each
-            for c in range(hd):
-                keys[b, head, position, c] = qkv[b, C + head * hd + c]
-                values[b, head, position, c] = qkv[b, 2 * C + head * hd + c]
-            _attend_one(&qkv[b, head * hd], &keys[b, head, 0, 0], &values[b, head, 0, 0], position + 1, hd,
-                        &scores[0], &o[b, head * hd])
-    _add_rows(&x[0, 0], &b_proj[0], B, C)
-    _matmul_rows(&o[0, 0], B, C, &w_proj[0, 0], C, &x[0, 0], 1)
-    # x + mlp(layernorm_2(x))
-    for b in range(B):
-        _layernorm_row(&x[b, 0], &ln2_w[0], &ln2_b[0], &h[b, 0], &stats[0], &stats[1], C, eps)
-        for c in range(4 * C):
-            hidden[b, c] = b_fc[c]
-    _matmul_rows(&h[0, 0], B, C, &w_fc[0, 0], 4 * C, &hidden[0, 0], 1)
-    _gelu_chunk(&hidden[0, 0], &act[0, 0], &saved[0, 0], B * 4 * C)
-    _add_rows(&x[0, 0], &b_fc_proj[0], B, C)
-    _matmul_rows(&act[0, 0], B, 4 * C, &w_fc_proj[0, 0], C, &x[0, 0], 1)
+        _layernorm_row(x + (b * T + T - 1) * C, ln_f_w, ln_f_b, h + b * C, stats, stats + 1, C, eps)
+    if v1 > v0:
+        if floating is float:
+            numpyllm_rows_dot_table_f32(h, B, C, wte, V, logits, v0, v1)
+        else:
+            numpyllm_rows_dot_table_f64(h, B, C, wte, V, logits, v0, v1)
 
 
-def decode_block(x, params, keys, values, int position, double eps):
-    """One GPT-2 block on one new position of each row, in place: x += attention(layernorm_1(x)),
-    then x += mlp(layernorm_2(x)), writing the position's key and value into the cache.
+cdef class DecodeStep:
+    """GPT-2's forward on new positions against a KV cache, every layer and the tied head in
+    one call with one OpenMP parallel region: the cached forward of
+    ``numpyllm.generation.Decoder``, equal to its layer functions up to rounding.
 
-    x: (B, C) C-contiguous, updated in place. params: the block's 12 arrays, C-contiguous, in the
-    order ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, weight then bias of each.
-    keys, values: (B, H, capacity, hd) C-contiguous; positions < position hold the cache, and the
-    new position's query attends to positions <= position (all it may see).
+    DecodeStep(blocks, keys, values, ln_f_weight, ln_f_bias, wte, eps, num_threads=0)
+        blocks: per layer the 12 arrays (one float dtype, C-contiguous) in the order ln_1,
+            attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, weight then bias of each:
+            (C,), (C,), (C, 3C), (3C,), (C, C), (C,), (C,), (C,), (C, I), (I,), (I, C), (C,).
+        keys, values: (n_layer, B, H, capacity, hd), C = H · hd, C-contiguous: the cache, written.
+        ln_f_weight, ln_f_bias: (C,); wte: (V, C), the tied head's table.
+        num_threads: 0 for OpenMP's default (OMP_NUM_THREADS, threadpoolctl), fewer when a
+            C × C matrix has under MIN_ELEMENTS_PER_THREAD elements a thread; else exactly that.
+
+    step(x, start) -> logits (B, V) of each sequence's last new position. x: (B, T, C), the
+    embeddings of positions [start, start + T) <= capacity, C-contiguous; it becomes the last
+    block's output in place. The cache must hold positions < start; the step writes
+    [start, start + T), and position start + i attends to positions <= start + i.
+
+    Every product splits its output columns over the threads, which stream the weights
+    themselves (decode.h) instead of calling BLAS: a few rows times a matrix is bound by
+    reading the matrix, and a BLAS call's own threads inside the region would oversubscribe
+    the cores. Built for few rows (decoding, short prompts): its products and attention are
+    plain loops, slower than BLAS and the attention kernel on long prompts. Every argument is
+    checked here, and the arrays are kept referenced, so bad input raises ValueError or
+    TypeError instead of reaching the C loops. One object serves one caller at a time (its
+    scratch rows are shared by its calls; Decoder makes its own).
     """
-    B, C = x.shape
-    ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_fc, b_fc, w_fc_proj, b_fc_proj = params
-    h, o = np.empty((B, C), x.dtype), np.empty((B, C), x.dtype)
-    qkv = np.empty((B, 3 * C), x.dtype)
-    hidden, act, saved = np.empty((B, 4 * C), x.dtype), np.empty((B, 4 * C), x.dtype), np.empty((B, 4 * C), x.dtype)
-    stats, scores = np.empty(2, x.dtype), np.empty(position + 1, x.dtype)
-    if x.dtype == np.float32:
-        _decode_block[float](x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_fc, b_fc,
-                             w_fc_proj, b_fc_proj, keys, values, position, eps, h, qkv, o, hidden, act, saved, stats,
-                             scores)
-    else:
-        _decode_block[double](x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_fc, b_fc,
-                              w_fc_proj, b_fc_proj, keys, values, position, eps, h, qkv, o, hidden, act, saved, stats,
-                              scores)
+
+    cdef object _arrays  # the block arrays the pointers below point into, kept alive
+    cdef void** _params  # n_layer × N_BLOCK_PARAMS data pointers
+    cdef int n_layer, n_head, num_threads
+    cdef long batch, width, inner, capacity, vocab, _scratch_rows, _scratch_threads
+    cdef double eps
+    cdef object dtype, keys, values, ln_f_weight, ln_f_bias, wte
+    cdef object _h, _qkv, _o, _hidden, _act, _saved, _scores, _stats
+
+    def __cinit__(self):
+        self._params = NULL
+
+    def __dealloc__(self):
+        free(self._params)
+
+    def __init__(self, blocks, keys, values, ln_f_weight, ln_f_bias, wte, double eps, int num_threads=0):
+        if num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0, got {num_threads}")
+        blocks = [tuple(block) for block in blocks]
+        if not isinstance(keys, np.ndarray) or keys.ndim != 5 or 0 in keys.shape:
+            raise ValueError("keys must be a 5-D array (n_layer, B, H, capacity, hd) with no empty axis")
+        if keys.dtype not in (np.float32, np.float64):
+            raise TypeError(f"the arrays must be float32 or float64, got {keys.dtype}")
+        n_layer, B, H, capacity, hd = keys.shape
+        C = H * hd
+        if len(blocks) != n_layer or any(len(block) != N_BLOCK_PARAMS for block in blocks):
+            raise ValueError(f"blocks must hold {N_BLOCK_PARAMS} arrays for each of keys' {n_layer} layers")
+        fc_shape, wte_shape = np.shape(blocks[0][8]), np.shape(wte)
+        I = fc_shape[len(fc_shape) - 1] if fc_shape else 0  # checked below with every shape
+        V = wte_shape[0] if wte_shape else 0
+        shapes = [(C,), (C,), (C, 3 * C), (3 * C,), (C, C), (C,), (C,), (C,), (C, I), (I,), (I, C), (C,)]
+        named = [("values", values, keys.shape), ("ln_f_weight", ln_f_weight, (C,)),
+                 ("ln_f_bias", ln_f_bias, (C,)), ("wte", wte, (V, C))]
+        named += [(f"blocks[{layer}][{i}]", a, shape) for layer, block in enumerate(blocks)
+                  for i, (a, shape) in enumerate(zip(block, shapes))]
+        for name, a, shape in named:
+            if not isinstance(a, np.ndarray) or a.dtype != keys.dtype:
+                raise TypeError(f"{name} must be a {keys.dtype} ndarray like keys, got "
+                                f"{getattr(a, 'dtype', type(a).__name__)}")
+            if a.shape != shape or not a.flags.c_contiguous:
+                raise ValueError(f"{name} must be C-contiguous of shape {shape}, got {a.shape}")
+        if I < 1 or V < 1:
+            raise ValueError("the hidden layer and the vocabulary must not be empty")
+        if not (keys.flags.writeable and values.flags.writeable):
+            raise ValueError("keys and values must be writeable")
+        self._params = <void**> malloc(n_layer * N_BLOCK_PARAMS * sizeof(void*))
+        if self._params == NULL:
+            raise MemoryError()
+        cdef Py_ssize_t k = 0
+        for block in blocks:
+            for a in block:
+                self._params[k] = <void*> <Py_ssize_t> a.ctypes.data
+                k += 1
+        self._arrays = blocks
+        self.keys, self.values, self.ln_f_weight, self.ln_f_bias, self.wte = keys, values, ln_f_weight, ln_f_bias, wte
+        self.dtype, self.eps, self.num_threads = keys.dtype, eps, num_threads
+        self.n_layer, self.batch, self.n_head, self.capacity = n_layer, B, H, capacity
+        self.width, self.inner, self.vocab = C, I, V
+        self._scratch_rows = self._scratch_threads = 0
+
+    cdef int _threads(self, long rows) except -1:
+        """The step's threads; (re)allocates the scratch for them and ``rows`` rows when it is short."""
+        cdef long n = self.num_threads
+        if n == 0:
+            n = max(1, min(omp_get_max_threads(), self.width * self.width // MIN_ELEMENTS_PER_THREAD))
+        if not NUMPYLLM_OPENMP:
+            n = 1
+        if rows > self._scratch_rows:
+            self._qkv, self._o = np.empty((rows, 3 * self.width), self.dtype), np.empty((rows, self.width), self.dtype)
+            self._hidden, self._act, self._saved = (np.empty((rows, self.inner), self.dtype) for _ in range(3))
+        if rows > self._scratch_rows or n > self._scratch_threads:
+            self._scratch_rows, self._scratch_threads = max(rows, self._scratch_rows), max(n, self._scratch_threads)
+            self._h = np.empty((self._scratch_threads, self._scratch_rows, self.width), self.dtype)
+            self._scores = np.empty((self._scratch_threads, self.capacity), self.dtype)
+            self._stats = np.empty((self._scratch_threads, 2), self.dtype)
+        return n
+
+    def step(self, x, long start):
+        if not isinstance(x, np.ndarray) or x.dtype != self.dtype:
+            raise TypeError(f"x must be a {self.dtype} ndarray")
+        if (x.ndim != 3 or x.shape[0] != self.batch or x.shape[2] != self.width or x.shape[1] < 1
+                or not x.flags.c_contiguous or not x.flags.writeable):
+            raise ValueError(f"x must be writeable and C-contiguous of shape ({self.batch}, T >= 1, {self.width}), "
+                             f"got {x.shape}")
+        if start < 0 or start + x.shape[1] > self.capacity:
+            raise ValueError(f"positions [{start}, {start + x.shape[1]}) must lie in [0, {self.capacity})")
+        cdef int n_threads = self._threads(x.shape[0] * x.shape[1])
+        logits = np.empty((self.batch, self.vocab), self.dtype)
+        if self.dtype == np.float32:
+            _run_step[float](self, x, logits, self.keys, self.values, self.ln_f_weight, self.ln_f_bias, self.wte,
+                             self._h, self._qkv, self._o, self._hidden, self._act, self._saved, self._scores,
+                             self._stats, start, n_threads)
+        else:
+            _run_step[double](self, x, logits, self.keys, self.values, self.ln_f_weight, self.ln_f_bias, self.wte,
+                              self._h, self._qkv, self._o, self._hidden, self._act, self._saved, self._scores,
+                              self._stats, start, n_threads)
+        return logits
+
+
+cdef int _run_step(DecodeStep step, floating[:, :, ::1] x, floating[:, ::1] logits,
+                   floating[:, :, :, :, ::1] keys, floating[:, :, :, :, ::1] values, floating[::1] ln_f_w,
+                   floating[::1] ln_f_b, floating[:, ::1] wte, floating[:, :, ::1] h, floating[:, ::1] qkv,
+                   floating[:, ::1] o, floating[:, ::1] hidden, floating[:, ::1] act, floating[:, ::1] saved,
+                   floating[:, ::1] scores, floating[:, ::1] stats, long start, int n_threads) except -1:
+    """DecodeStep.step on its checked arrays: one parallel region. Thread t's scratch rows are
+    h[t] (rows, C), scores[t] (capacity), stats[t] (2); qkv, o, hidden, act, saved are shared."""
+    cdef void** params = step._params
+    cdef int n_layer = step.n_layer, H = step.n_head, t = 0, team = 1
+    cdef double eps = step.eps
+    cdef long B = x.shape[0], T = x.shape[1], C = x.shape[2], I = hidden.shape[1], capacity = keys.shape[3]
+    cdef numpyllm_barrier barrier
+    barrier.count = 0
+    barrier.sense = 0
+    with nogil, parallel(num_threads=n_threads):
+        t = threadid()
+        team = omp_get_num_threads()  # may be fewer than asked for
+        _step_thread(params, n_layer, &x[0, 0, 0], B, T, C, I, H, capacity, &keys[0, 0, 0, 0, 0],
+                     &values[0, 0, 0, 0, 0], start, eps, &ln_f_w[0], &ln_f_b[0], &wte[0, 0], wte.shape[0],
+                     &logits[0, 0], &h[t, 0, 0], &qkv[0, 0], &o[0, 0], &hidden[0, 0], &act[0, 0], &saved[0, 0],
+                     &scores[t, 0], &stats[t, 0], &barrier, t, team)
+    return 0

@@ -26,7 +26,13 @@ __all__ = ["KVCache", "Decoder", "generate", "iter_tokens", "sample_logits", "ch
 
 # --------------------------------------------------------------------------- the cached forward
 
-# A block's parameters in the order numpyllm._layers.decode_block takes them.
+# The most new positions (per sequence) a step runs through the compiled DecodeStep; longer
+# prompts run layer function by layer function (BLAS products and the attention kernel).
+# One thread, AMD EPYC, 2 layers of C = 384: a 16-position prefill costs both ~5 ms, a
+# 64-position one 19-21 ms fused against 10-11 (DecodeStep's loops are no GEMM).
+FUSED_MAX_POSITIONS = 16
+
+# A block's parameters in the order numpyllm._layers.DecodeStep takes them.
 _FUSED_BLOCK_PARAMS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
                        "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
                        "mlp.c_proj.weight", "mlp.c_proj.bias")
@@ -60,14 +66,16 @@ class Decoder:
     ``model(all ids so far)[:, -1]`` up to rounding. Inputs are trusted (``generate``
     validates them). The positions may not exceed ``capacity`` <= block_size.
 
-    A step of one position runs each block as one call of the compiled layer kernels when
-    ``numpyllm.backend`` allows them and the model's attention backend is not "numpy";
-    otherwise (and for a prompt) the layer functions run one by one. A step multiplies one
-    row per sequence by every weight matrix, so it is bound by reading the weights from
-    memory; BLAS uses the threads the caller set (on an idle
-    2-core machine two threads measured ~1.2× faster than one; on a busy one, where a
-    descheduled worker stalls every product, ~4× slower: set OPENBLAS_NUM_THREADS=1 or
-    use threadpoolctl there). Attention uses the model's backend.
+    When ``numpyllm.backend`` allows the compiled kernels and the model's attention backend
+    is not "numpy", a step of at most FUSED_MAX_POSITIONS positions (every decoding step, a
+    short prompt) is one call of ``numpyllm._layers.DecodeStep``: every layer and the head
+    in one OpenMP region whose threads split each product's columns and stream the weights
+    themselves. A decoding step multiplies one row per sequence by every weight matrix, so
+    it is bound by reading the weights from memory; going through BLAS would pay a call (and
+    with 2 threads a thread pool's hand-off) per product. Longer prompts, and the "numpy"
+    backends, run the layer functions one by one, with BLAS and the model's attention
+    backend. On a machine busy with other work two threads stall at every barrier (BLAS's as
+    much as the kernel's): set OMP_NUM_THREADS=1 (OPENBLAS_NUM_THREADS=1) there.
     """
 
     def __init__(self, model, batch_size, capacity):
@@ -78,6 +86,7 @@ class Decoder:
         self.cache = KVCache(config, batch_size, capacity)
         self._blocks = [model.block_params(i) for i in range(config.n_layer)]  # looked up once
         self._block_arrays = [tuple(block[name] for name in _FUSED_BLOCK_PARAMS) for block in self._blocks]
+        self._kernel_step = None  # numpyllm._layers.DecodeStep, made on the first fused step
 
     def prefill(self, idx):
         self.cache.length = 0
@@ -91,11 +100,14 @@ class Decoder:
         if end > cache.capacity:
             raise ValueError(f"the cache holds {cache.capacity} positions; {end} were asked for")
         x, _ = embedding_forward(idx, p["wte.weight"], p["wpe.weight"][start:])  # (B, T_new, C)
-        kernel = backend.kernel(x) if idx.shape[1] == 1 and self.model.attention_backend != "numpy" else None
-        x = self._fused_blocks(kernel, x[:, 0], start)[:, None] if kernel else self._blocks_forward(x, start, end)
+        kernel = backend.kernel(x) if self.model.attention_backend != "numpy" and idx.shape[1] <= FUSED_MAX_POSITIONS else None
+        if kernel:
+            logits = self._fused_step(kernel, x, start)
+        else:
+            x = self._blocks_forward(x, start, end)
+            x, _ = layernorm_forward(x[:, -1], p["ln_f.weight"], p["ln_f.bias"])  # (B, C)
+            logits, _ = tied_decoder_forward(x, p["wte.weight"])  # tied head: (B, C) @ (C, V)
         cache.length = end
-        x, _ = layernorm_forward(x[:, -1], p["ln_f.weight"], p["ln_f.bias"])  # (B, C)
-        logits, _ = tied_decoder_forward(x, p["wte.weight"])  # tied head: (B, C) @ (C, V)
         return logits
 
     def _blocks_forward(self, x, start, end):
@@ -116,33 +128,15 @@ class Decoder:
             x += h
         return x
 
-    def _fused_blocks(self, kernel, x, position):
-        """The blocks on one new position x (B, C), each one call of the compiled kernel
-        (``numpyllm._layers.decode_block``: the same layers, attention included, in C)."""
-        rows = np.ascontiguousarray(x)  # (B, C), updated in place block by block
-        with _one_blas_thread():
-            for layer, params in enumerate(self._block_arrays):
-                kernel.decode_block(rows, params, self.cache.keys[layer], self.cache.values[layer], position,
-                                    LAYERNORM_EPS)
-        return rows
-
-
-_blas_controller = None  # threadpoolctl's view of the loaded BLAS libraries, made on first use
-
-
-def _one_blas_thread():
-    """A context pinning BLAS to one thread (~30 µs) for the fused blocks' one-row products.
-
-    Their products are a few microseconds each, too short to split, and with two threads
-    the kernel's BLAS and NumPy's (two OpenBLAS thread pools on one machine) handed the
-    cores back and forth at every token: on an idle 2-core Xeon the fused step ran at
-    85–96 tokens/s with two threads and 624–738 with one (benchmarks.generate)."""
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=1, user_api="blas")
+    def _fused_step(self, kernel, x, start):
+        """Logits (B, V) of the last of the new positions x (B, T_new, C) (from start on), in one
+        call of the compiled kernel (``numpyllm._layers.DecodeStep``: every layer, attention and
+        the head included); x is overwritten."""
+        if self._kernel_step is None:  # made once: it checks and holds the parameters and the cache
+            p = self.model.params
+            self._kernel_step = kernel.DecodeStep(self._block_arrays, self.cache.keys, self.cache.values,
+                                                  p["ln_f.weight"], p["ln_f.bias"], p["wte.weight"], LAYERNORM_EPS)
+        return self._kernel_step.step(x, start)
 
 
 # --------------------------------------------------------------------------- validation

@@ -381,8 +381,8 @@ def test_training_without_the_kernels_uses_the_reference():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_fused_decoding_step_matches_the_layer_functions(dtype, batch_size):
-    """Decoder.step on one position runs each block as decode_block; the logits and the cache
-    equal those of the layer functions one by one (backend "numpy")."""
+    """Decoder.step on a short prompt and on one position runs as one DecodeStep call; the
+    logits and the cache equal those of the layer functions one by one (backend "numpy")."""
     from numpyllm.generation import Decoder
 
     config = numpyllm.GPTConfig(vocab_size=23, block_size=12, n_layer=2, n_head=3, n_embd=12, dtype=dtype)
@@ -399,3 +399,72 @@ def test_fused_decoding_step_matches_the_layer_functions(dtype, batch_size):
     for name in ("keys", "values"):
         assert_close(getattr(decoders["cython"].cache, name)[:, :, :, :9],
                      getattr(decoders["numpy"].cache, name)[:, :, :, :9], name)
+
+
+def _decode_step(model, cache, num_threads):
+    from numpyllm.generation import _FUSED_BLOCK_PARAMS
+
+    blocks = [tuple(model.block_params(i)[name] for name in _FUSED_BLOCK_PARAMS) for i in range(model.config.n_layer)]
+    p = model.params
+    return numpyllm._layers.DecodeStep(blocks, cache.keys, cache.values, p["ln_f.weight"], p["ln_f.bias"],
+                                       p["wte.weight"], L.LAYERNORM_EPS, num_threads)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_decode_step_matches_the_layer_functions(dtype, batch_size, num_threads):
+    """DecodeStep with 1 and 2 threads: a 3-position prompt, then one position at a time up to
+    the cache's end, equal to the layer functions' logits and cache. 3 heads over 2 threads,
+    and widths (3C = 144, 4C = 192, V = 37) whose thread shares are uneven."""
+    from numpyllm.generation import Decoder
+
+    config = numpyllm.GPTConfig(vocab_size=37, block_size=10, n_layer=2, n_head=3, n_embd=48, dtype=dtype)
+    model = numpyllm.GPT(config, seed=2)
+    ids = np.random.default_rng(1).integers(0, 37, (batch_size, 10))
+    with backend.using("numpy"):
+        reference = Decoder(model, batch_size, 10)
+        expected = [reference.prefill(ids[:, :3])] + [reference.step(ids[:, t: t + 1]) for t in range(3, 10)]
+    fused = Decoder(model, batch_size, 10)  # only for its cache
+    step = _decode_step(model, fused.cache, num_threads)
+    wte, wpe = model.params["wte.weight"], model.params["wpe.weight"]
+    logits = [step.step(L.embedding_forward(ids[:, :3], wte, wpe)[0], 0)]
+    logits += [step.step(L.embedding_forward(ids[:, t: t + 1], wte, wpe[t:])[0], t) for t in range(3, 10)]
+    for t, (got, want) in enumerate(zip(logits, expected)):
+        assert_close(got, want, f"logits after position {t + 2}")
+    for name in ("keys", "values"):
+        assert_close(getattr(fused.cache, name), getattr(reference.cache, name), name)
+
+
+def test_decode_step_rejects_bad_input():
+    """DecodeStep checks its arrays, x and the positions: errors, never a read past an array."""
+    from numpyllm.generation import Decoder
+
+    model = numpyllm.GPT(numpyllm.GPTConfig(vocab_size=11, block_size=6, n_layer=1, n_head=2, n_embd=8), seed=0)
+    cache = Decoder(model, 2, 6).cache
+    step = _decode_step(model, cache, 0)
+    x = np.zeros((2, 1, 8), np.float32)
+    with pytest.raises(ValueError, match="positions"):
+        step.step(x, 6)
+    with pytest.raises(ValueError, match="positions"):
+        step.step(np.zeros((2, 4, 8), np.float32), 3)
+    with pytest.raises(ValueError, match="x must be"):
+        step.step(np.zeros((1, 1, 8), np.float32), 0)
+    with pytest.raises(ValueError, match="x must be"):
+        step.step(np.zeros((2, 1, 16), np.float32)[:, :, ::2], 0)
+    with pytest.raises(TypeError, match="x must be"):
+        step.step(x.astype(np.float64), 0)
+    blocks = [tuple(model.block_params(0)[name] for name in numpyllm.generation._FUSED_BLOCK_PARAMS)]
+    p = model.params
+    with pytest.raises(ValueError, match="blocks\\[0\\]\\[2\\]"):
+        numpyllm._layers.DecodeStep([blocks[0][:2] + (blocks[0][2].T,) + blocks[0][3:]], cache.keys, cache.values,
+                                    p["ln_f.weight"], p["ln_f.bias"], p["wte.weight"], 1e-5)
+    with pytest.raises(TypeError, match="wte"):
+        numpyllm._layers.DecodeStep(blocks, cache.keys, cache.values, p["ln_f.weight"], p["ln_f.bias"],
+                                    p["wte.weight"].astype(np.float64), 1e-5)
+    with pytest.raises(ValueError, match="values"):
+        numpyllm._layers.DecodeStep(blocks, cache.keys, cache.values[:, :1], p["ln_f.weight"], p["ln_f.bias"],
+                                    p["wte.weight"], 1e-5)
+    with pytest.raises(ValueError, match="blocks must hold"):
+        numpyllm._layers.DecodeStep(blocks * 2, cache.keys, cache.values, p["ln_f.weight"], p["ln_f.bias"],
+                                    p["wte.weight"], 1e-5)

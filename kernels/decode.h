@@ -1,0 +1,159 @@
+/* The products and the barrier of one decoding step (kernels/layers.pyx, DecodeStep).
+ *
+ * A step multiplies R (a few) rows by every weight matrix, so it is bound by reading the
+ * weights: each thread computes the output columns [j0, j1) of y = x @ W (W row-major
+ * (K, N)) streaming 4 rows of W per pass (y[r, j0:j1] is loaded and stored once per 4 and
+ * stays in L1 between passes; two rows of x share each load of W), and the tied head's
+ * logits = x @ tableᵀ as dot products of table rows (V, C). float32 sums are float32, as
+ * BLAS's. Built with rows.h's `target_clones`, so the column loops get AVX2 / AVX-512
+ * without -march.
+ *
+ * numpyllm_spin_wait: the threads of the step's one parallel region meet at this barrier
+ * between dependent phases, four times a layer. OpenMP's own barrier sleeps on a futex
+ * under OMP_WAIT_POLICY=PASSIVE (which numpyllm sets); this one spins on an atomic (sense
+ * reversal, a pause per probe) and calls sched_yield after NUMPYLLM_SPIN_PROBES probes, for
+ * a descheduled partner on a busy machine. (AMD EPYC, 2 threads, 2 layers of C = 384: best
+ * steps 0.74-0.98 ms spinning, 0.91-1.43 ms with OpenMP's barrier; in a C loop of the same
+ * products the 8 spin barriers a token cost nothing measurable.)
+ */
+#ifndef NUMPYLLM_DECODE_H
+#define NUMPYLLM_DECODE_H
+
+#include "rows.h"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#define NUMPYLLM_DECODE_L1_BYTES 16384 /* the y tile and 4 rows of W kept in L1 per pass */
+
+/* y[r, j0:j1] += Σ_k x[r, k] · w[k, j0:j1] for r < B; x (B, K), w (K, N), y (B, N) C-contiguous. */
+#define NUMPYLLM_ROWS_TIMES(T, SUFFIX)                                                              \
+    NUMPYLLM_ROW_CLONES                                                                             \
+    static void numpyllm_rows_times_##SUFFIX(const T *x, long B, long K, const T *w, long N, T *y,  \
+                                             long j0, long j1)                                      \
+    {                                                                                               \
+        long tile = (NUMPYLLM_DECODE_L1_BYTES / (long)sizeof(T)) / (B + 4) / 16 * 16;               \
+        if (tile < 16)                                                                              \
+            tile = 16;                                                                              \
+        for (long jt = j0; jt < j1; jt += tile) {                                                   \
+            long n = j1 - jt < tile ? j1 - jt : tile;                                               \
+            long k = 0;                                                                             \
+            for (; k + 4 <= K; k += 4) {                                                            \
+                const T *__restrict w0 = w + k * N + jt, *__restrict w1 = w0 + N;                   \
+                const T *__restrict w2 = w1 + N, *__restrict w3 = w2 + N;                           \
+                long r = 0;                                                                         \
+                for (; r + 2 <= B; r += 2) { /* two rows: each load of w feeds both */              \
+                    const T *xr = x + r * K + k, *xs = xr + K;                                      \
+                    const T a0 = xr[0], a1 = xr[1], a2 = xr[2], a3 = xr[3];                         \
+                    const T b0 = xs[0], b1 = xs[1], b2 = xs[2], b3 = xs[3];                         \
+                    T *__restrict yr = y + r * N + jt, *__restrict ys = yr + N;                     \
+                    for (long j = 0; j < n; j++) {                                                  \
+                        const T v0 = w0[j], v1 = w1[j], v2 = w2[j], v3 = w3[j];                     \
+                        yr[j] += (a0 * v0 + a1 * v1) + (a2 * v2 + a3 * v3);                         \
+                        ys[j] += (b0 * v0 + b1 * v1) + (b2 * v2 + b3 * v3);                         \
+                    }                                                                               \
+                }                                                                                   \
+                for (; r < B; r++) {                                                                \
+                    const T *xr = x + r * K + k;                                                    \
+                    const T a0 = xr[0], a1 = xr[1], a2 = xr[2], a3 = xr[3];                         \
+                    T *__restrict yr = y + r * N + jt;                                              \
+                    for (long j = 0; j < n; j++)                                                    \
+                        yr[j] += (a0 * w0[j] + a1 * w1[j]) + (a2 * w2[j] + a3 * w3[j]);             \
+                }                                                                                   \
+            }                                                                                       \
+            for (; k < K; k++) {                                                                    \
+                const T *__restrict w0 = w + k * N + jt;                                              \
+                for (long r = 0; r < B; r++) {                                                      \
+                    const T a0 = x[r * K + k];                                                      \
+                    T *__restrict yr = y + r * N + jt;                                                \
+                    for (long j = 0; j < n; j++)                                                    \
+                        yr[j] += a0 * w0[j];                                                        \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
+/* y[r, v] = Σ_c x[r, c] · table[v, c] for r < B, v in [v0, v1); x (B, C), table (V, C), y (B, V). */
+#define NUMPYLLM_ROWS_DOT_TABLE(T, SUFFIX)                                                          \
+    NUMPYLLM_ROW_CLONES                                                                             \
+    static void numpyllm_rows_dot_table_##SUFFIX(const T *x, long B, long C, const T *table, long V,\
+                                                 T *y, long v0, long v1)                            \
+    {                                                                                               \
+        for (long v = v0; v < v1; v++) {                                                            \
+            const T *__restrict t = table + v * C;                                                    \
+            for (long r = 0; r < B; r++) {                                                          \
+                const T *__restrict xr = x + r * C;                                                   \
+                T lane[NUMPYLLM_ROW_LANES] = {0};                                                   \
+                long c = 0;                                                                         \
+                for (; c + NUMPYLLM_ROW_LANES <= C; c += NUMPYLLM_ROW_LANES)                        \
+                    for (int l = 0; l < NUMPYLLM_ROW_LANES; l++)                                    \
+                        lane[l] += xr[c + l] * t[c + l];                                            \
+                T total = 0;                                                                        \
+                for (; c < C; c++)                                                                  \
+                    total += xr[c] * t[c];                                                          \
+                for (int l = 0; l < NUMPYLLM_ROW_LANES; l++)                                        \
+                    total += lane[l];                                                               \
+                y[r * V + v] = total;                                                               \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
+NUMPYLLM_ROWS_TIMES(float, f32)
+NUMPYLLM_ROWS_TIMES(double, f64)
+NUMPYLLM_ROWS_DOT_TABLE(float, f32)
+NUMPYLLM_ROWS_DOT_TABLE(double, f64)
+
+/* A sense-reversing barrier for the n threads of one region. The struct starts zeroed;
+ * each thread keeps its own sense (starting 0) across waits. */
+typedef struct {
+    int count;
+    int sense;
+} numpyllm_barrier;
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define NUMPYLLM_PAUSE() __builtin_ia32_pause()
+#else
+#define NUMPYLLM_PAUSE() ((void)0)
+#endif
+
+#if defined(__GNUC__) && !defined(NUMPYLLM_OMP_BARRIER)
+#include <sched.h>
+#ifndef NUMPYLLM_SPIN_PROBES
+#define NUMPYLLM_SPIN_PROBES 2000 /* before yielding: ~60 µs of pauses on a Zen 3 (28 ns each) */
+#endif
+
+static inline void numpyllm_spin_wait(numpyllm_barrier *b, int *local_sense, int n)
+{
+    if (n <= 1)
+        return;
+    int sense = !*local_sense;
+    *local_sense = sense;
+    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == n) {
+        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED); /* nobody touches it before the release */
+        __atomic_store_n(&b->sense, sense, __ATOMIC_RELEASE);
+        return;
+    }
+    for (long probes = 0; __atomic_load_n(&b->sense, __ATOMIC_ACQUIRE) != sense; probes++) {
+        if (probes < NUMPYLLM_SPIN_PROBES)
+            NUMPYLLM_PAUSE();
+        else
+            sched_yield();
+    }
+}
+#else /* no GCC atomics (or NUMPYLLM_OMP_BARRIER defined): OpenMP's own barrier */
+static inline void numpyllm_spin_wait(numpyllm_barrier *b, int *local_sense, int n)
+{
+    (void)b;
+    (void)local_sense;
+#if defined(_OPENMP)
+    if (n > 1) {
+#pragma omp barrier
+    }
+#else
+    (void)n;
+#endif
+}
+#endif
+
+#endif
