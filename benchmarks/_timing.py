@@ -2,7 +2,7 @@
 
 - ``measure(run, setup=...)``: warm-up, then the median of repeated wall-clock times
   (``time.perf_counter``), with ``setup`` kept outside the timer.
-- ``interleaved_medians(runners, rounds, setups=None)``: several implementations timed side by side,
+- ``interleaved_medians(runners, rounds, setups=None, settle_seconds=0.0)``: several implementations timed side by side,
   each once per round, so a change in the machine's load hits them all alike.
 - ``PeakRSS``: the peak growth of this process's resident memory during a block, read
   from Linux's ``VmHWM`` after resetting it through ``/proc/self/clear_refs``. Resident
@@ -91,12 +91,13 @@ class RoundsTiming:
     last_result: object
 
 
-def interleaved_medians(runners, rounds, setups=None):
+def interleaved_medians(runners, rounds, setups=None, settle_seconds=0.0):
     """Time ``runners`` ({name: call()}) side by side; returns {name: RoundsTiming}.
 
     ``setups`` ({name: setup()}, optional): a runner named there is called as
     ``call(setup())``, its state built before the timer starts (e.g. an autograd
-    graph for a backward), afresh for every call.
+    graph for a backward), afresh for every call. ``settle_seconds``: idle time, untimed,
+    before every call (for threads of the previous call that still spin, such as OpenBLAS's).
 
     Round 0 is a warm-up (it pays one-time costs: thread pools, lazy imports, caches),
     then ``rounds`` timed rounds. Every round calls each runner once, in the dict's
@@ -115,6 +116,8 @@ def interleaved_medians(runners, rounds, setups=None):
     for round_index in range(rounds + 1):
         for name, run in runners.items():
             arguments = (setups[name](),) if name in setups else ()
+            if settle_seconds:
+                time.sleep(settle_seconds)
             start = time.perf_counter()
             last_result[name] = run(*arguments)
             seconds = time.perf_counter() - start

@@ -27,7 +27,6 @@ token, so a NumPy decoder of this model cannot run faster than that row on this 
 import argparse
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -101,9 +100,7 @@ def run_benchmark(config, prompt_tokens, new_tokens, rounds):
     if hf is not None:
         runners["transformers GPT2LMHeadModel"] = hf
     runners[WEIGHT_PRODUCTS] = weight_products_runner(model, new_tokens)
-    settle = {name: lambda: time.sleep(SETTLE_SECONDS) for name in runners}
-    runners = {name: lambda _, run=run: run() for name, run in runners.items()}  # call(settle())
-    timings = interleaved_medians(runners, rounds, setups=settle)
+    timings = interleaved_medians(runners, rounds, settle_seconds=SETTLE_SECONDS)
     return [(name, timing.median, timing.last_result) for name, timing in timings.items()]
 
 
