@@ -401,13 +401,11 @@ def test_fused_decoding_step_matches_the_layer_functions(dtype, batch_size):
                      getattr(decoders["numpy"].cache, name)[:, :, :, :9], name)
 
 
-def _decode_step(model, cache, num_threads):
-    from numpyllm.generation import _FUSED_BLOCK_PARAMS
-
-    blocks = [tuple(model.block_params(i)[name] for name in _FUSED_BLOCK_PARAMS) for i in range(model.config.n_layer)]
+def _decode_step(model, decoder, num_threads):
+    """A DecodeStep on the decoder's cache and its blocks' arrays, with the thread count given."""
     p = model.params
-    return numpyllm._layers.DecodeStep(blocks, cache.keys, cache.values, p["ln_f.weight"], p["ln_f.bias"],
-                                       p["wte.weight"], L.LAYERNORM_EPS, num_threads)
+    return numpyllm._layers.DecodeStep(decoder._block_arrays, decoder.cache.keys, decoder.cache.values,
+                                       p["ln_f.weight"], p["ln_f.bias"], p["wte.weight"], L.LAYERNORM_EPS, num_threads)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -425,8 +423,8 @@ def test_decode_step_matches_the_layer_functions(dtype, batch_size, num_threads)
     with backend.using("numpy"):
         reference = Decoder(model, batch_size, 10)
         expected = [reference.prefill(ids[:, :3])] + [reference.step(ids[:, t: t + 1]) for t in range(3, 10)]
-    fused = Decoder(model, batch_size, 10)  # only for its cache
-    step = _decode_step(model, fused.cache, num_threads)
+    fused = Decoder(model, batch_size, 10)  # only for its cache and arrays
+    step = _decode_step(model, fused, num_threads)
     wte, wpe = model.params["wte.weight"], model.params["wpe.weight"]
     logits = [step.step(L.embedding_forward(ids[:, :3], wte, wpe)[0], 0)]
     logits += [step.step(L.embedding_forward(ids[:, t: t + 1], wte, wpe[t:])[0], t) for t in range(3, 10)]
@@ -441,8 +439,9 @@ def test_decode_step_rejects_bad_input():
     from numpyllm.generation import Decoder
 
     model = numpyllm.GPT(numpyllm.GPTConfig(vocab_size=11, block_size=6, n_layer=1, n_head=2, n_embd=8), seed=0)
-    cache = Decoder(model, 2, 6).cache
-    step = _decode_step(model, cache, 0)
+    decoder = Decoder(model, 2, 6)
+    cache, blocks = decoder.cache, decoder._block_arrays
+    step = _decode_step(model, decoder, 0)
     x = np.zeros((2, 1, 8), np.float32)
     with pytest.raises(ValueError, match="positions"):
         step.step(x, 6)
@@ -454,7 +453,6 @@ def test_decode_step_rejects_bad_input():
         step.step(np.zeros((2, 1, 16), np.float32)[:, :, ::2], 0)
     with pytest.raises(TypeError, match="x must be"):
         step.step(x.astype(np.float64), 0)
-    blocks = [tuple(model.block_params(0)[name] for name in numpyllm.generation._FUSED_BLOCK_PARAMS)]
     p = model.params
     with pytest.raises(ValueError, match="blocks\\[0\\]\\[2\\]"):
         numpyllm._layers.DecodeStep([blocks[0][:2] + (blocks[0][2].T,) + blocks[0][3:]], cache.keys, cache.values,
