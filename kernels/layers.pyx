@@ -743,7 +743,7 @@ cdef class DecodeStep:
         self.width, self.inner, self.vocab = C, I, V
         self._scratch_rows = self._scratch_threads = 0
 
-    cdef int _threads(self, long rows) except -1:
+    cdef int _threads_and_scratch(self, long rows) except -1:
         """The step's threads; (re)allocates the scratch for them and ``rows`` rows when it is short."""
         cdef long n = self.num_threads
         if n == 0:
@@ -769,7 +769,7 @@ cdef class DecodeStep:
                              f"got {x.shape}")
         if start < 0 or start + x.shape[1] > self.capacity:
             raise ValueError(f"positions [{start}, {start + x.shape[1]}) must lie in [0, {self.capacity})")
-        cdef int n_threads = self._threads(x.shape[0] * x.shape[1])
+        cdef int n_threads = self._threads_and_scratch(x.shape[0] * x.shape[1])
         logits = np.empty((self.batch, self.vocab), self.dtype)
         if self.dtype == np.float32:
             _run_step[float](self, x, logits, self.keys, self.values, self.ln_f_weight, self.ln_f_bias, self.wte,
