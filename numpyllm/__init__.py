@@ -2,8 +2,12 @@
 
 Importing numpyllm needs only NumPy. The compiled attention kernel, safetensors,
 regex, tqdm and matplotlib are used when present (see the README).
+
+Importing numpyllm before NumPy sets OPENBLAS_THREAD_TIMEOUT (unless it is set already): see
+``_blas_threads``.
 """
 
+from . import _blas_threads  # noqa: F401  (first: before anything imports NumPy)
 from . import attention, metrics
 from .bert import BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertModel
 from .gpt import GPT, GPTConfig
