@@ -8,7 +8,7 @@
  * two; 16 rows per pass was 50% slower). More rows (a prompt, a batch) go in column tiles
  * that keep 4 rows of W in L1 while pairs of rows of x share each load. The tied head's
  * logits = x @ tableᵀ as dot products of table rows (V, C). float32 sums are float32, as
- * BLAS's. Built with rows.h's `target_clones`, so the column loops get AVX2 / AVX-512
+ * BLAS's. Built with fastexp.h's `target_clones`, so the column loops get AVX2 / AVX-512
  * without -march.
  *
  * numpyllm_spin_wait: the threads of the step's one parallel region meet at this barrier
@@ -32,7 +32,7 @@
 
 /* y[j0:j1] += Σ_k x[k] · w[k, j0:j1]; x (K,), w (K, N), y (N,) C-contiguous. */
 #define NUMPYLLM_ROWS_TIMES(T, SUFFIX)                                                              \
-    NUMPYLLM_ROW_CLONES                                                                             \
+    NUMPYLLM_CLONES                                                                                 \
     static void numpyllm_row_times_##SUFFIX(const T *x, long K, const T *w, long N, T *y,           \
                                             long j0, long j1)                                       \
     {                                                                                               \
@@ -54,7 +54,7 @@
         }                                                                                           \
     }                                                                                               \
     /* y[r, j0:j1] += Σ_k x[r, k] · w[k, j0:j1] for r < B; x (B, K), w (K, N), y (B, N) C-contiguous. */ \
-    NUMPYLLM_ROW_CLONES                                                                             \
+    NUMPYLLM_CLONES                                                                                 \
     static void numpyllm_rows_times_##SUFFIX(const T *x, long B, long K, const T *w, long N, T *y,  \
                                              long j0, long j1)                                      \
     {                                                                                               \
@@ -105,7 +105,7 @@
 
 /* y[r, v] = Σ_c x[r, c] · table[v, c] for r < B, v in [v0, v1); x (B, C), table (V, C), y (B, V). */
 #define NUMPYLLM_ROWS_DOT_TABLE(T, SUFFIX)                                                          \
-    NUMPYLLM_ROW_CLONES                                                                             \
+    NUMPYLLM_CLONES                                                                                 \
     static void numpyllm_rows_dot_table_##SUFFIX(const T *x, long B, long C, const T *table, long V,\
                                                  T *y, long v0, long v1)                            \
     {                                                                                               \

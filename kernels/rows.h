@@ -6,8 +6,9 @@
  * dependency chain that no vector unit can help. These sums keep NUMPYLLM_ROW_LANES
  * independent partial sums instead, which the compiler packs into vector registers, and
  * add them at the end: the result is a sum in another order, equally accurate (better:
- * float32 terms are added in double). `target_clones` (gcc, x86-64) builds AVX-512, AVX2
- * and baseline copies and picks one when the extension loads, so no -march flag is needed.
+ * float32 terms are added in double). fastexp.h's `target_clones` (gcc, x86-64) builds AVX-512,
+ * AVX2 + FMA, AVX2 and baseline copies and picks one when the extension loads, so no -march
+ * flag is needed.
  * The float32 GELU loops are here for the same clones: without them a compiler targets
  * SSE2 only, and GELU is the one compute-bound element-wise pass of a training step.
  * libm's tanhf and erfcf are scalar calls, so float32 builds both from fastexp.h's exp.
@@ -19,18 +20,13 @@
 
 #include "fastexp.h"
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(NUMPYLLM_NO_CLONES)
-#define NUMPYLLM_ROW_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define NUMPYLLM_ROW_CLONES
-#endif
 
 #define NUMPYLLM_ROW_LANES 16
 
 /* Σ_j a[j] · b[j] and Σ_j (a[j] - shift)² for j < n, in double, for one element type.
  * (float32's plain sum and max are fastexp.h's; float64's are below.) */
 #define NUMPYLLM_ROW_REDUCTIONS(T, SUFFIX)                                              \
-    NUMPYLLM_ROW_CLONES                                                                 \
+    NUMPYLLM_CLONES                                                                     \
     static double numpyllm_row_dot_##SUFFIX(const T *a, const T *b, long n)             \
     {                                                                                   \
         double lane[NUMPYLLM_ROW_LANES] = {0};                                          \
@@ -45,7 +41,7 @@
             total += lane[l];                                                           \
         return total;                                                                   \
     }                                                                                   \
-    NUMPYLLM_ROW_CLONES                                                                 \
+    NUMPYLLM_CLONES                                                                     \
     static double numpyllm_row_sumsq_dev_##SUFFIX(const T *a, long n, double shift)     \
     {                                                                                   \
         double lane[NUMPYLLM_ROW_LANES] = {0};                                          \
@@ -69,7 +65,7 @@ NUMPYLLM_ROW_REDUCTIONS(float, f32)
 NUMPYLLM_ROW_REDUCTIONS(double, f64)
 
 /* Σ_j a[j] and max_j a[j] (-inf when n == 0; NaNs skipped) of float64 rows. */
-NUMPYLLM_ROW_CLONES
+NUMPYLLM_CLONES
 static double numpyllm_row_sum_f64(const double *a, long n)
 {
     double lane[NUMPYLLM_ROW_LANES] = {0};
@@ -85,7 +81,7 @@ static double numpyllm_row_sum_f64(const double *a, long n)
     return total;
 }
 
-NUMPYLLM_ROW_CLONES
+NUMPYLLM_CLONES
 static double numpyllm_row_max_f64(const double *a, long n)
 {
     double m = -INFINITY;
@@ -97,7 +93,7 @@ static double numpyllm_row_max_f64(const double *a, long n)
 /* GPT-2's GELU, y = x (1 + tanh u) / 2 with u = √(2/π) (x + 0.044715 x³), for j < n; saves
  * tanh u. With e = exp(-2u): 1 + tanh u = 2 / (1 + e), which does not cancel for negative x
  * (and e = inf gives 0), and tanh u = 2 / (1 + e) - 1. */
-NUMPYLLM_ROW_CLONES
+NUMPYLLM_CLONES
 static void numpyllm_gelu_tanh_f32(const float *restrict x, float *restrict y, float *restrict tanh_u, long n)
 {
     for (long j = 0; j < n; j++) {
@@ -110,7 +106,7 @@ static void numpyllm_gelu_tanh_f32(const float *restrict x, float *restrict y, f
 }
 
 /* Its derivative: dx = dy [(1 + t) + x (1 - t²) √(2/π) (1 + 3 · 0.044715 x²)] / 2, t = tanh u. */
-NUMPYLLM_ROW_CLONES
+NUMPYLLM_CLONES
 static void numpyllm_gelu_tanh_backward_f32(const float *restrict dy, const float *restrict x,
                                             const float *restrict tanh_u, float *restrict dx, long n)
 {
@@ -124,7 +120,7 @@ static void numpyllm_gelu_tanh_backward_f32(const float *restrict dy, const floa
 /* The exact GELU, y = x Φ(x), for j < n; saves Φ(x). The tail Q = Φ(-|x|) is Abramowitz and
  * Stegun's 7.1.26 for erfc(z), z = |x| / √2: erfc(z) = poly(t) exp(-z²), t = 1 / (1 + 0.3275911 z),
  * with absolute error below 1.5e-7 / 2 on Φ (about one float32 ulp of 1); Φ(x) = 1 - Q for x >= 0. */
-NUMPYLLM_ROW_CLONES
+NUMPYLLM_CLONES
 static void numpyllm_gelu_erf_f32(const float *restrict x, float *restrict y, float *restrict cdf, long n)
 {
     for (long j = 0; j < n; j++) {
@@ -142,7 +138,7 @@ static void numpyllm_gelu_erf_f32(const float *restrict x, float *restrict y, fl
 }
 
 /* Its derivative: dx = dy (Φ(x) + x φ(x)), φ(x) = exp(-x²/2) / √(2π). */
-NUMPYLLM_ROW_CLONES
+NUMPYLLM_CLONES
 static void numpyllm_gelu_erf_backward_f32(const float *restrict dy, const float *restrict x,
                                            const float *restrict cdf, float *restrict dx, long n)
 {
@@ -154,7 +150,7 @@ static void numpyllm_gelu_erf_backward_f32(const float *restrict dy, const float
 
 /* acc[c] += row[c] for c < n: one row's share of a column sum (a bias gradient), in double. */
 #define NUMPYLLM_ROW_ACCUMULATE(T, SUFFIX)                                                 \
-    NUMPYLLM_ROW_CLONES                                                                    \
+    NUMPYLLM_CLONES                                                                        \
     static void numpyllm_row_accumulate_##SUFFIX(double *restrict acc, const T *restrict row, long n) \
     {                                                                                      \
         for (long c = 0; c < n; c++)                                                       \
@@ -168,7 +164,7 @@ NUMPYLLM_ROW_ACCUMULATE(double, f64)
  *     p ← p - step_size · m / (√v / √(1 - β₂ᵗ) + ε)
  * errno is never read, so sqrt may compile to the vector instruction (no -ffast-math). */
 #define NUMPYLLM_ADAMW(T, SUFFIX, SQRT)                                                    \
-    NUMPYLLM_ROW_CLONES __attribute__((optimize("no-math-errno")))                         \
+    NUMPYLLM_CLONES __attribute__((optimize("no-math-errno")))                         \
     static void numpyllm_adamw_##SUFFIX(T *restrict p, const T *restrict g, T *restrict m,  \
                                         T *restrict v, long n, T decay, T beta1, T beta2,  \
                                         T one_minus_beta1, T one_minus_beta2, T step_size, \
