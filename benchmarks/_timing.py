@@ -1,6 +1,7 @@
 """Shared helpers for the benchmarks: timing, peak memory, the machine, markdown tables.
 
 - ``measure(run, setup=...)``: warm-up, then the median of repeated wall-clock times
+  (``measure_side_by_side``: several runners, their repeats interleaved)
   (``time.perf_counter``), with ``setup`` kept outside the timer.
 - ``interleaved_medians(runners, rounds, setups=None, settle_seconds=0.0)``: several implementations timed side by side,
   each once per round, so a change in the machine's load hits them all alike.
@@ -55,29 +56,41 @@ class Timing:
 def measure(run, *, repeats, setup=lambda: None, min_seconds=0.0, max_calls=10_000):
     """Time ``run(state)``; ``state = setup()`` is built before the timer starts (default: None).
 
-    One warm-up call first (it pays one-time costs: thread pools, lazy imports, page
-    faults). Then ``repeats`` repeats, each timing enough back-to-back calls to last
-    about ``min_seconds`` (so microsecond calls are not lost in timer noise); a
-    repeat's value is its time divided by its call count.
+    ``measure_side_by_side`` with one runner: returns (Timing, the last call's result).
+    """
+    return measure_side_by_side({None: (run, setup)}, repeats=repeats, min_seconds=min_seconds,
+                                max_calls=max_calls)[None]
 
-    Returns (Timing, the last call's result).
+
+def measure_side_by_side(runners, *, repeats, min_seconds=0.0, max_calls=10_000):
+    """Time several runners ({name: (run, setup)}, each timed as ``run(setup())``, the state
+    built before the timer starts) in interleaved repeats; returns {name: (Timing, last result)}.
+
+    One warm-up call of each first (it pays one-time costs: thread pools, lazy imports, page
+    faults). Then ``repeats`` rounds; in each, every runner in turn times enough back-to-back
+    calls to last about ``min_seconds`` (so microsecond calls are not lost in timer noise), and
+    a repeat's value is its time divided by its call count. As in ``interleaved_medians``, a
+    change of the machine's speed during the run reaches every runner in the same rounds.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    state = setup()
-    start = time.perf_counter()
-    result = run(state)
-    warm_up_seconds = time.perf_counter() - start
-    calls = min(max_calls, max(1, math.ceil(min_seconds / max(warm_up_seconds, 1e-9))))
-    samples = []
-    for _ in range(repeats):
-        states = [setup() for _ in range(calls)]
+    calls, results, samples = {}, {}, {name: [] for name in runners}
+    for name, (run, setup) in runners.items():
+        state = setup()
         start = time.perf_counter()
-        for state in states:
-            result = run(state)
-        samples.append((time.perf_counter() - start) / calls)
-        del states
-    return Timing(statistics.median(samples), samples, calls), result
+        results[name] = run(state)
+        warm_up_seconds = time.perf_counter() - start
+        calls[name] = min(max_calls, max(1, math.ceil(min_seconds / max(warm_up_seconds, 1e-9))))
+    for _ in range(repeats):
+        for name, (run, setup) in runners.items():
+            states = [setup() for _ in range(calls[name])]
+            start = time.perf_counter()
+            for state in states:
+                results[name] = run(state)
+            samples[name].append((time.perf_counter() - start) / calls[name])
+            del states
+    return {name: (Timing(statistics.median(samples[name]), samples[name], calls[name]), results[name])
+            for name in runners}
 
 
 @dataclasses.dataclass

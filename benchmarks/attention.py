@@ -9,8 +9,9 @@ After the size sweep, a padded batch (B=4, keys right-padded to twice their real
 ``key_lengths=``; torch gets the equivalent boolean mask) is timed against the same
 batch unpadded: the kernel skips padded key blocks, so it should cost its real length.
 
-For every problem, each backend's forward and backward are timed one after the other
-in the same run: ``numpy`` and ``cython`` are ``numpyllm.attention.forward/backward``
+For every problem, the backends' forwards are timed side by side in the same run, their
+repeats interleaved (so a change of the machine's speed reaches them all), then their
+backwards: ``numpy`` and ``cython`` are ``numpyllm.attention.forward/backward``
 with that backend, ``torch`` is ``torch.nn.functional.scaled_dot_product_attention``
 with autograd. Results are checked against the first backend measured (the reference
 when it runs) and the largest relative difference is shown.
@@ -38,7 +39,7 @@ from ._timing import (
     interleaved_medians,
     machine_info,
     markdown_table,
-    measure,
+    measure_side_by_side,
     peak_rss_unsupported_reason,
     run_in_fresh_process,
     usable_cores,
@@ -272,18 +273,26 @@ def max_relative_difference(outputs, reference):
 
 
 def time_problems(problems, backend_names, threads, repeats, min_seconds, progress):
-    """Time every (problem, pass, backend); return one record (dict) per measurement."""
+    """Time every (problem, pass, backend); return one record (dict) per measurement.
+
+    A pass's backends are timed side by side (``measure_side_by_side``: their repeats
+    interleaved), each under its thread limit (all set to ``threads`` at once: they are
+    different libraries' settings)."""
     backends = [make_backend(name, threads) for name in backend_names]
     records = []
     for problem in problems:
         arrays = problem.inputs()
         for pass_name in passes_for(problem):
+            with contextlib.ExitStack() as limits:
+                for backend in backends:
+                    limits.enter_context(backend.thread_limit())
+                calls = {backend.name: backend.call(pass_name, problem, arrays) for backend in backends}
+                measured = measure_side_by_side({name: (call.run, call.setup) for name, call in calls.items()},
+                                                repeats=repeats, min_seconds=min_seconds)
             reference = None
             for backend in backends:
-                with backend.thread_limit():
-                    call = backend.call(pass_name, problem, arrays)
-                    timing, result = measure(call.run, setup=call.setup, repeats=repeats, min_seconds=min_seconds)
-                outputs = call.outputs(result)
+                timing, result = measured[backend.name]
+                outputs = calls[backend.name].outputs(result)
                 if reference is None:
                     reference = (backend.name, outputs)
                 record = dict(
@@ -303,7 +312,7 @@ def time_problems(problems, backend_names, threads, repeats, min_seconds, progre
                     f"{backend.name:>6} {problem.label()} {pass_name} {threads} thr: "
                     f"{record['median_ms']:.3f} ms (median of {repeats} x {timing.calls_per_repeat} calls)"
                 )
-                del call, result, outputs
+            del calls, measured, result, outputs
     return records
 
 
@@ -584,9 +593,9 @@ def build_parser():
         epilog="\n\n".join(
             textwrap.fill(paragraph, width=90, break_on_hyphens=False)
             for paragraph in [
-                "Timing: one warm-up call, then the median of --repeats repeats (time.perf_counter); "
-                "a repeat runs enough calls to last ~50 ms (~10 ms with --quick) and reports the "
-                "time per call.",
+                "Timing: one warm-up call, then the median of --repeats repeats (time.perf_counter), "
+                "the backends' repeats interleaved; a repeat runs enough calls to last ~50 ms (~10 ms "
+                "with --quick) and reports the time per call.",
                 FLOP_CONVENTION,
                 MEMORY_METHOD,
                 TORCH_METHOD,
