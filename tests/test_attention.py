@@ -126,6 +126,24 @@ def test_kernel_matches_reference_at_tile_edges(n_q, n_k, d, causal):
         check_attention(kernel_forward, kernel_backward, problem)
 
 
+@needs_kernel
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("jump", [5.0, 40.0, 3000.0])
+def test_kernel_matches_reference_when_later_key_blocks_score_far_higher(causal, jump):
+    """The forward shifts a key block's exps by the running max of the blocks before it, and by
+    the block's own max when that is more than its slack (16) higher: jumps on both sides of it."""
+    block_k = attention.KERNEL.module.block_k
+    n = 2 * block_k + 40
+    for dtype in (np.float32, np.float64):
+        q, k, v = random_qkv((1, 2, n, 8), n, dtype, seed=int(jump))
+        direction = np.ones(8, dtype) / np.sqrt(8)
+        q += (2 * direction).astype(dtype)  # every query leans the same way ...
+        for j in (block_k + 7, 2 * block_k + 3):  # ... and a key in each later block points there
+            k[:, :, j] = (jump / 2 * np.sqrt(8) * direction).astype(dtype)
+        dout = np.random.default_rng(3).standard_normal(q.shape).astype(dtype)
+        check_attention(kernel_forward, kernel_backward, AttentionProblem(q, k, v, dout, causal, None))
+
+
 def odd_views(x):
     """Arrays of x's shape (B, H, N, d) with strides the kernel reads in place or must copy."""
     B, H, N, d = x.shape
