@@ -599,8 +599,8 @@ cdef void _step_thread(void** params, int n_layer, floating* x, long B, long T, 
     Barriers per layer: qkv complete, o complete, x complete, act complete, x complete. (qkv
     split by heads would save the first, but each thread would read three strips of every
     row of w_attn: 6-8% slower on the AMD EPYC Zen 3.)"""
-    cdef int sense = 0, layer, head, part
-    cdef long R = B * T, b, i, r, c, lo, hi, hd = C // H
+    cdef int sense = 0, layer, head
+    cdef long R = B * T, b, i, r, c, hd = C // H
     cdef int h0 = H * t // n_threads, h1 = H * (t + 1) // n_threads
     cdef long a0 = _share(3 * C, t, n_threads), a1 = _share(3 * C, t + 1, n_threads)
     cdef long c0 = _share(C, t, n_threads), c1 = _share(C, t + 1, n_threads)
@@ -611,8 +611,8 @@ cdef void _step_thread(void** params, int n_layer, floating* x, long B, long T, 
     cdef floating* cached_v
     for layer in range(n_layer):
         p = <floating**> (params + layer * N_BLOCK_PARAMS)
-        # qkv = layernorm_1(x) @ w_attn + b_attn for this thread's heads: [q | k | v], head
-        # in channels [head·hd, (head+1)·hd) of each
+        # qkv = layernorm_1(x) @ w_attn + b_attn, this thread's columns; then its heads' attention
+        # ([q | k | v], head in channels [head·hd, (head+1)·hd) of each)
         for r in range(R):
             _layernorm_row(x + r * C, p[0], p[1], h + r * C, stats, stats + 1, C, eps)
         _preset(qkv, p[3], R, 3 * C, a0, a1, False)
