@@ -1,8 +1,8 @@
 """Shared helpers for the benchmarks: timing, peak memory, the machine, markdown tables.
 
 - ``measure(run, setup=...)``: warm-up, then the median of repeated wall-clock times
-  (``measure_side_by_side``: several runners, their repeats interleaved)
-  (``time.perf_counter``), with ``setup`` kept outside the timer.
+  (``time.perf_counter``), with ``setup`` kept outside the timer; ``measure_side_by_side``
+  does it for several runners, their repeats interleaved.
 - ``interleaved_medians(runners, rounds, setups=None, settle_seconds=0.0)``: several implementations timed side by side,
   each once per round, so a change in the machine's load hits them all alike.
 - ``PeakRSS``: the peak growth of this process's resident memory during a block, read
