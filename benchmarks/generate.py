@@ -12,9 +12,9 @@ same run; tokens/s = new tokens / that median. Each timed call starts after SETT
 idle: by default OpenBLAS's worker threads spin for ~0.1 s after a call (measured: 0.107 s of
 CPU while the caller sleeps), so without the pause the row after a BLAS-heavy one (the floor,
 the layer functions) would share the cores with them. (numpyllm, imported first here, makes
-them sleep after ~0.1 ms, numpyllm._blas_threads; the pause covers a timeout set otherwise.) The numpyllm rows differ only in the
-attention backend: "auto" (the default: the compiled kernel when built), "numpy" and
-"cython". With the layer kernels built (numpyllm.backend), "auto" and "cython" run each
+them sleep after ~0.1 ms, numpyllm._blas_threads; the pause covers a timeout set otherwise.)
+The numpyllm rows differ only in the attention backend: "auto" (the default: the compiled
+kernel when built), "numpy" and "cython". With the layer kernels built (numpyllm.backend), "auto" and "cython" run each
 decoding step and a prompt of up to 16 tokens as one call of numpyllm._layers.DecodeStep (every
 layer, attention and the tied head in one OpenMP region, no BLAS), while "numpy" runs the
 layer functions one by one. The last column says whether a row's tokens equal the first row's.

@@ -20,7 +20,6 @@
 
 #include "fastexp.h"
 
-
 #define NUMPYLLM_ROW_LANES 16
 
 /* Σ_j a[j] · b[j] and Σ_j (a[j] - shift)² for j < n, in double, for one element type.
@@ -164,7 +163,7 @@ NUMPYLLM_ROW_ACCUMULATE(double, f64)
  *     p ← p - step_size · m / (√v / √(1 - β₂ᵗ) + ε)
  * errno is never read, so sqrt may compile to the vector instruction (no -ffast-math). */
 #define NUMPYLLM_ADAMW(T, SUFFIX, SQRT)                                                    \
-    NUMPYLLM_CLONES __attribute__((optimize("no-math-errno")))                         \
+    NUMPYLLM_CLONES __attribute__((optimize("no-math-errno")))                             \
     static void numpyllm_adamw_##SUFFIX(T *restrict p, const T *restrict g, T *restrict m,  \
                                         T *restrict v, long n, T decay, T beta1, T beta2,  \
                                         T one_minus_beta1, T one_minus_beta2, T step_size, \
