@@ -19,6 +19,7 @@ load hits all of them alike; the first round is a warm-up; the table shows media
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import time
 
@@ -189,10 +190,13 @@ def openblas_kernel_note():
         return None
     numpy_blas = [pool for pool in threadpool_info() if pool.get("internal_api") == "openblas"
                   and "numpy" in pool["filepath"]]
-    if has_avx512 and numpy_blas and numpy_blas[0].get("architecture") == "Haswell":
-        return ("NumPy's OpenBLAS uses its Haswell (AVX2) kernels on this AVX-512 CPU; "
-                "OPENBLAS_CORETYPE=SkylakeX in the environment selects the AVX-512 ones")
-    return None
+    if not (has_avx512 and numpy_blas and numpy_blas[0].get("architecture") == "Haswell"):
+        return None
+    note = "NumPy's OpenBLAS uses its Haswell (AVX2) kernels on this AVX-512 CPU"
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    if forced:  # some images set it: then it, not OpenBLAS's CPU detection, picked the kernels
+        return f"{note} because OPENBLAS_CORETYPE={forced} is set; unset it (or set SkylakeX) for the AVX-512 ones"
+    return f"{note}; OPENBLAS_CORETYPE=SkylakeX in the environment selects the AVX-512 ones"
 
 
 def build_parser():

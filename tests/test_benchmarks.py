@@ -251,3 +251,30 @@ def test_bert_benchmark_prints_both_rows_with_the_same_first_loss(capsys):
     if "transformers + torch" in results:  # the same weights and batch give the same loss before any update
         assert results["numpyllm"]["first_loss"] == pytest.approx(results["transformers + torch"]["first_loss"],
                                                                   rel=1e-5)
+
+
+@pytest.mark.parametrize("forced", [None, "Haswell"])
+def test_openblas_note_says_whether_the_environment_chose_the_avx2_kernels(monkeypatch, tmp_path, forced):
+    import builtins
+
+    import threadpoolctl
+
+    from benchmarks import model
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(
+        cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    pools = [{"internal_api": "openblas", "filepath": "/x/numpy.libs/libscipy_openblas64_.so",
+              "architecture": "Haswell"}]
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: pools)
+    if forced:
+        monkeypatch.setenv("OPENBLAS_CORETYPE", forced)
+    else:
+        monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    note = model.openblas_kernel_note()
+    assert note.startswith("NumPy's OpenBLAS uses its Haswell (AVX2) kernels on this AVX-512 CPU")
+    assert ("because OPENBLAS_CORETYPE=Haswell is set" in note) == bool(forced)
+    pools[0]["architecture"] = "SkylakeX"
+    assert model.openblas_kernel_note() is None
