@@ -195,7 +195,8 @@ def openblas_kernel_note():
     note = "NumPy's OpenBLAS uses its Haswell (AVX2) kernels on this AVX-512 CPU"
     forced = os.environ.get("OPENBLAS_CORETYPE")
     if forced:  # some images set it: then it, not OpenBLAS's CPU detection, picked the kernels
-        return f"{note} because OPENBLAS_CORETYPE={forced} is set; unset it (or set SkylakeX) for the AVX-512 ones"
+        return (f"{note} because OPENBLAS_CORETYPE={forced} is set; "
+                "unset it (or set SkylakeX) for the AVX-512 ones")
     return f"{note}; OPENBLAS_CORETYPE=SkylakeX in the environment selects the AVX-512 ones"
 
 

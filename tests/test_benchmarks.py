@@ -254,7 +254,7 @@ def test_bert_benchmark_prints_both_rows_with_the_same_first_loss(capsys):
 
 
 @pytest.mark.parametrize("forced", [None, "Haswell"])
-def test_openblas_note_says_whether_the_environment_chose_the_avx2_kernels(monkeypatch, tmp_path, forced):
+def test_openblas_note_says_whether_the_environment_chose_avx2(monkeypatch, tmp_path, forced):
     import builtins
 
     import threadpoolctl
