@@ -256,10 +256,8 @@ def usable_cores():
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
 
 
-def _cpu_model():
-    """The CPU's name, with its family/model numbers and vector extensions where Linux says them,
-    e.g. "Intel(R) Xeon(R) Processor (family 6, model 143; avx2 avx512f amx_tile)": a virtual
-    machine's name can be generic, the numbers and flags are not."""
+def _first_cpu_fields():
+    """The first processor's block of /proc/cpuinfo as {key: value}; {} where Linux has none."""
     fields = {}
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -270,6 +268,19 @@ def _cpu_model():
                 fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+def cpu_flags():
+    """The CPU's feature flags ("avx2", "avx512f", ...), an empty set where Linux does not say them."""
+    return set(_first_cpu_fields().get("flags", "").split())
+
+
+def _cpu_model():
+    """The CPU's name, with its family/model numbers and vector extensions where Linux says them,
+    e.g. "Intel(R) Xeon(R) Processor (family 6, model 143; avx2 avx512f amx_tile)": a virtual
+    machine's name can be generic, the numbers and flags are not."""
+    fields = _first_cpu_fields()
     name = fields.get("model name") or platform.processor() or platform.machine()
     if "cpu family" not in fields:
         return name

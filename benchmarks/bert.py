@@ -126,12 +126,13 @@ def main(argv=None):
             runners["transformers + torch"] = torch_runner(reference, inputs)
         except ImportError as error:
             notes.append(f"torch/transformers not importable ({error}): no torch row")
-    notes += [note for note in [openblas_kernel_note(), malloc_note] if note]
+    machine = machine_info(PACKAGES)
+    notes += [note for note in [openblas_kernel_note(machine["thread_pools"]), malloc_note] if note]
     backend = numpyllm.attention.KERNEL.resolve(reference.attention_backend)
     real_tokens = int(inputs[2].sum())
 
     print("# BERT sequence-classification benchmark\n")
-    print(format_machine(machine_info(PACKAGES)))
+    print(format_machine(machine))
     for note in notes:
         print(f"- {note}")
     print(f"\nnum_hidden_layers={config.num_hidden_layers}, hidden_size={config.hidden_size}, "

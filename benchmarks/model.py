@@ -30,7 +30,8 @@ from numpyllm import GPT, GPTConfig, attention
 from numpyllm.gpt import config_to_hf
 from numpyllm.memory import retain_freed_memory
 
-from ._timing import format_machine, interleaved_medians, limited_threads, machine_info, markdown_table, usable_cores
+from ._timing import (cpu_flags, format_machine, interleaved_medians, limited_threads, machine_info, markdown_table,
+                      usable_cores)
 
 PACKAGES = ("numpy", "torch", "transformers", "threadpoolctl")
 FLOOR = "floor: weight products only (no model)"
@@ -178,19 +179,16 @@ def profile_step(runners, threads, top):
     print(markdown_table(["function", "calls", "own ms", "own %", "cumulative ms"], table))
 
 
-def openblas_kernel_note():
+def openblas_kernel_note(thread_pools):
     """A hint when NumPy's OpenBLAS runs AVX2 ("Haswell") kernels on a CPU with AVX-512 (e.g. AMD
-    Zen 4, which OpenBLAS 0.3.31 does not recognise), else None. Matrix products are most of a step."""
-    from threadpoolctl import threadpool_info
+    Zen 4, which OpenBLAS 0.3.31 does not recognise), else None. Matrix products are most of a step.
 
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            has_avx512 = " avx512f " in next(line for line in cpuinfo if line.startswith("flags")) + " "
-    except (OSError, StopIteration):
+    thread_pools: ``machine_info()["thread_pools"]``.
+    """
+    if isinstance(thread_pools, str):  # threadpoolctl is not installed: nothing to tell
         return None
-    numpy_blas = [pool for pool in threadpool_info() if pool.get("internal_api") == "openblas"
-                  and "numpy" in pool["filepath"]]
-    if not (has_avx512 and numpy_blas and numpy_blas[0].get("architecture") == "Haswell"):
+    numpy_blas = [pool for pool in thread_pools if pool["internal_api"] == "openblas" and "numpy" in pool["library"]]
+    if not ("avx512f" in cpu_flags() and numpy_blas and numpy_blas[0]["architecture"] == "Haswell"):
         return None
     note = "NumPy's OpenBLAS uses its Haswell (AVX2) kernels on this AVX-512 CPU"
     forced = os.environ.get("OPENBLAS_CORETYPE")
@@ -247,10 +245,11 @@ def main(argv=None):
     targets = rng.integers(0, config.vocab_size, (args.batch, args.seq))
     reference = GPT(config, seed=0)
     runners, notes = make_runners(args, reference, idx, targets)
-    notes += [note for note in [openblas_kernel_note(), malloc_note] if note]
+    machine = machine_info(PACKAGES)
+    notes += [note for note in [openblas_kernel_note(machine["thread_pools"]), malloc_note] if note]
 
     print("# GPT training-step benchmark\n")
-    print(format_machine(machine_info(PACKAGES)))
+    print(format_machine(machine))
     for note in notes:
         print(f"- {note}")
     print(f"\nn_layer={config.n_layer}, n_head={config.n_head}, n_embd={config.n_embd}, "

@@ -254,27 +254,19 @@ def test_bert_benchmark_prints_both_rows_with_the_same_first_loss(capsys):
 
 
 @pytest.mark.parametrize("forced", [None, "Haswell"])
-def test_openblas_note_says_whether_the_environment_chose_avx2(monkeypatch, tmp_path, forced):
-    import builtins
-
-    import threadpoolctl
-
+def test_openblas_note_says_whether_the_environment_chose_avx2(monkeypatch, forced):
     from benchmarks import model
 
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
-    real_open = builtins.open
-    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(
-        cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
-    pools = [{"internal_api": "openblas", "filepath": "/x/numpy.libs/libscipy_openblas64_.so",
-              "architecture": "Haswell"}]
-    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: pools)
+    monkeypatch.setattr(model, "cpu_flags", lambda: {"avx2", "avx512f"})
+    pools = [{"library": "numpy.libs/libscipy_openblas64_.so", "internal_api": "openblas", "architecture": "Haswell"}]
     if forced:
         monkeypatch.setenv("OPENBLAS_CORETYPE", forced)
     else:
         monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
-    note = model.openblas_kernel_note()
+    note = model.openblas_kernel_note(pools)
     assert note.startswith("NumPy's OpenBLAS uses its Haswell (AVX2) kernels on this AVX-512 CPU")
     assert ("because OPENBLAS_CORETYPE=Haswell is set" in note) == bool(forced)
-    pools[0]["architecture"] = "SkylakeX"
-    assert model.openblas_kernel_note() is None
+    assert model.openblas_kernel_note([{**pools[0], "architecture": "SkylakeX"}]) is None
+    assert model.openblas_kernel_note("threadpoolctl not installed") is None
+    monkeypatch.setattr(model, "cpu_flags", lambda: {"avx2"})
+    assert model.openblas_kernel_note(pools) is None
