@@ -67,6 +67,14 @@ cdef extern from "fastexp.h" nogil:
     double numpyllm_exp_shift_sum_max_f32(float* x, int n, float shift, float* max_in)
     float numpyllm_max_f32(const float* x, int n)
 
+cdef extern from "tiles.h" nogil:
+    # Register-blocked float32 tile products for AVX-512 CPUs (see the header).
+    int numpyllm_tiles_available()
+    void numpyllm_tile_abt_f32(int m, int n, int k, float alpha, const float* a, int lda,
+                               const float* b, int ldb, float* c, int ldc, float* panel)
+    void numpyllm_tile_acc_f32(int m, int d, int n_red, float alpha, const float* a, int a_row, int a_col,
+                               const float* b, int ldb, float* c, int ldc)
+
 # OpenMP when the build has it; one thread otherwise (Cython's prange is then a plain loop).
 cdef extern from *:
     """
@@ -205,13 +213,59 @@ cdef inline int visible_keys(bint causal, Py_ssize_t row, Py_ssize_t offset,
     return <int> n
 
 
+# Whether float32 tiles go to tiles.h's register-blocked products (AVX-512 CPUs) or to BLAS.
+cdef bint use_tile_kernels = numpyllm_tiles_available()
+
+
+def tile_products(name=None):
+    """The float32 tile products in use, ``"avx512"`` or ``"blas"``; ``name`` selects one first.
+
+    ``"avx512"`` (tiles.h: register-blocked, no packing of the streamed operands; the default
+    where the CPU has AVX-512F) or ``"blas"`` (sgemm on every tile). float64 always uses BLAS.
+    For tests and benchmarks that compare the two; not thread-safe against running kernels.
+    """
+    global use_tile_kernels
+    if name is not None:
+        if name not in ("avx512", "blas"):
+            raise ValueError(f"tile products must be 'avx512' or 'blas', got {name!r}")
+        if name == "avx512" and not numpyllm_tiles_available():
+            raise ValueError("tile products 'avx512' need a CPU with AVX-512F (and an x86-64 GCC/clang build)")
+        use_tile_kernels = name == "avx512"
+    return "avx512" if use_tile_kernels else "blas"
+
+
+cdef inline void product_abt(int m, int n, int k, floating alpha, const floating* a, int lda,
+                             const floating* b, int ldb, floating* c, int ldc, floating* panel) noexcept nogil:
+    """C (m × n, row stride ldc) = alpha · A Bᵀ for row-major A (m × k) and B (n × k).
+
+    panel: k × BLOCK_K scratch for tiles.h's transposed copy of B (n <= BLOCK_K). A single row
+    goes to BLAS's gemv: packing B would cost as much as the product.
+    """
+    if floating is float:
+        if use_tile_kernels and m > 1:
+            numpyllm_tile_abt_f32(m, n, k, alpha, a, lda, b, ldb, c, ldc, panel)
+            return
+    gemm(False, True, m, n, k, alpha, a, lda, b, ldb, <floating> 0, c, ldc)
+
+
+cdef inline void accumulate(bint trans_a, int m, int d, int n_red, floating alpha, const floating* a, int lda,
+                            const floating* b, int ldb, floating* c, int ldc) noexcept nogil:
+    """C (m × d, row stride ldc) += alpha · op(A) B, op(A) = A (m × n_red) or Aᵀ (A: n_red × m),
+    row-major with row stride lda; B (n_red × d) row-major."""
+    if floating is float:
+        if use_tile_kernels and d % 16 == 0:
+            numpyllm_tile_acc_f32(m, d, n_red, alpha, a, 1 if trans_a else lda, lda if trans_a else 1,
+                                  b, ldb, c, ldc)
+            return
+    gemm(trans_a, False, m, d, n_red, alpha, a, lda, b, ldb, <floating> 1, c, ldc)
+
+
 cdef inline void score_tile(const floating* q, int ldq, const floating* k, int ldk,
                             Py_ssize_t row0, Py_ssize_t col0,
                             int n_rows, int n_cols, int d, floating scale,
-                            floating* tile) noexcept nogil:
+                            floating* tile, floating* panel) noexcept nogil:
     """tile (n_rows × n_cols, row stride BLOCK_K) = scale · Q[row0:] K[col0:]ᵀ."""
-    gemm(False, True, n_rows, n_cols, d, scale, q + row0 * ldq, ldq, k + col0 * ldk, ldk,
-         <floating> 0, tile, BLOCK_K)
+    product_abt(n_rows, n_cols, d, scale, q + row0 * ldq, ldq, k + col0 * ldk, ldk, tile, BLOCK_K, panel)
 
 
 cdef inline int row_stride(const floating[:, :, :, :] x) noexcept nogil:
@@ -247,6 +301,7 @@ cdef void forward_query_block(
     Py_ssize_t n_q, Py_ssize_t n_k, Py_ssize_t key_length, int d, Py_ssize_t row0,
     bint causal, floating scale,
     floating* scores, floating* acc, double* running_max, double* running_sum,  # thread scratch
+    floating* panel,                           # thread scratch: d × BLOCK_K
 ) noexcept nogil:
     """Rows row0 .. row0+BLOCK_Q-1 of out and lse, streaming over the key blocks below key_length."""
     cdef int n_rows = <int> min(<Py_ssize_t> BLOCK_Q, n_q - row0)
@@ -270,7 +325,7 @@ cdef void forward_query_block(
     col0 = 0
     while col0 <= last_col:
         n_cols = <int> min(<Py_ssize_t> BLOCK_K, last_col + 1 - col0)
-        score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, scores)  # S = scale · Q_i K_jᵀ
+        score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, scores, panel)  # S = scale · Q_i K_jᵀ
         for i in range(n_rows):
             s_row = scores + i * BLOCK_K
             n_vis = mask_row(s_row, causal, row0 + i, offset, col0, n_cols)
@@ -286,7 +341,7 @@ cdef void forward_query_block(
                 m_new = running_max[i]
                 block_sum = exp_shift_sum_max(s_row, n_vis, m_new, &m_blk)
                 if m_blk > m_new + MAX_SHIFT_SLACK:
-                    score_tile(q, ldq, k, ldk, row0 + i, col0, 1, n_cols, d, scale, s_row)
+                    score_tile(q, ldq, k, ldk, row0 + i, col0, 1, n_cols, d, scale, s_row, panel)
                     mask_row(s_row, causal, row0 + i, offset, col0, n_cols)
                     m_new = m_blk
                     block_sum = exp_shift_sum(s_row, n_vis, m_new)
@@ -298,8 +353,7 @@ cdef void forward_query_block(
                 for c in range(d):
                     acc_row[c] = <floating> (acc_row[c] * alpha)
         # acc (n_rows × d) += P V_j
-        gemm(False, False, n_rows, d, n_cols, <floating> 1, scores, BLOCK_K, v + col0 * ldv, ldv,
-             <floating> 1, acc, d)
+        accumulate(False, n_rows, d, n_cols, <floating> 1, scores, BLOCK_K, v + col0 * ldv, ldv, acc, d)
         col0 += BLOCK_K
     for i in range(n_rows):
         for c in range(d):
@@ -311,7 +365,8 @@ cdef void forward_all(
     const floating[:, :, :, :] q, const floating[:, :, :, :] k, const floating[:, :, :, :] v,
     const Py_ssize_t[::1] key_lengths, floating[:, :, ::1] out, double[:, ::1] lse,
     bint causal, floating scale,
-    floating[:, ::1] scores, floating[:, ::1] acc, double[:, ::1] stats, int n_threads,
+    floating[:, ::1] scores, floating[:, ::1] acc, double[:, ::1] stats, floating[:, ::1] panel,
+    int n_threads,
 ) noexcept nogil:
     cdef Py_ssize_t n_h = q.shape[1], n_q = q.shape[2], n_k = k.shape[2]
     cdef Py_ssize_t group = n_h // k.shape[1]  # query heads per key/value head
@@ -331,7 +386,7 @@ cdef void forward_all(
                                 &v[b, h // group, 0, 0], ldv, &out[head, 0, 0], &lse[head, 0],
                                 n_q, n_k, key_lengths[b], d, row0, causal, scale,
                                 &scores[tid, 0], &acc[tid, 0],
-                                &stats[tid, 0], &stats[tid, rows])
+                                &stats[tid, 0], &stats[tid, rows], &panel[tid, 0])
 
 
 # --------------------------------------------------------------------------- backward
@@ -344,6 +399,7 @@ cdef void backward_head(
     floating* dq, floating* dk, floating* dv,                  # contiguous, zeroed on entry
     Py_ssize_t n_q, Py_ssize_t n_k, Py_ssize_t key_length, int d, bint causal, floating scale,
     floating* probs, floating* dscores, double* d_row,         # thread scratch
+    floating* panel,                                           # thread scratch: d × BLOCK_K
     int block_q,                                               # query rows per tile
 ) noexcept nogil:
     """dq, dk, dv of one (batch, head), streaming over the key blocks below key_length and
@@ -380,17 +436,17 @@ cdef void backward_head(
                 col_end = row0 + n_rows + offset
             n_cols = <int> min(<Py_ssize_t> BLOCK_K, col_end - col0)
             # P = exp(scale · Q_i K_jᵀ - lse_i), masked entries 0
-            score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, probs)
+            score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, probs, panel)
             for i in range(n_rows):
                 p_row = probs + i * BLOCK_K
                 n_vis = mask_row(p_row, causal, row0 + i, offset, col0, n_cols)
                 exp_shift(p_row, n_vis, lse[row0 + i])
             # dV_j += Pᵀ dO_i
-            gemm(True, False, n_cols, d, n_rows, <floating> 1, probs, BLOCK_K,
-                 dout + row0 * lddo, lddo, <floating> 1, dv + col0 * d, d)
+            accumulate(True, n_cols, d, n_rows, <floating> 1, probs, BLOCK_K,
+                       dout + row0 * lddo, lddo, dv + col0 * d, d)
             # dP = dO_i V_jᵀ, then dS = P ∘ (dP - D_i) in place
-            gemm(False, True, n_rows, n_cols, d, <floating> 1, dout + row0 * lddo, lddo,
-                 v + col0 * ldv, ldv, <floating> 0, dscores, BLOCK_K)
+            product_abt(n_rows, n_cols, d, <floating> 1, dout + row0 * lddo, lddo,
+                        v + col0 * ldv, ldv, dscores, BLOCK_K, panel)
             for i in range(n_rows):
                 p_row = probs + i * BLOCK_K
                 ds_row = dscores + i * BLOCK_K
@@ -398,10 +454,10 @@ cdef void backward_head(
                 for j in range(n_cols):
                     ds_row[j] = p_row[j] * (ds_row[j] - d_i)
             # dQ_i += scale · dS K_j ;  dK_j += scale · dSᵀ Q_i
-            gemm(False, False, n_rows, d, n_cols, scale, dscores, BLOCK_K,
-                 k + col0 * ldk, ldk, <floating> 1, dq + row0 * d, d)
-            gemm(True, False, n_cols, d, n_rows, scale, dscores, BLOCK_K,
-                 q + row0 * ldq, ldq, <floating> 1, dk + col0 * d, d)
+            accumulate(False, n_rows, d, n_cols, scale, dscores, BLOCK_K,
+                       k + col0 * ldk, ldk, dq + row0 * d, d)
+            accumulate(True, n_cols, d, n_rows, scale, dscores, BLOCK_K,
+                       q + row0 * ldq, ldq, dk + col0 * d, d)
             row0 += block_q
         col0 += BLOCK_K
 
@@ -412,7 +468,8 @@ cdef void backward_all(
     const Py_ssize_t[::1] key_lengths,
     floating[:, :, ::1] dq, floating[:, :, ::1] dk, floating[:, :, ::1] dv,  # dk, dv per query head
     bint causal, floating scale,
-    floating[:, ::1] probs, floating[:, ::1] dscores, double[:, ::1] d_row, int n_threads,
+    floating[:, ::1] probs, floating[:, ::1] dscores, double[:, ::1] d_row, floating[:, ::1] panel,
+    int n_threads,
 ) noexcept nogil:
     cdef Py_ssize_t n_h = q.shape[1], n_q = q.shape[2], n_k = k.shape[2]
     cdef Py_ssize_t group = n_h // k.shape[1]  # query heads per key/value head
@@ -430,7 +487,7 @@ cdef void backward_all(
                           &out[b, h, 0, 0], ldo, &dout[b, h, 0, 0], lddo, &lse[head, 0],
                           &dq[head, 0, 0], &dk[head, 0, 0], &dv[head, 0, 0],
                           n_q, n_k, key_lengths[b], d, causal, scale,
-                          &probs[tid, 0], &dscores[tid, 0], &d_row[tid, 0],
+                          &probs[tid, 0], &dscores[tid, 0], &d_row[tid, 0], &panel[tid, 0],
                           CAUSAL_BACKWARD_BLOCK_Q if causal else BLOCK_Q)
 
 
@@ -509,13 +566,15 @@ def forward(q, k, v, bint causal, double scale, key_lengths=None, int num_thread
         scores = np.empty((n_threads, rows * BLOCK_K), dtype=q.dtype)
         acc = np.empty((n_threads, rows * d), dtype=q.dtype)
         stats = np.empty((n_threads, 2 * rows), dtype=np.float64)
+        panel = np.empty((n_threads, d * BLOCK_K), dtype=q.dtype)
         q, k, v = _rows(q), _rows(k), _rows(v)
         with _single_threaded_blas(work):
             if q.dtype == np.float32:
                 forward_all[float](q, k, v, lengths, out, lse, causal, <float> scale, scores, acc, stats,
-                                   n_threads)
+                                   panel, n_threads)
             else:
-                forward_all[double](q, k, v, lengths, out, lse, causal, scale, scores, acc, stats, n_threads)
+                forward_all[double](q, k, v, lengths, out, lse, causal, scale, scores, acc, stats, panel,
+                                    n_threads)
     return out.reshape(B, H, n_q, d), lse.reshape(B, H, n_q)
 
 
@@ -535,15 +594,16 @@ def backward(dout, q, k, v, out, lse, bint causal, double scale, key_lengths=Non
         probs = np.empty((n_threads, rows * BLOCK_K), dtype=q.dtype)
         dscores = np.empty((n_threads, rows * BLOCK_K), dtype=q.dtype)
         d_row = np.empty((n_threads, n_q), dtype=np.float64)
+        panel = np.empty((n_threads, d * BLOCK_K), dtype=q.dtype)
         lse_heads = np.ascontiguousarray(lse, dtype=np.float64).reshape(B * H, n_q)
         q, k, v, out, dout = _rows(q), _rows(k), _rows(v), _rows(out), _rows(dout)
         with _single_threaded_blas(work):
             if q.dtype == np.float32:
                 backward_all[float](q, k, v, out, dout, lse_heads, lengths, dq, dk, dv, causal,
-                                    <float> scale, probs, dscores, d_row, n_threads)
+                                    <float> scale, probs, dscores, d_row, panel, n_threads)
             else:
                 backward_all[double](q, k, v, out, dout, lse_heads, lengths, dq, dk, dv, causal, scale,
-                                     probs, dscores, d_row, n_threads)
+                                     probs, dscores, d_row, panel, n_threads)
     dq, dk, dv = (x.reshape(B, H, -1, d) for x in (dq, dk, dv))
     if H_kv != H:  # (B, H, Nk, d) per query head -> (B, H_kv, Nk, d): sum each group of H // H_kv heads
         dk, dv = (x.reshape(B, H_kv, H // H_kv, n_k, d).sum(axis=2) for x in (dk, dv))

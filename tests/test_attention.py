@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 
 from numpyllm import attention
 from numpyllm.testing import AttentionProblem, attention_problems, check_attention, make_attention_problem
@@ -65,6 +65,65 @@ def test_kernel_matches_reference_with_padding_and_grouped_heads(dtype, problem)
     """The strategy's padded or grouped problems, per dtype, with any layout of q, k, v."""
     assume(problem.key_lengths is not None or problem.k.shape[1] < problem.q.shape[1])
     check_attention(kernel_forward, kernel_backward, make_attention_problem(**dict(problem.recipe, dtype=dtype)))
+
+
+def avx512_tiles_available():
+    """Whether this CPU and build can run the kernel's AVX-512 tile products."""
+    if not KERNEL_BUILT:
+        return False
+    kernel, current = attention.KERNEL.module, attention.KERNEL.module.tile_products()
+    try:
+        kernel.tile_products("avx512")
+    except ValueError:
+        return False
+    kernel.tile_products(current)
+    return True
+
+
+# Both implementations of the kernel's float32 tile products: BLAS everywhere, tiles.h's where the CPU has AVX-512F.
+TILE_PRODUCTS = ["blas", pytest.param("avx512", marks=pytest.mark.skipif(
+    not avx512_tiles_available(), reason="no AVX-512F on this CPU: the kernel uses BLAS for its tiles"))]
+
+
+@pytest.fixture
+def tile_products(request):
+    """Run the test with the tile products named by its ``tiles`` parameter, then restore the default."""
+    kernel = attention.KERNEL.module
+    default = kernel.tile_products()
+    kernel.tile_products(request.param)
+    yield request.param
+    kernel.tile_products(default)
+
+
+@needs_kernel
+@pytest.mark.parametrize("tile_products", TILE_PRODUCTS, indirect=True)
+@pytest.mark.parametrize("n_q, n_k", [(1, 70), (5, 5), (6, 64), (7, 65), (13, 127), (64, 200), (257, 300)])
+@pytest.mark.parametrize("d", [16, 48, 64, 80])
+def test_kernel_tile_products_match_reference_at_register_block_edges(tile_products, n_q, n_k, d):
+    """Row counts around the 6-row register blocks, key counts around their 64-column strips, and head
+    widths of 1, 3, 4 and 5 vectors: every block and tail of tiles.h, float32, causal and not, padded."""
+    for causal in (False, True):
+        if causal and n_q > n_k:
+            continue
+        q, k, v = random_qkv((2, 2, n_q, d), n_k, np.float32, seed=n_q * 1000 + n_k + d)
+        dout = np.random.default_rng(2).standard_normal(q.shape).astype(np.float32)
+        key_lengths = None if causal else np.array([n_k, max(1, n_k - 37)])
+        check_attention(kernel_forward, kernel_backward, AttentionProblem(q, k, v, dout, causal, None, key_lengths))
+
+
+@needs_kernel
+@pytest.mark.parametrize("tile_products", TILE_PRODUCTS, indirect=True)
+@given(problem=attention_problems(max_len=140, max_heads=4))
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])  # set once for all examples
+def test_kernel_tile_products_match_reference(tile_products, problem):
+    check_attention(kernel_forward, kernel_backward, make_attention_problem(**dict(problem.recipe, dtype="float32")))
+
+
+def test_tile_products_rejects_unknown_names():
+    if not KERNEL_BUILT:
+        pytest.skip("compiled kernel not built")
+    with pytest.raises(ValueError, match="'avx512' or 'blas', got 'mkl'"):
+        attention.KERNEL.module.tile_products("mkl")
 
 
 @needs_kernel

@@ -1,0 +1,219 @@
+/* Register-blocked float32 tile products for the attention kernel, on AVX-512 CPUs.
+ *
+ * The attention kernel multiplies small tiles (up to 256 × 256 scores against d = 64 wide
+ * rows) from its own threads. A BLAS call on such a tile packs both operands first, and
+ * OpenBLAS's single-threaded sgemm ran 256×64×256 tiles at ~30 GFLOP/s a core on the Intel
+ * Xeon (Sapphire Rapids) against ~55 for MKL's. These two products keep a block of C in
+ * registers and stream the operands as they lie, so only the transposed operand of
+ * C = A Bᵀ is packed (once per tile, into a panel the caller owns):
+ *
+ *   numpyllm_tile_abt_f32:  C (m × n)  = alpha · A Bᵀ,     A (m × k), B (n × k), rows of each contiguous
+ *   numpyllm_tile_acc_f32:  C (m × d) += alpha · op(A) B,  op(A)[r, p] = a[r·a_row + p·a_col],
+ *                                                           B (p × d), d a multiple of 16
+ *
+ * Each block of C is (MR rows) × (16-float vectors), every vector an accumulator in a zmm
+ * register: per step of the reduction, one load of each B vector, one broadcast of each A
+ * element, MR·vectors FMAs. A sum over p runs in the order p = 0, 1, ... in float32, as a
+ * BLAS's does; results differ from BLAS's by rounding only.
+ *
+ * Built only for x86-64 with GCC or clang; `numpyllm_tiles_available()` says whether this
+ * CPU has AVX-512F (elsewhere the kernel keeps calling BLAS).
+ */
+#ifndef NUMPYLLM_TILES_H
+#define NUMPYLLM_TILES_H
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NUMPYLLM_NO_TILES)
+#define NUMPYLLM_TILES 1
+#include <immintrin.h>
+
+#define NUMPYLLM_AVX512 __attribute__((target("avx512f")))
+#define NUMPYLLM_INLINE_AVX512 static inline __attribute__((always_inline, target("avx512f")))
+
+/* Rows per block of C = A Bᵀ, and its width in vectors (64 columns): 24 accumulators. (12 × 2
+ * and 4 × 4 were 5-10% slower on the Xeon, 14 × 2 a third slower.) */
+#define NUMPYLLM_ABT_MR 6
+#define NUMPYLLM_ABT_NV 4
+#define NUMPYLLM_ABT_NC (16 * NUMPYLLM_ABT_NV)
+/* Rows per block of C += op(A) B, its width up to four vectors (64 columns): 24 accumulators. */
+#define NUMPYLLM_ACC_MR 6
+#ifndef NUMPYLLM_ACC_CHUNK
+#define NUMPYLLM_ACC_CHUNK 128
+#endif
+
+static int numpyllm_tiles_available(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+}
+
+/* Mask of the first `count` lanes (none for count <= 0, all for count >= 16). */
+static inline __mmask16 numpyllm_lanes(int count)
+{
+    return count >= 16 ? (__mmask16)0xFFFF : count <= 0 ? (__mmask16)0 : (__mmask16)((1u << count) - 1u);
+}
+
+/* One block: rows 0..mr-1 of C, NUMPYLLM_ABT_NC columns (those past n_cols not stored), from a
+ * strip of Bᵀ (k rows of NUMPYLLM_ABT_NC floats). */
+NUMPYLLM_INLINE_AVX512
+void numpyllm_abt_block(const int mr, int k, float alpha, const float *a, int lda,
+                        const float *strip, float *c, int ldc, int n_cols)
+{
+    __m512 acc[NUMPYLLM_ABT_MR][NUMPYLLM_ABT_NV];
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NUMPYLLM_ABT_NV; v++)
+            acc[r][v] = _mm512_setzero_ps();
+    for (int p = 0; p < k; p++) {
+        __m512 bv[NUMPYLLM_ABT_NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NUMPYLLM_ABT_NV; v++)
+            bv[v] = _mm512_loadu_ps(strip + (size_t)p * NUMPYLLM_ABT_NC + 16 * v);
+#pragma GCC unroll 6
+        for (int r = 0; r < mr; r++) {
+            __m512 ar = _mm512_set1_ps(a[(size_t)r * lda + p]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NUMPYLLM_ABT_NV; v++)
+                acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
+        }
+    }
+    __m512 scale = _mm512_set1_ps(alpha);
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NUMPYLLM_ABT_NV; v++)
+            _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16 * v, numpyllm_lanes(n_cols - 16 * v),
+                                  _mm512_mul_ps(acc[r][v], scale));
+}
+
+/* C (m × n, row stride ldc) = alpha · A Bᵀ. panel: room for k × round_up(n, 64) floats. */
+NUMPYLLM_AVX512
+static void numpyllm_tile_abt_f32(int m, int n, int k, float alpha, const float *a, int lda,
+                                  const float *b, int ldb, float *c, int ldc, float *panel)
+{
+    /* Bᵀ in strips of NUMPYLLM_ABT_NC columns, each strip k × NC contiguous (16 KB for k = 64,
+     * so it stays in L1 while every row block of A passes it: a whole-width k × n panel's rows,
+     * 1 KB apart, fell into 4 of L1's 64 sets and evicted each other). Zero past column n. */
+    for (int j0 = 0; j0 < n; j0 += NUMPYLLM_ABT_NC) {
+        float *strip = panel + (size_t)j0 * k;
+        const int width = n - j0 < NUMPYLLM_ABT_NC ? n - j0 : NUMPYLLM_ABT_NC;
+        const float *b_strip = b + (size_t)j0 * ldb;
+        /* 16 rows of B at a time: element p of each, gathered into one vector (a transpose) */
+        for (int v = 0; v < NUMPYLLM_ABT_NV; v++) {
+            const int rows = width - 16 * v;
+            const __mmask16 live = numpyllm_lanes(rows);
+            const __m512i offsets = _mm512_mullo_epi32(
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(ldb));
+            const float *b_rows = b_strip + (size_t)(rows > 0 ? 16 * v : 0) * ldb;
+            for (int p = 0; p < k; p++)
+                _mm512_storeu_ps(strip + (size_t)p * NUMPYLLM_ABT_NC + 16 * v,
+                                 _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, offsets, b_rows + p, 4));
+        }
+    }
+    for (int j0 = 0; j0 < n; j0 += NUMPYLLM_ABT_NC) {
+        const float *strip = panel + (size_t)j0 * k;
+        int i0 = 0;
+        for (; i0 + NUMPYLLM_ABT_MR <= m; i0 += NUMPYLLM_ABT_MR)
+            numpyllm_abt_block(NUMPYLLM_ABT_MR, k, alpha, a + (size_t)i0 * lda, lda, strip,
+                               c + (size_t)i0 * ldc + j0, ldc, n - j0);
+        const float *a_tail = a + (size_t)i0 * lda;
+        float *c_tail = c + (size_t)i0 * ldc + j0;
+        switch (m - i0) { /* the last rows, each count its own register block */
+#define NUMPYLLM_ABT_TAIL(rows) \
+        case rows: numpyllm_abt_block(rows, k, alpha, a_tail, lda, strip, c_tail, ldc, n - j0); break;
+        NUMPYLLM_ABT_TAIL(1) NUMPYLLM_ABT_TAIL(2) NUMPYLLM_ABT_TAIL(3) NUMPYLLM_ABT_TAIL(4) NUMPYLLM_ABT_TAIL(5)
+#undef NUMPYLLM_ABT_TAIL
+        default: break;
+        }
+    }
+}
+
+/* One block: rows 0..mr-1 of C, nv vectors (16·nv columns), C += alpha · op(A) B. */
+NUMPYLLM_INLINE_AVX512
+void numpyllm_acc_block(const int mr, const int nv, int n_red, float alpha,
+                        const float *a, int a_row, int a_col, const float *b, int ldb,
+                        float *c, int ldc)
+{
+    __m512 acc[NUMPYLLM_ACC_MR][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            acc[r][v] = _mm512_setzero_ps();
+    for (int p = 0; p < n_red; p++) {
+        __m512 bv[4];
+        const float *a_p = a + (size_t)p * a_col;
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            bv[v] = _mm512_loadu_ps(b + (size_t)p * ldb + 16 * v);
+#pragma GCC unroll 6
+        for (int r = 0; r < mr; r++) {
+            __m512 ar = _mm512_set1_ps(a_p[(size_t)r * a_row]);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++)
+                acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
+        }
+    }
+    __m512 scale = _mm512_set1_ps(alpha);
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            float *c_rv = c + (size_t)r * ldc + 16 * v;
+            _mm512_storeu_ps(c_rv, _mm512_fmadd_ps(acc[r][v], scale, _mm512_loadu_ps(c_rv)));
+        }
+}
+
+/* The rows of C in blocks of NUMPYLLM_ACC_MR, then the last ones, for nv vectors of columns. */
+NUMPYLLM_INLINE_AVX512
+void numpyllm_acc_columns(const int nv, int m, int n_red, float alpha, const float *a, int a_row, int a_col,
+                          const float *b, int ldb, float *c, int ldc)
+{
+    int i0 = 0;
+    for (; i0 + NUMPYLLM_ACC_MR <= m; i0 += NUMPYLLM_ACC_MR)
+        numpyllm_acc_block(NUMPYLLM_ACC_MR, nv, n_red, alpha, a + (size_t)i0 * a_row, a_row, a_col, b, ldb,
+                           c + (size_t)i0 * ldc, ldc);
+    const float *a_tail = a + (size_t)i0 * a_row;
+    float *c_tail = c + (size_t)i0 * ldc;
+    switch (m - i0) {
+#define NUMPYLLM_ACC_TAIL(rows) \
+    case rows: numpyllm_acc_block(rows, nv, n_red, alpha, a_tail, a_row, a_col, b, ldb, c_tail, ldc); break;
+    NUMPYLLM_ACC_TAIL(1) NUMPYLLM_ACC_TAIL(2) NUMPYLLM_ACC_TAIL(3) NUMPYLLM_ACC_TAIL(4) NUMPYLLM_ACC_TAIL(5)
+#undef NUMPYLLM_ACC_TAIL
+    default: break;
+    }
+}
+
+/* C (m × d, row stride ldc) += alpha · op(A) B with op(A)[r, p] = a[r·a_row + p·a_col] (r < m,
+ * p < n_red) and B (n_red × d, row stride ldb); d a multiple of 16. */
+NUMPYLLM_AVX512
+static void numpyllm_tile_acc_f32(int m, int d, int n_red, float alpha, const float *a, int a_row, int a_col,
+                                  const float *b, int ldb, float *c, int ldc)
+{
+    /* The reduction in chunks of NUMPYLLM_ACC_CHUNK rows of B (32 KB at d = 64), which then stay in
+     * L1 while every row block of C passes them; a whole 256-row B came from L2 for each. */
+    for (int p0 = 0; p0 < n_red; p0 += NUMPYLLM_ACC_CHUNK) {
+        const int n_chunk = n_red - p0 < NUMPYLLM_ACC_CHUNK ? n_red - p0 : NUMPYLLM_ACC_CHUNK;
+        const float *a_chunk = a + (size_t)p0 * a_col, *b_chunk = b + (size_t)p0 * ldb;
+        int c0 = 0;
+        for (; c0 + 64 <= d; c0 += 64)
+            numpyllm_acc_columns(4, m, n_chunk, alpha, a_chunk, a_row, a_col, b_chunk + c0, ldb, c + c0, ldc);
+        switch ((d - c0) / 16) {
+        case 3: numpyllm_acc_columns(3, m, n_chunk, alpha, a_chunk, a_row, a_col, b_chunk + c0, ldb, c + c0, ldc); break;
+        case 2: numpyllm_acc_columns(2, m, n_chunk, alpha, a_chunk, a_row, a_col, b_chunk + c0, ldb, c + c0, ldc); break;
+        case 1: numpyllm_acc_columns(1, m, n_chunk, alpha, a_chunk, a_row, a_col, b_chunk + c0, ldb, c + c0, ldc); break;
+        default: break;
+        }
+    }
+}
+
+#else
+#define NUMPYLLM_TILES 0
+static int numpyllm_tiles_available(void) { return 0; }
+static void numpyllm_tile_abt_f32(int m, int n, int k, float alpha, const float *a, int lda,
+                                  const float *b, int ldb, float *c, int ldc, float *panel) {}
+static void numpyllm_tile_acc_f32(int m, int d, int n_red, float alpha, const float *a, int a_row, int a_col,
+                                  const float *b, int ldb, float *c, int ldc) {}
+#endif
+
+#endif
