@@ -70,8 +70,9 @@ cdef extern from "fastexp.h" nogil:
 cdef extern from "tiles.h" nogil:
     # Register-blocked float32 tile products for AVX-512 CPUs (see the header).
     int numpyllm_tiles_available()
+    void numpyllm_pack_bt_f32(int n, int k, const float* b, int ldb, float* panel)
     void numpyllm_tile_abt_f32(int m, int n, int k, float alpha, const float* a, int lda,
-                               const float* b, int ldb, float* c, int ldc, float* panel)
+                               const float* panel, float* c, int ldc)
     void numpyllm_tile_acc_f32(int m, int d, int n_red, float alpha, const float* a, int a_row, int a_col,
                                const float* b, int ldb, float* c, int ldc)
 
@@ -234,16 +235,28 @@ def tile_products(name=None):
     return "avx512" if use_tile_kernels else "blas"
 
 
+cdef inline bint packs_keys(int n_rows) noexcept nogil:
+    """Whether products with n_rows rows of A use tiles.h (and so a packed Bᵀ): float32 only, checked
+    by the caller; a single row goes to BLAS's gemv, since packing B would cost as much as the product."""
+    return use_tile_kernels and n_rows > 1
+
+
+cdef inline void pack_rows(int n, int k, const floating* b, int ldb, floating* panel) noexcept nogil:
+    """panel = Bᵀ (B: n × k row-major), packed for product_abt's tiles.h path (float32 only)."""
+    if floating is float:
+        numpyllm_pack_bt_f32(n, k, b, ldb, panel)
+
+
 cdef inline void product_abt(int m, int n, int k, floating alpha, const floating* a, int lda,
-                             const floating* b, int ldb, floating* c, int ldc, floating* panel) noexcept nogil:
+                             const floating* b, int ldb, floating* c, int ldc, const floating* panel) noexcept nogil:
     """C (m × n, row stride ldc) = alpha · A Bᵀ for row-major A (m × k) and B (n × k).
 
-    panel: k × BLOCK_K scratch for tiles.h's transposed copy of B (n <= BLOCK_K). A single row
-    goes to BLAS's gemv: packing B would cost as much as the product.
+    With tiles.h (float32 and packs_keys(m)), from panel, which pack_rows filled with Bᵀ (or more
+    columns of it); otherwise BLAS reads B.
     """
     if floating is float:
-        if use_tile_kernels and m > 1:
-            numpyllm_tile_abt_f32(m, n, k, alpha, a, lda, b, ldb, c, ldc, panel)
+        if packs_keys(m):
+            numpyllm_tile_abt_f32(m, n, k, alpha, a, lda, panel, c, ldc)
             return
     gemm(False, True, m, n, k, alpha, a, lda, b, ldb, <floating> 0, c, ldc)
 
@@ -263,8 +276,8 @@ cdef inline void accumulate(bint trans_a, int m, int d, int n_red, floating alph
 cdef inline void score_tile(const floating* q, int ldq, const floating* k, int ldk,
                             Py_ssize_t row0, Py_ssize_t col0,
                             int n_rows, int n_cols, int d, floating scale,
-                            floating* tile, floating* panel) noexcept nogil:
-    """tile (n_rows × n_cols, row stride BLOCK_K) = scale · Q[row0:] K[col0:]ᵀ."""
+                            floating* tile, const floating* panel) noexcept nogil:
+    """tile (n_rows × n_cols, row stride BLOCK_K) = scale · Q[row0:] K[col0:]ᵀ; panel: pack_rows of K[col0:]."""
     product_abt(n_rows, n_cols, d, scale, q + row0 * ldq, ldq, k + col0 * ldk, ldk, tile, BLOCK_K, panel)
 
 
@@ -301,7 +314,7 @@ cdef void forward_query_block(
     Py_ssize_t n_q, Py_ssize_t n_k, Py_ssize_t key_length, int d, Py_ssize_t row0,
     bint causal, floating scale,
     floating* scores, floating* acc, double* running_max, double* running_sum,  # thread scratch
-    floating* panel,                           # thread scratch: d × BLOCK_K
+    const floating* key_panel,                 # pack_rows of this head's keys below key_length, if packs_keys
 ) noexcept nogil:
     """Rows row0 .. row0+BLOCK_Q-1 of out and lse, streaming over the key blocks below key_length."""
     cdef int n_rows = <int> min(<Py_ssize_t> BLOCK_Q, n_q - row0)
@@ -325,7 +338,7 @@ cdef void forward_query_block(
     col0 = 0
     while col0 <= last_col:
         n_cols = <int> min(<Py_ssize_t> BLOCK_K, last_col + 1 - col0)
-        score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, scores, panel)  # S = scale · Q_i K_jᵀ
+        score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, scores, key_panel + col0 * d)  # S = scale · Q_i K_jᵀ
         for i in range(n_rows):
             s_row = scores + i * BLOCK_K
             n_vis = mask_row(s_row, causal, row0 + i, offset, col0, n_cols)
@@ -341,7 +354,7 @@ cdef void forward_query_block(
                 m_new = running_max[i]
                 block_sum = exp_shift_sum_max(s_row, n_vis, m_new, &m_blk)
                 if m_blk > m_new + MAX_SHIFT_SLACK:
-                    score_tile(q, ldq, k, ldk, row0 + i, col0, 1, n_cols, d, scale, s_row, panel)
+                    score_tile(q, ldq, k, ldk, row0 + i, col0, 1, n_cols, d, scale, s_row, key_panel + col0 * d)
                     mask_row(s_row, causal, row0 + i, offset, col0, n_cols)
                     m_new = m_blk
                     block_sum = exp_shift_sum(s_row, n_vis, m_new)
@@ -365,16 +378,22 @@ cdef void forward_all(
     const floating[:, :, :, :] q, const floating[:, :, :, :] k, const floating[:, :, :, :] v,
     const Py_ssize_t[::1] key_lengths, floating[:, :, ::1] out, double[:, ::1] lse,
     bint causal, floating scale,
-    floating[:, ::1] scores, floating[:, ::1] acc, double[:, ::1] stats, floating[:, ::1] panel,
-    int n_threads,
+    floating[:, ::1] scores, floating[:, ::1] acc, double[:, ::1] stats,
+    floating[:, ::1] key_panels, bint pack, int n_threads,
 ) noexcept nogil:
-    cdef Py_ssize_t n_h = q.shape[1], n_q = q.shape[2], n_k = k.shape[2]
-    cdef Py_ssize_t group = n_h // k.shape[1]  # query heads per key/value head
+    """key_panels: (B·H_kv, round_up(Nk, 64)·d) scratch, filled first with each key head's packed
+    Kᵀ when pack (the tiles.h path; every query block of the head then reads it), else unused."""
+    cdef Py_ssize_t n_h = q.shape[1], n_q = q.shape[2], n_k = k.shape[2], n_kv = k.shape[1]
+    cdef Py_ssize_t group = n_h // n_kv  # query heads per key/value head
     cdef int d = <int> q.shape[3], rows = <int> stats.shape[1] // 2
     cdef int ldq = row_stride(q), ldk = row_stride(k), ldv = row_stride(v)
     cdef Py_ssize_t n_qblocks = (n_q + BLOCK_Q - 1) // BLOCK_Q
     cdef Py_ssize_t task, head, b, h, row0
     cdef int tid
+    if pack:  # a parallel region of its own: it ends when every panel is written (Cython's prange has nowait)
+        for head in prange(q.shape[0] * n_kv, num_threads=n_threads, schedule="dynamic"):
+            b = head // n_kv
+            pack_rows(<int> key_lengths[b], d, &k[b, head % n_kv, 0, 0], ldk, &key_panels[head, 0])
     with parallel(num_threads=n_threads):
         for task in prange(q.shape[0] * n_h * n_qblocks, schedule="dynamic"):
             tid = threadid()
@@ -386,7 +405,8 @@ cdef void forward_all(
                                 &v[b, h // group, 0, 0], ldv, &out[head, 0, 0], &lse[head, 0],
                                 n_q, n_k, key_lengths[b], d, row0, causal, scale,
                                 &scores[tid, 0], &acc[tid, 0],
-                                &stats[tid, 0], &stats[tid, rows], &panel[tid, 0])
+                                &stats[tid, 0], &stats[tid, rows],
+                                &key_panels[b * n_kv + h // group if pack else 0, 0])
 
 
 # --------------------------------------------------------------------------- backward
@@ -399,7 +419,7 @@ cdef void backward_head(
     floating* dq, floating* dk, floating* dv,                  # contiguous, zeroed on entry
     Py_ssize_t n_q, Py_ssize_t n_k, Py_ssize_t key_length, int d, bint causal, floating scale,
     floating* probs, floating* dscores, double* d_row,         # thread scratch
-    floating* panel,                                           # thread scratch: d × BLOCK_K
+    floating* k_panel, floating* v_panel,                      # thread scratch: d × BLOCK_K each
     int block_q,                                               # query rows per tile
 ) noexcept nogil:
     """dq, dk, dv of one (batch, head), streaming over the key blocks below key_length and
@@ -423,6 +443,10 @@ cdef void backward_head(
         d_row[i] = dot
     col0 = 0
     while col0 < key_length:
+        if floating is float:
+            if packs_keys(<int> min(<Py_ssize_t> block_q, n_q)):  # Kᵀ, Vᵀ of this key block, for every query block
+                pack_rows(<int> min(<Py_ssize_t> BLOCK_K, key_length - col0), d, k + col0 * ldk, ldk, k_panel)
+                pack_rows(<int> min(<Py_ssize_t> BLOCK_K, key_length - col0), d, v + col0 * ldv, ldv, v_panel)
         # Causal: the first query row that sees column col0 is col0 - offset.
         first_row = 0
         if causal and col0 - offset > 0:
@@ -436,7 +460,7 @@ cdef void backward_head(
                 col_end = row0 + n_rows + offset
             n_cols = <int> min(<Py_ssize_t> BLOCK_K, col_end - col0)
             # P = exp(scale · Q_i K_jᵀ - lse_i), masked entries 0
-            score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, probs, panel)
+            score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, probs, k_panel)
             for i in range(n_rows):
                 p_row = probs + i * BLOCK_K
                 n_vis = mask_row(p_row, causal, row0 + i, offset, col0, n_cols)
@@ -446,7 +470,7 @@ cdef void backward_head(
                        dout + row0 * lddo, lddo, dv + col0 * d, d)
             # dP = dO_i V_jᵀ, then dS = P ∘ (dP - D_i) in place
             product_abt(n_rows, n_cols, d, <floating> 1, dout + row0 * lddo, lddo,
-                        v + col0 * ldv, ldv, dscores, BLOCK_K, panel)
+                        v + col0 * ldv, ldv, dscores, BLOCK_K, v_panel)
             for i in range(n_rows):
                 p_row = probs + i * BLOCK_K
                 ds_row = dscores + i * BLOCK_K
@@ -468,7 +492,7 @@ cdef void backward_all(
     const Py_ssize_t[::1] key_lengths,
     floating[:, :, ::1] dq, floating[:, :, ::1] dk, floating[:, :, ::1] dv,  # dk, dv per query head
     bint causal, floating scale,
-    floating[:, ::1] probs, floating[:, ::1] dscores, double[:, ::1] d_row, floating[:, ::1] panel,
+    floating[:, ::1] probs, floating[:, ::1] dscores, double[:, ::1] d_row, floating[:, ::1] panels,
     int n_threads,
 ) noexcept nogil:
     cdef Py_ssize_t n_h = q.shape[1], n_q = q.shape[2], n_k = k.shape[2]
@@ -487,7 +511,7 @@ cdef void backward_all(
                           &out[b, h, 0, 0], ldo, &dout[b, h, 0, 0], lddo, &lse[head, 0],
                           &dq[head, 0, 0], &dk[head, 0, 0], &dv[head, 0, 0],
                           n_q, n_k, key_lengths[b], d, causal, scale,
-                          &probs[tid, 0], &dscores[tid, 0], &d_row[tid, 0], &panel[tid, 0],
+                          &probs[tid, 0], &dscores[tid, 0], &d_row[tid, 0], &panels[tid, 0], &panels[tid, d * BLOCK_K],
                           CAUSAL_BACKWARD_BLOCK_Q if causal else BLOCK_Q)
 
 
@@ -566,15 +590,16 @@ def forward(q, k, v, bint causal, double scale, key_lengths=None, int num_thread
         scores = np.empty((n_threads, rows * BLOCK_K), dtype=q.dtype)
         acc = np.empty((n_threads, rows * d), dtype=q.dtype)
         stats = np.empty((n_threads, 2 * rows), dtype=np.float64)
-        panel = np.empty((n_threads, d * BLOCK_K), dtype=q.dtype)
+        pack = q.dtype == np.float32 and use_tile_kernels and n_q > 1
+        key_panels = np.empty((B * k.shape[1], -(-k.shape[2] // 64) * 64 * d) if pack else (1, 1), dtype=q.dtype)
         q, k, v = _rows(q), _rows(k), _rows(v)
         with _single_threaded_blas(work):
             if q.dtype == np.float32:
                 forward_all[float](q, k, v, lengths, out, lse, causal, <float> scale, scores, acc, stats,
-                                   panel, n_threads)
+                                   key_panels, pack, n_threads)
             else:
-                forward_all[double](q, k, v, lengths, out, lse, causal, scale, scores, acc, stats, panel,
-                                    n_threads)
+                forward_all[double](q, k, v, lengths, out, lse, causal, scale, scores, acc, stats,
+                                    key_panels, pack, n_threads)
     return out.reshape(B, H, n_q, d), lse.reshape(B, H, n_q)
 
 
@@ -594,16 +619,16 @@ def backward(dout, q, k, v, out, lse, bint causal, double scale, key_lengths=Non
         probs = np.empty((n_threads, rows * BLOCK_K), dtype=q.dtype)
         dscores = np.empty((n_threads, rows * BLOCK_K), dtype=q.dtype)
         d_row = np.empty((n_threads, n_q), dtype=np.float64)
-        panel = np.empty((n_threads, d * BLOCK_K), dtype=q.dtype)
+        panels = np.empty((n_threads, 2 * d * BLOCK_K), dtype=q.dtype)  # Kᵀ and Vᵀ of a key block
         lse_heads = np.ascontiguousarray(lse, dtype=np.float64).reshape(B * H, n_q)
         q, k, v, out, dout = _rows(q), _rows(k), _rows(v), _rows(out), _rows(dout)
         with _single_threaded_blas(work):
             if q.dtype == np.float32:
                 backward_all[float](q, k, v, out, dout, lse_heads, lengths, dq, dk, dv, causal,
-                                    <float> scale, probs, dscores, d_row, panel, n_threads)
+                                    <float> scale, probs, dscores, d_row, panels, n_threads)
             else:
                 backward_all[double](q, k, v, out, dout, lse_heads, lengths, dq, dk, dv, causal, scale,
-                                     probs, dscores, d_row, panel, n_threads)
+                                     probs, dscores, d_row, panels, n_threads)
     dq, dk, dv = (x.reshape(B, H, -1, d) for x in (dq, dk, dv))
     if H_kv != H:  # (B, H, Nk, d) per query head -> (B, H_kv, Nk, d): sum each group of H // H_kv heads
         dk, dv = (x.reshape(B, H_kv, H // H_kv, n_k, d).sum(axis=2) for x in (dk, dv))

@@ -4,10 +4,10 @@
  * rows) from its own threads. A BLAS call on such a tile packs both operands first, and
  * OpenBLAS's single-threaded sgemm ran 256×64×256 tiles at ~30 GFLOP/s a core on the Intel
  * Xeon (Sapphire Rapids) against ~55 for MKL's. These two products keep a block of C in
- * registers and stream the operands as they lie, so only the transposed operand of
- * C = A Bᵀ is packed (once per tile, into a panel the caller owns):
+ * registers and stream the operands as they lie; only the transposed operand of C = A Bᵀ
+ * is packed, into a panel the caller owns and reuses for every tile of that key block:
  *
- *   numpyllm_tile_abt_f32:  C (m × n)  = alpha · A Bᵀ,     A (m × k), B (n × k), rows of each contiguous
+ *   numpyllm_tile_abt_f32:  C (m × n)  = alpha · A Bᵀ,     A (m × k), B (n × k) packed by numpyllm_pack_bt_f32
  *   numpyllm_tile_acc_f32:  C (m × d) += alpha · op(A) B,  op(A)[r, p] = a[r·a_row + p·a_col],
  *                                                           B (p × d), d a multiple of 16
  *
@@ -36,9 +36,7 @@
 #define NUMPYLLM_ABT_NC (16 * NUMPYLLM_ABT_NV)
 /* Rows per block of C += op(A) B, its width up to four vectors (64 columns): 24 accumulators. */
 #define NUMPYLLM_ACC_MR 6
-#ifndef NUMPYLLM_ACC_CHUNK
 #define NUMPYLLM_ACC_CHUNK 128
-#endif
 
 static int numpyllm_tiles_available(void)
 {
@@ -86,30 +84,36 @@ void numpyllm_abt_block(const int mr, int k, float alpha, const float *a, int ld
                                   _mm512_mul_ps(acc[r][v], scale));
 }
 
-/* C (m × n, row stride ldc) = alpha · A Bᵀ. panel: room for k × round_up(n, 64) floats. */
+/* Bᵀ for numpyllm_tile_abt_f32: B (n × k, row stride ldb) as strips of NUMPYLLM_ABT_NC columns,
+ * each strip k × NC contiguous (16 KB for k = 64, so it stays in L1 while every row block of A
+ * passes it: a whole-width k × n panel's rows, 1 KB apart, fell into 4 of L1's 64 sets and evicted
+ * each other), zero past column n. panel: room for k × round_up(n, NC) floats. The strip starting
+ * at column j0 (a multiple of NC) is at panel + j0 · k, whatever n is. */
 NUMPYLLM_AVX512
-static void numpyllm_tile_abt_f32(int m, int n, int k, float alpha, const float *a, int lda,
-                                  const float *b, int ldb, float *c, int ldc, float *panel)
+static void numpyllm_pack_bt_f32(int n, int k, const float *b, int ldb, float *panel)
 {
-    /* Bᵀ in strips of NUMPYLLM_ABT_NC columns, each strip k × NC contiguous (16 KB for k = 64,
-     * so it stays in L1 while every row block of A passes it: a whole-width k × n panel's rows,
-     * 1 KB apart, fell into 4 of L1's 64 sets and evicted each other). Zero past column n. */
+    const __m512i row_offsets = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(ldb));
     for (int j0 = 0; j0 < n; j0 += NUMPYLLM_ABT_NC) {
         float *strip = panel + (size_t)j0 * k;
-        const int width = n - j0 < NUMPYLLM_ABT_NC ? n - j0 : NUMPYLLM_ABT_NC;
-        const float *b_strip = b + (size_t)j0 * ldb;
         /* 16 rows of B at a time: element p of each, gathered into one vector (a transpose) */
         for (int v = 0; v < NUMPYLLM_ABT_NV; v++) {
-            const int rows = width - 16 * v;
+            const int rows = n - j0 - 16 * v;
             const __mmask16 live = numpyllm_lanes(rows);
-            const __m512i offsets = _mm512_mullo_epi32(
-                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(ldb));
-            const float *b_rows = b_strip + (size_t)(rows > 0 ? 16 * v : 0) * ldb;
+            const float *b_rows = b + (size_t)(rows > 0 ? j0 + 16 * v : 0) * ldb;
             for (int p = 0; p < k; p++)
                 _mm512_storeu_ps(strip + (size_t)p * NUMPYLLM_ABT_NC + 16 * v,
-                                 _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, offsets, b_rows + p, 4));
+                                 _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, row_offsets, b_rows + p, 4));
         }
     }
+}
+
+/* C (m × n, row stride ldc) = alpha · A Bᵀ, A (m × k, row stride lda), Bᵀ packed into panel by
+ * numpyllm_pack_bt_f32 (for n or more columns). */
+NUMPYLLM_AVX512
+static void numpyllm_tile_abt_f32(int m, int n, int k, float alpha, const float *a, int lda,
+                                  const float *panel, float *c, int ldc)
+{
     for (int j0 = 0; j0 < n; j0 += NUMPYLLM_ABT_NC) {
         const float *strip = panel + (size_t)j0 * k;
         int i0 = 0;
@@ -209,9 +213,11 @@ static void numpyllm_tile_acc_f32(int m, int d, int n_red, float alpha, const fl
 
 #else
 #define NUMPYLLM_TILES 0
+/* Elsewhere no CPU qualifies, so the kernel never calls the products below: they only keep it linking. */
 static int numpyllm_tiles_available(void) { return 0; }
+static void numpyllm_pack_bt_f32(int n, int k, const float *b, int ldb, float *panel) {}
 static void numpyllm_tile_abt_f32(int m, int n, int k, float alpha, const float *a, int lda,
-                                  const float *b, int ldb, float *c, int ldc, float *panel) {}
+                                  const float *panel, float *c, int ldc) {}
 static void numpyllm_tile_acc_f32(int m, int d, int n_red, float alpha, const float *a, int a_row, int a_col,
                                   const float *b, int ldb, float *c, int ldc) {}
 #endif
