@@ -58,6 +58,7 @@ cimport cython
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY, exp, log
+from libc.string cimport memset
 from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
 cdef extern from "fastexp.h" nogil:
@@ -71,10 +72,10 @@ cdef extern from "tiles.h" nogil:
     # Register-blocked float32 tile products for AVX-512 CPUs (see the header).
     int numpyllm_tiles_available()
     void numpyllm_pack_bt_f32(int n, int k, const float* b, int ldb, float* panel)
-    void numpyllm_tile_abt_f32(int m, int n, int k, float alpha, const float* a, int lda,
+    void numpyllm_tile_abt_f32(int m, int n, int k, int diag, float alpha, const float* a, int lda,
                                const float* panel, float* c, int ldc)
-    void numpyllm_tile_acc_f32(int m, int d, int n_red, float alpha, const float* a, int a_row, int a_col,
-                               const float* b, int ldb, float* c, int ldc)
+    void numpyllm_tile_acc_f32(int m, int d, int n_red, int diag, int upper, float alpha,
+                               const float* a, int a_row, int a_col, const float* b, int ldb, float* c, int ldc)
 
 # OpenMP when the build has it; one thread otherwise (Cython's prange is then a plain loop).
 cdef extern from *:
@@ -97,6 +98,8 @@ cdef enum:
     # How far a key block's scores may pass a row's running max before the forward shifts by
     # their own max instead: P's entries stay below e^16 ≈ 9e6, far from float32's overflow.
     MAX_SHIFT_SLACK = 16
+    # A tile's diagonal offset when nothing is masked (see tile_diagonal): past any tile's width.
+    NO_DIAGONAL = 1 << 30
 
 #: Tile sizes, for documentation and tests of the block edges.
 block_q = BLOCK_Q
@@ -247,28 +250,38 @@ cdef inline void pack_rows(int n, int k, const floating* b, int ldb, floating* p
         numpyllm_pack_bt_f32(n, k, b, ldb, panel)
 
 
+cdef inline int tile_diagonal(bint causal, Py_ssize_t row0, Py_ssize_t col0, Py_ssize_t offset) noexcept nogil:
+    """diag of the tile at (row0, col0): its row i sees its columns j <= i + diag (causal), or NO_DIAGONAL."""
+    if not causal:
+        return NO_DIAGONAL
+    return <int> min(<Py_ssize_t> NO_DIAGONAL, row0 + offset - col0)
+
+
 cdef inline void product_abt(int m, int n, int k, floating alpha, const floating* a, int lda,
-                             const floating* b, int ldb, floating* c, int ldc, const floating* panel) noexcept nogil:
+                             const floating* b, int ldb, floating* c, int ldc, const floating* panel,
+                             int diag) noexcept nogil:
     """C (m × n, row stride ldc) = alpha · A Bᵀ for row-major A (m × k) and B (n × k).
 
     With tiles.h (float32 and packs_keys(m)), from panel, which pack_rows filled with Bᵀ (or more
-    columns of it); otherwise BLAS reads B.
+    columns of it), and entries right of the causal diagonal (j > i + diag) may be left unwritten:
+    the caller masks them. Otherwise BLAS reads B and writes every entry.
     """
     if floating is float:
         if packs_keys(m):
-            numpyllm_tile_abt_f32(m, n, k, alpha, a, lda, panel, c, ldc)
+            numpyllm_tile_abt_f32(m, n, k, diag, alpha, a, lda, panel, c, ldc)
             return
     gemm(False, True, m, n, k, alpha, a, lda, b, ldb, <floating> 0, c, ldc)
 
 
 cdef inline void accumulate(bint trans_a, int m, int d, int n_red, floating alpha, const floating* a, int lda,
-                            const floating* b, int ldb, floating* c, int ldc) noexcept nogil:
+                            const floating* b, int ldb, floating* c, int ldc, int diag) noexcept nogil:
     """C (m × d, row stride ldc) += alpha · op(A) B, op(A) = A (m × n_red) or Aᵀ (A: n_red × m),
-    row-major with row stride lda; B (n_red × d) row-major."""
+    row-major with row stride lda; B (n_red × d) row-major. A is a tile whose entries right of
+    its causal diagonal diag (tile_diagonal) are zero; tiles.h skips them."""
     if floating is float:
         if use_tile_kernels and d % 16 == 0:
-            numpyllm_tile_acc_f32(m, d, n_red, alpha, a, 1 if trans_a else lda, lda if trans_a else 1,
-                                  b, ldb, c, ldc)
+            numpyllm_tile_acc_f32(m, d, n_red, diag, trans_a, alpha, a, 1 if trans_a else lda,
+                                  lda if trans_a else 1, b, ldb, c, ldc)
             return
     gemm(trans_a, False, m, d, n_red, alpha, a, lda, b, ldb, <floating> 1, c, ldc)
 
@@ -276,9 +289,10 @@ cdef inline void accumulate(bint trans_a, int m, int d, int n_red, floating alph
 cdef inline void score_tile(const floating* q, int ldq, const floating* k, int ldk,
                             Py_ssize_t row0, Py_ssize_t col0,
                             int n_rows, int n_cols, int d, floating scale,
-                            floating* tile, const floating* panel) noexcept nogil:
-    """tile (n_rows × n_cols, row stride BLOCK_K) = scale · Q[row0:] K[col0:]ᵀ; panel: pack_rows of K[col0:]."""
-    product_abt(n_rows, n_cols, d, scale, q + row0 * ldq, ldq, k + col0 * ldk, ldk, tile, BLOCK_K, panel)
+                            floating* tile, const floating* panel, int diag) noexcept nogil:
+    """tile (n_rows × n_cols, row stride BLOCK_K) = scale · Q[row0:] K[col0:]ᵀ; panel: pack_rows of K[col0:].
+    Entries right of the causal diagonal diag may be left unwritten (product_abt): mask_row them."""
+    product_abt(n_rows, n_cols, d, scale, q + row0 * ldq, ldq, k + col0 * ldk, ldk, tile, BLOCK_K, panel, diag)
 
 
 cdef inline int row_stride(const floating[:, :, :, :] x) noexcept nogil:
@@ -298,9 +312,7 @@ cdef inline int mask_row(floating* row, bint causal, Py_ssize_t query, Py_ssize_
     Returns how many leading entries it does see; only those get exponentiated.
     """
     cdef int n_vis = visible_keys(causal, query, offset, col0, n_cols)
-    cdef int j
-    for j in range(n_vis, n_cols):
-        row[j] = 0
+    memset(row + n_vis, 0, (n_cols - n_vis) * sizeof(floating))  # all-zero bits: 0.0
     return n_vis
 
 
@@ -320,16 +332,16 @@ cdef void forward_query_block(
     cdef int n_rows = <int> min(<Py_ssize_t> BLOCK_Q, n_q - row0)
     cdef Py_ssize_t offset = n_k - n_q
     cdef Py_ssize_t col0, last_col
-    cdef int n_cols, n_vis, i, c
-    cdef double m_new, m_blk, alpha, block_sum
+    cdef int n_cols, n_vis, i, c, diag
+    cdef double m_new, m_blk, alpha, block_sum, inv_sum
     cdef floating* s_row
     cdef floating* acc_row
+    cdef floating* out_row
 
     for i in range(n_rows):
         running_max[i] = -INFINITY
         running_sum[i] = 0.0
-        for c in range(d):
-            acc[i * d + c] = 0
+    memset(acc, 0, n_rows * d * sizeof(floating))
     # Keys past the block's last visible column (the padding, and right of the causal
     # diagonal) are hidden from every row: skip them, including the hidden tail of the last tile.
     last_col = key_length - 1
@@ -338,7 +350,8 @@ cdef void forward_query_block(
     col0 = 0
     while col0 <= last_col:
         n_cols = <int> min(<Py_ssize_t> BLOCK_K, last_col + 1 - col0)
-        score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, scores, key_panel + col0 * d)  # S = scale · Q_i K_jᵀ
+        diag = tile_diagonal(causal, row0, col0, offset)
+        score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, scores, key_panel + col0 * d, diag)  # S = scale · Q_i K_jᵀ
         for i in range(n_rows):
             s_row = scores + i * BLOCK_K
             n_vis = mask_row(s_row, causal, row0 + i, offset, col0, n_cols)
@@ -354,7 +367,8 @@ cdef void forward_query_block(
                 m_new = running_max[i]
                 block_sum = exp_shift_sum_max(s_row, n_vis, m_new, &m_blk)
                 if m_blk > m_new + MAX_SHIFT_SLACK:
-                    score_tile(q, ldq, k, ldk, row0 + i, col0, 1, n_cols, d, scale, s_row, key_panel + col0 * d)
+                    score_tile(q, ldq, k, ldk, row0 + i, col0, 1, n_cols, d, scale, s_row, key_panel + col0 * d,
+                               diag + i)
                     mask_row(s_row, causal, row0 + i, offset, col0, n_cols)
                     m_new = m_blk
                     block_sum = exp_shift_sum(s_row, n_vis, m_new)
@@ -366,11 +380,14 @@ cdef void forward_query_block(
                 for c in range(d):
                     acc_row[c] = <floating> (acc_row[c] * alpha)
         # acc (n_rows × d) += P V_j
-        accumulate(False, n_rows, d, n_cols, <floating> 1, scores, BLOCK_K, v + col0 * ldv, ldv, acc, d)
+        accumulate(False, n_rows, d, n_cols, <floating> 1, scores, BLOCK_K, v + col0 * ldv, ldv, acc, d, diag)
         col0 += BLOCK_K
     for i in range(n_rows):
+        out_row = out + (row0 + i) * d
+        acc_row = acc + i * d
+        inv_sum = 1.0 / running_sum[i]
         for c in range(d):
-            out[(row0 + i) * d + c] = <floating> (acc[i * d + c] / running_sum[i])
+            out_row[c] = <floating> (acc_row[c] * inv_sum)
         lse[row0 + i] = running_max[i] + log(running_sum[i])
 
 
@@ -430,7 +447,7 @@ cdef void backward_head(
     CAUSAL_BACKWARD_BLOCK_Q rows (10-25% faster than BLOCK_Q at N = 256-2048)."""
     cdef Py_ssize_t offset = n_k - n_q
     cdef Py_ssize_t row0, col0, first_row, col_end
-    cdef int n_rows, n_cols, n_vis, i, j, c
+    cdef int n_rows, n_cols, n_vis, i, j, c, diag
     cdef double dot
     cdef floating d_i
     cdef floating* p_row
@@ -460,28 +477,31 @@ cdef void backward_head(
                 col_end = row0 + n_rows + offset
             n_cols = <int> min(<Py_ssize_t> BLOCK_K, col_end - col0)
             # P = exp(scale · Q_i K_jᵀ - lse_i), masked entries 0
-            score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, probs, k_panel)
+            diag = tile_diagonal(causal, row0, col0, offset)
+            score_tile(q, ldq, k, ldk, row0, col0, n_rows, n_cols, d, scale, probs, k_panel, diag)
             for i in range(n_rows):
                 p_row = probs + i * BLOCK_K
                 n_vis = mask_row(p_row, causal, row0 + i, offset, col0, n_cols)
                 exp_shift(p_row, n_vis, lse[row0 + i])
             # dV_j += Pᵀ dO_i
             accumulate(True, n_cols, d, n_rows, <floating> 1, probs, BLOCK_K,
-                       dout + row0 * lddo, lddo, dv + col0 * d, d)
-            # dP = dO_i V_jᵀ, then dS = P ∘ (dP - D_i) in place
+                       dout + row0 * lddo, lddo, dv + col0 * d, d, diag)
+            # dP = dO_i V_jᵀ (masked entries maybe unwritten), then dS = P ∘ (dP - D_i) in place, masked entries 0
             product_abt(n_rows, n_cols, d, <floating> 1, dout + row0 * lddo, lddo,
-                        v + col0 * ldv, ldv, dscores, BLOCK_K, v_panel)
+                        v + col0 * ldv, ldv, dscores, BLOCK_K, v_panel, diag)
             for i in range(n_rows):
                 p_row = probs + i * BLOCK_K
                 ds_row = dscores + i * BLOCK_K
                 d_i = <floating> d_row[row0 + i]
-                for j in range(n_cols):
+                n_vis = visible_keys(causal, row0 + i, offset, col0, n_cols)
+                for j in range(n_vis):
                     ds_row[j] = p_row[j] * (ds_row[j] - d_i)
+                memset(ds_row + n_vis, 0, (n_cols - n_vis) * sizeof(floating))
             # dQ_i += scale · dS K_j ;  dK_j += scale · dSᵀ Q_i
             accumulate(False, n_rows, d, n_cols, scale, dscores, BLOCK_K,
-                       k + col0 * ldk, ldk, dq + row0 * d, d)
+                       k + col0 * ldk, ldk, dq + row0 * d, d, diag)
             accumulate(True, n_cols, d, n_rows, scale, dscores, BLOCK_K,
-                       q + row0 * ldq, ldq, dk + col0 * d, d)
+                       q + row0 * ldq, ldq, dk + col0 * d, d, diag)
             row0 += block_q
         col0 += BLOCK_K
 

@@ -109,17 +109,23 @@ static void numpyllm_pack_bt_f32(int n, int k, const float *b, int ldb, float *p
 }
 
 /* C (m × n, row stride ldc) = alpha · A Bᵀ, A (m × k, row stride lda), Bᵀ packed into panel by
- * numpyllm_pack_bt_f32 (for n or more columns). */
+ * numpyllm_pack_bt_f32 (for n or more columns). For a causal tile, whose row r sees columns
+ * j <= r + diag only, a row block skips the strips right of what its last row sees (those
+ * entries of C are left as they were: the caller masks them); diag >= n skips nothing. */
 NUMPYLLM_AVX512
-static void numpyllm_tile_abt_f32(int m, int n, int k, float alpha, const float *a, int lda,
+static void numpyllm_tile_abt_f32(int m, int n, int k, int diag, float alpha, const float *a, int lda,
                                   const float *panel, float *c, int ldc)
 {
     for (int j0 = 0; j0 < n; j0 += NUMPYLLM_ABT_NC) {
         const float *strip = panel + (size_t)j0 * k;
-        int i0 = 0;
+        /* the first row block whose last row sees column j0: i0 + MR - 1 + diag >= j0 */
+        int i0 = j0 - diag - (NUMPYLLM_ABT_MR - 1);
+        i0 = i0 <= 0 ? 0 : i0 / NUMPYLLM_ABT_MR * NUMPYLLM_ABT_MR;
         for (; i0 + NUMPYLLM_ABT_MR <= m; i0 += NUMPYLLM_ABT_MR)
             numpyllm_abt_block(NUMPYLLM_ABT_MR, k, alpha, a + (size_t)i0 * lda, lda, strip,
                                c + (size_t)i0 * ldc + j0, ldc, n - j0);
+        if (i0 >= m)
+            continue;
         const float *a_tail = a + (size_t)i0 * lda;
         float *c_tail = c + (size_t)i0 * ldc + j0;
         switch (m - i0) { /* the last rows, each count its own register block */
@@ -168,20 +174,35 @@ void numpyllm_acc_block(const int mr, const int nv, int n_red, float alpha,
         }
 }
 
+/* One block of rows r0 .. r0+mr-1, with the reduction cut to the part of [p0, p1) where its
+ * rows of op(A) can be non-zero (see numpyllm_tile_acc_f32's diag). */
+NUMPYLLM_INLINE_AVX512
+void numpyllm_acc_band(const int mr, const int nv, int r0, int p0, int p1, int n_red, int diag, int upper,
+                       float alpha, const float *a, int a_row, int a_col, const float *b, int ldb, float *c, int ldc)
+{
+    int lo = p0, hi = p1;
+    if (upper) {
+        if (r0 - diag > lo)
+            lo = r0 - diag;
+    } else if (r0 + mr + diag < hi) {
+        hi = r0 + mr + diag;
+    }
+    if (hi > lo)
+        numpyllm_acc_block(mr, nv, hi - lo, alpha, a + (size_t)r0 * a_row + (size_t)lo * a_col, a_row, a_col,
+                           b + (size_t)lo * ldb, ldb, c + (size_t)r0 * ldc, ldc);
+}
+
 /* The rows of C in blocks of NUMPYLLM_ACC_MR, then the last ones, for nv vectors of columns. */
 NUMPYLLM_INLINE_AVX512
-void numpyllm_acc_columns(const int nv, int m, int n_red, float alpha, const float *a, int a_row, int a_col,
-                          const float *b, int ldb, float *c, int ldc)
+void numpyllm_acc_columns(const int nv, int m, int p0, int p1, int n_red, int diag, int upper, float alpha,
+                          const float *a, int a_row, int a_col, const float *b, int ldb, float *c, int ldc)
 {
-    int i0 = 0;
-    for (; i0 + NUMPYLLM_ACC_MR <= m; i0 += NUMPYLLM_ACC_MR)
-        numpyllm_acc_block(NUMPYLLM_ACC_MR, nv, n_red, alpha, a + (size_t)i0 * a_row, a_row, a_col, b, ldb,
-                           c + (size_t)i0 * ldc, ldc);
-    const float *a_tail = a + (size_t)i0 * a_row;
-    float *c_tail = c + (size_t)i0 * ldc;
-    switch (m - i0) {
+    int r0 = 0;
+    for (; r0 + NUMPYLLM_ACC_MR <= m; r0 += NUMPYLLM_ACC_MR)
+        numpyllm_acc_band(NUMPYLLM_ACC_MR, nv, r0, p0, p1, n_red, diag, upper, alpha, a, a_row, a_col, b, ldb, c, ldc);
+    switch (m - r0) {
 #define NUMPYLLM_ACC_TAIL(rows) \
-    case rows: numpyllm_acc_block(rows, nv, n_red, alpha, a_tail, a_row, a_col, b, ldb, c_tail, ldc); break;
+    case rows: numpyllm_acc_band(rows, nv, r0, p0, p1, n_red, diag, upper, alpha, a, a_row, a_col, b, ldb, c, ldc); break;
     NUMPYLLM_ACC_TAIL(1) NUMPYLLM_ACC_TAIL(2) NUMPYLLM_ACC_TAIL(3) NUMPYLLM_ACC_TAIL(4) NUMPYLLM_ACC_TAIL(5)
 #undef NUMPYLLM_ACC_TAIL
     default: break;
@@ -189,23 +210,25 @@ void numpyllm_acc_columns(const int nv, int m, int n_red, float alpha, const flo
 }
 
 /* C (m × d, row stride ldc) += alpha · op(A) B with op(A)[r, p] = a[r·a_row + p·a_col] (r < m,
- * p < n_red) and B (n_red × d, row stride ldb); d a multiple of 16. */
+ * p < n_red) and B (n_red × d, row stride ldb); d a multiple of 16.
+ * A causal tile's op(A) is zero on one side of a diagonal, and that side is skipped: with
+ * upper = 0, op(A)[r, p] = 0 for p > r + diag (P V); with upper = 1, for p < r - diag (Pᵀ dO).
+ * diag >= n_red (upper = 0) or >= m (upper = 1) skips nothing. */
 NUMPYLLM_AVX512
-static void numpyllm_tile_acc_f32(int m, int d, int n_red, float alpha, const float *a, int a_row, int a_col,
-                                  const float *b, int ldb, float *c, int ldc)
+static void numpyllm_tile_acc_f32(int m, int d, int n_red, int diag, int upper, float alpha,
+                                  const float *a, int a_row, int a_col, const float *b, int ldb, float *c, int ldc)
 {
     /* The reduction in chunks of NUMPYLLM_ACC_CHUNK rows of B (32 KB at d = 64), which then stay in
      * L1 while every row block of C passes them; a whole 256-row B came from L2 for each. */
     for (int p0 = 0; p0 < n_red; p0 += NUMPYLLM_ACC_CHUNK) {
-        const int n_chunk = n_red - p0 < NUMPYLLM_ACC_CHUNK ? n_red - p0 : NUMPYLLM_ACC_CHUNK;
-        const float *a_chunk = a + (size_t)p0 * a_col, *b_chunk = b + (size_t)p0 * ldb;
+        const int p1 = n_red - p0 < NUMPYLLM_ACC_CHUNK ? n_red : p0 + NUMPYLLM_ACC_CHUNK;
         int c0 = 0;
         for (; c0 + 64 <= d; c0 += 64)
-            numpyllm_acc_columns(4, m, n_chunk, alpha, a_chunk, a_row, a_col, b_chunk + c0, ldb, c + c0, ldc);
+            numpyllm_acc_columns(4, m, p0, p1, n_red, diag, upper, alpha, a, a_row, a_col, b + c0, ldb, c + c0, ldc);
         switch ((d - c0) / 16) {
-        case 3: numpyllm_acc_columns(3, m, n_chunk, alpha, a_chunk, a_row, a_col, b_chunk + c0, ldb, c + c0, ldc); break;
-        case 2: numpyllm_acc_columns(2, m, n_chunk, alpha, a_chunk, a_row, a_col, b_chunk + c0, ldb, c + c0, ldc); break;
-        case 1: numpyllm_acc_columns(1, m, n_chunk, alpha, a_chunk, a_row, a_col, b_chunk + c0, ldb, c + c0, ldc); break;
+        case 3: numpyllm_acc_columns(3, m, p0, p1, n_red, diag, upper, alpha, a, a_row, a_col, b + c0, ldb, c + c0, ldc); break;
+        case 2: numpyllm_acc_columns(2, m, p0, p1, n_red, diag, upper, alpha, a, a_row, a_col, b + c0, ldb, c + c0, ldc); break;
+        case 1: numpyllm_acc_columns(1, m, p0, p1, n_red, diag, upper, alpha, a, a_row, a_col, b + c0, ldb, c + c0, ldc); break;
         default: break;
         }
     }
@@ -216,10 +239,10 @@ static void numpyllm_tile_acc_f32(int m, int d, int n_red, float alpha, const fl
 /* Elsewhere no CPU qualifies, so the kernel never calls the products below: they only keep it linking. */
 static int numpyllm_tiles_available(void) { return 0; }
 static void numpyllm_pack_bt_f32(int n, int k, const float *b, int ldb, float *panel) {}
-static void numpyllm_tile_abt_f32(int m, int n, int k, float alpha, const float *a, int lda,
+static void numpyllm_tile_abt_f32(int m, int n, int k, int diag, float alpha, const float *a, int lda,
                                   const float *panel, float *c, int ldc) {}
-static void numpyllm_tile_acc_f32(int m, int d, int n_red, float alpha, const float *a, int a_row, int a_col,
-                                  const float *b, int ldb, float *c, int ldc) {}
+static void numpyllm_tile_acc_f32(int m, int d, int n_red, int diag, int upper, float alpha,
+                                  const float *a, int a_row, int a_col, const float *b, int ldb, float *c, int ldc) {}
 #endif
 
 #endif
