@@ -332,11 +332,16 @@ def machine_info(packages=("numpy",)):
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "versions": versions,
         "thread_pools": thread_pools,
+        "attention_tiles": attention.KERNEL.module.tile_products() if "cython" in attention.available_backends()
+        else "kernel not built",
     }
 
 
 _BLAS_ENVIRONMENT = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT",
                      "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+
+
+_TILE_PRODUCTS = {"avx512": "avx512 (kernels/tiles.h, register-blocked)", "blas": "blas (sgemm per tile)"}
 
 
 def format_machine(info):
@@ -349,6 +354,7 @@ def format_machine(info):
         + "".join(f"; {name}={os.environ[name]} in the environment" for name in _BLAS_ENVIRONMENT
                   if name in os.environ),
         f"- Versions: {versions}",
+        f"- numpyllm attention kernel's float32 tiles: {_TILE_PRODUCTS.get(info['attention_tiles'], info['attention_tiles'])}",
     ]
     pools = info["thread_pools"]
     if isinstance(pools, str):

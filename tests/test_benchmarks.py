@@ -233,6 +233,8 @@ def test_machine_lines_name_the_cpu_and_each_blas_kernel():
     assert pools and all(any(pool["library"] in line and pool["internal_api"] in line for line in blas_kernels(pools))
                          for pool in pools)
     assert "- BLAS: " + "; ".join(blas_kernels(info["thread_pools"])) in text
+    if "cython" in attention.available_backends():  # and which tile products the attention kernel runs
+        assert f"float32 tiles: {attention.KERNEL.module.tile_products()} (" in text
 
 
 def test_bert_benchmark_prints_both_rows_with_the_same_first_loss(capsys):
