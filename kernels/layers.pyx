@@ -456,6 +456,45 @@ def sum_rows(x):
     return acc.sum(axis=0).astype(rows.dtype)
 
 
+# --------------------------------------------------------------------------- embedding gradient
+
+
+cdef void _scatter_add_rows(floating[:, ::1] table, const Py_ssize_t[::1] idx,
+                            const floating[:, ::1] rows) noexcept nogil:
+    """table[idx[i]] += rows[i] for i in order (one thread: repeated ids add in the reference's order)."""
+    cdef Py_ssize_t i, c, n = rows.shape[1]
+    cdef floating* target
+    cdef const floating* source
+    for i in range(idx.shape[0]):
+        target = &table[idx[i], 0]
+        source = &rows[i, 0]
+        for c in range(n):
+            target[c] += source[c]
+
+
+def lookup_backward(dx, idx, Py_ssize_t n_rows):
+    """dtable (n_rows, C) with dtable[v] = Σ over i with idx[i] = v of dx[i]: ``np.add.at``'s sum,
+    in the same order (so the same values), without its per-row overhead (4 µs a row on the Xeon).
+
+    dx: (..., C); idx: ints of dx's leading shape, each in [-n_rows, n_rows) (negative ones count
+    from the end, as NumPy indexing does); others raise IndexError, as ``np.add.at`` does.
+    """
+    rows = _rows(dx)
+    flat = np.ascontiguousarray(idx, dtype=np.intp).reshape(-1)
+    if flat.shape[0] != rows.shape[0]:
+        raise ValueError(f"idx must have dx's leading shape {dx.shape[:-1]}, got {np.shape(idx)}")
+    if flat.size and (flat.min() < -n_rows or flat.max() >= n_rows):
+        bad = flat[(flat < -n_rows) | (flat >= n_rows)][0]
+        raise IndexError(f"index {bad} is out of bounds for axis 0 with size {n_rows}")
+    flat = np.where(flat < 0, flat + n_rows, flat)
+    table = np.zeros((n_rows, rows.shape[1]), dtype=rows.dtype)
+    if rows.dtype == np.float32:
+        _scatter_add_rows[float](table, flat, rows)
+    else:
+        _scatter_add_rows[double](table, flat, rows)
+    return table
+
+
 # --------------------------------------------------------------------------- optimizer
 
 

@@ -15,10 +15,10 @@ at its public boundary).
 Linear weights have GPT-2's Conv1D layout (in, out), so a linear layer is ``x @ W + b``;
 BERT's (out, in) weights are passed transposed (``W.T``, a view: BLAS reads it in place).
 
-The NumPy code below is the specification. Layernorm, both GELUs, the cross-entropy and
-linear's bias gradient also have compiled, multi-threaded kernels (``numpyllm._layers``,
-source in ``kernels/layers.pyx``); ``numpyllm.backend`` selects which runs ("auto": the
-kernels when built). Either way a function returns the same values and the same cache.
+The NumPy code below is the specification. Layernorm, both GELUs, the cross-entropy,
+linear's bias gradient and the embedding gradient also have compiled kernels (multi-threaded
+but for the last; ``numpyllm._layers``, source in ``kernels/layers.pyx``);
+``numpyllm.backend`` selects which runs ("auto": the kernels when built). Either way a function returns the same values and the same cache.
 
 Depends on NumPy, ``numpyllm.attention`` and ``numpyllm.backend`` only.
 """
@@ -70,6 +70,9 @@ def lookup_backward(dx, cache):
     dx: (..., C) -> dtable: (V, C) (rows never looked up are zero).
     """
     idx, table_shape = cache
+    kernel = layer_kernel(dx)
+    if kernel is not None:
+        return kernel.lookup_backward(dx, idx, table_shape[0])
     dtable = np.zeros(table_shape, dtype=dx.dtype)
     np.add.at(dtable, idx, dx)  # unbuffered: repeated ids accumulate
     return dtable

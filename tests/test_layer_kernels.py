@@ -214,6 +214,26 @@ def test_linear_bias_gradient_kernel_matches_reference(seed, dtype, lead, n_out,
                      reference[:2] + ((reference[2],) if with_bias else ()), "linear_backward")
 
 
+@given(seeds, dtypes, leading, widths, layouts, st.integers(1, 9))
+def test_embedding_gradient_kernel_equals_reference_exactly(seed, dtype, lead, C, layout, n_rows):
+    """Repeated and negative ids, any layout of dx: the same sums in the same order as np.add.at."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(-n_rows, n_rows, size=lead)
+    dx = awkward(rng, (*lead, C), dtype, layout)
+    kernel, reference = both(L.lookup_backward, dx, (idx, (n_rows, C)))
+    assert kernel.dtype == reference.dtype
+    np.testing.assert_array_equal(kernel, reference)
+
+
+@pytest.mark.parametrize("bad", [-4, 3, 10**9])
+def test_embedding_gradient_kernel_refuses_out_of_range_ids_as_the_reference_does(bad):
+    dx = np.ones((2, 2, 5), np.float32)
+    idx = np.array([[0, 1], [2, bad]])
+    for name in ("cython", "numpy"):
+        with backend.using(name), pytest.raises(IndexError, match=f"index {bad} is out of bounds"):
+            L.lookup_backward(dx, (idx, (3, 5)))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(4095,), (4097,), (3, 4096), (130, 257), (400, 384)])
 def test_kernels_match_reference_across_chunks_and_threads(dtype, shape):
