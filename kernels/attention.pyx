@@ -16,14 +16,14 @@ lives at a time, in per-thread scratch.
 Forward, for one query block (online softmax):
     m = -inf, l = 0, acc = 0                      per row: running max, running sum, output
     for each key block K_j, V_j below L and not fully hidden by the causal mask:
-        S    = scale · Q_i K_jᵀ                   (tile product, BLAS)
+        S    = scale · Q_i K_jᵀ                   (tile product)
         m'   = max(m, rowmax(S))                  (after a row's first block, m' = m unless
                                                    rowmax(S) > m + MAX_SHIFT_SLACK: any shift
                                                    gives the same O and lse, so the max is
                                                    checked in the exp pass, not before it)
         P    = exp(S - m')                        (masked entries: 0)
         l    = l · exp(m - m') + rowsum(P)
-        acc  = acc · exp(m - m') + P V_j          (tile product, BLAS)
+        acc  = acc · exp(m - m') + P V_j          (tile product)
         m    = m'
     O = acc / l,  lse = m + log(l)
 
@@ -36,6 +36,12 @@ Backward, for one key block j below L (its dK_j, dV_j are owned by this (batch, 
         dS    = P ∘ (dP - D_i)
         dQ_i += scale · dS K_j
         dK_j += scale · dSᵀ Q_i
+
+Tile products: float32 on a CPU with AVX-512F runs tiles.h's register-blocked products, which
+read Kᵀ (and, in the backward, Vᵀ) from a packed copy: the forward packs each key head once
+before its query blocks run (one more K-sized buffer), the backward each key block once per
+head; they skip the part of a causal tile that the diagonal hides. Otherwise (float64, other
+CPUs, tile_products("blas")) every tile is a BLAS call, which reads the inputs in place.
 
 Key blocks at or past L are never touched: a batch padded to twice its length costs
 what its real keys cost. Parallel over (batch·head, query block) in the forward and over
