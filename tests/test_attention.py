@@ -119,6 +119,23 @@ def test_kernel_tile_products_match_reference(tile_products, problem):
     check_attention(kernel_forward, kernel_backward, make_attention_problem(**dict(problem.recipe, dtype="float32")))
 
 
+@needs_kernel
+@pytest.mark.parametrize("tile_products", TILE_PRODUCTS, indirect=True)
+def test_kernel_reads_keys_with_a_row_stride_past_32_bit_gather_offsets(tile_products):
+    """K and V rows 36M floats apart (15 rows' byte offsets pass 2**31): tiles.h packs them
+    without its gather. The rows live in lazily zeroed pages, so only the touched ones cost memory."""
+    rng = np.random.default_rng(3)
+    n_k, d, stride = 20, 64, 36_000_000
+    k_base, v_base = np.zeros((n_k, stride), np.float32), np.zeros((n_k, stride), np.float32)
+    k_base[:, :d] = rng.standard_normal((n_k, d))
+    v_base[:, :d] = rng.standard_normal((n_k, d))
+    k, v = k_base[None, None, :, :d], v_base[None, None, :, :d]
+    q = rng.standard_normal((1, 1, 7, d)).astype(np.float32)
+    dout = rng.standard_normal(q.shape).astype(np.float32)
+    for causal in (False, True):
+        check_attention(kernel_forward, kernel_backward, AttentionProblem(q, k, v, dout, causal, None))
+
+
 def test_tile_products_rejects_unknown_names():
     if not KERNEL_BUILT:
         pytest.skip("compiled kernel not built")
