@@ -48,6 +48,16 @@ cdef extern from "rows.h" nogil:
     double numpyllm_row_max_f64(const double* a, long n)
     void numpyllm_row_accumulate_f32(double* acc, const float* row, long n)
     void numpyllm_row_accumulate_f64(double* acc, const double* row, long n)
+    void numpyllm_layernorm_backward_prepare_f32(const float* dy, const float* x, const float* w, float mean,
+                                                 float rstd, float* x_hat, float* g, long n)
+    void numpyllm_layernorm_backward_prepare_f64(const double* dy, const double* x, const double* w, double mean,
+                                                 double rstd, double* x_hat, double* g, long n)
+    void numpyllm_layernorm_backward_finish_f32(const float* dy, const float* x_hat, const float* g, float mean_g,
+                                                float mean_g_x_hat, float rstd, float* dx, double* dw_acc,
+                                                double* db_acc, long n)
+    void numpyllm_layernorm_backward_finish_f64(const double* dy, const double* x_hat, const double* g,
+                                                double mean_g, double mean_g_x_hat, double rstd, double* dx,
+                                                double* dw_acc, double* db_acc, long n)
     void numpyllm_adamw_f32(float* p, const float* g, float* m, float* v, long n, float decay, float beta1,
                             float beta2, float one_minus_beta1, float one_minus_beta2, float step_size,
                             float sqrt_bias_correction2, float eps)
@@ -155,17 +165,17 @@ cdef void _layernorm_backward_row(const floating* dy, const floating* x, const f
                                   floating mean, floating rstd, floating* dx, floating* x_hat,
                                   floating* g, double* dw_acc, double* db_acc, long C) noexcept nogil:
     """One row of dx = rstd · (g - mean(g) - x̂ · mean(g · x̂)), g = dy · w; adds dy · x̂ and dy
-    to this thread's dweight and dbias rows. x_hat and g are this thread's scratch rows."""
-    cdef long c
-    for c in range(C):
-        x_hat[c] = (x[c] - mean) * rstd
-        g[c] = dy[c] * w[c]
+    to this thread's dweight and dbias rows. x_hat and g are this thread's scratch rows (rows.h's loops)."""
+    if floating is float:
+        numpyllm_layernorm_backward_prepare_f32(dy, x, w, mean, rstd, x_hat, g, C)
+    else:
+        numpyllm_layernorm_backward_prepare_f64(dy, x, w, mean, rstd, x_hat, g, C)
     cdef floating mean_g = <floating> (_sum(g, C) / C)
     cdef floating mean_g_x_hat = <floating> (_dot(g, x_hat, C) / C)
-    for c in range(C):
-        dx[c] = (g[c] - mean_g - x_hat[c] * mean_g_x_hat) * rstd
-        dw_acc[c] += <double> dy[c] * x_hat[c]
-        db_acc[c] += dy[c]
+    if floating is float:
+        numpyllm_layernorm_backward_finish_f32(dy, x_hat, g, mean_g, mean_g_x_hat, rstd, dx, dw_acc, db_acc, C)
+    else:
+        numpyllm_layernorm_backward_finish_f64(dy, x_hat, g, mean_g, mean_g_x_hat, rstd, dx, dw_acc, db_acc, C)
 
 
 cdef void _layernorm_all(floating[:, ::1] x, floating[::1] w, floating[::1] b, floating[:, ::1] y,

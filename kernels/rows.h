@@ -158,6 +158,36 @@ static void numpyllm_gelu_erf_backward_f32(const float *restrict dy, const float
 NUMPYLLM_ROW_ACCUMULATE(float, f32)
 NUMPYLLM_ROW_ACCUMULATE(double, f64)
 
+/* A layernorm backward row (kernels/layers.pyx's _layernorm_backward_row), in two passes around
+ * its two row sums: first x̂ = (x - mean) · rstd and g = dy · w; then
+ * dx = (g - mean(g) - x̂ · mean(g · x̂)) · rstd, adding dy · x̂ and dy to this thread's dweight and
+ * dbias accumulators (double). Here for the clones: Cython's own loops get SSE2 only. */
+#define NUMPYLLM_LAYERNORM_BACKWARD(T, SUFFIX)                                             \
+    NUMPYLLM_CLONES                                                                        \
+    static void numpyllm_layernorm_backward_prepare_##SUFFIX(                              \
+        const T *restrict dy, const T *restrict x, const T *restrict w, T mean, T rstd,    \
+        T *restrict x_hat, T *restrict g, long n)                                          \
+    {                                                                                      \
+        for (long c = 0; c < n; c++) {                                                     \
+            x_hat[c] = (x[c] - mean) * rstd;                                               \
+            g[c] = dy[c] * w[c];                                                           \
+        }                                                                                  \
+    }                                                                                      \
+    NUMPYLLM_CLONES                                                                        \
+    static void numpyllm_layernorm_backward_finish_##SUFFIX(                               \
+        const T *restrict dy, const T *restrict x_hat, const T *restrict g, T mean_g,      \
+        T mean_g_x_hat, T rstd, T *restrict dx, double *restrict dw_acc,                   \
+        double *restrict db_acc, long n)                                                   \
+    {                                                                                      \
+        for (long c = 0; c < n; c++) {                                                     \
+            dx[c] = (g[c] - mean_g - x_hat[c] * mean_g_x_hat) * rstd;                      \
+            dw_acc[c] += (double)dy[c] * (double)x_hat[c];                                 \
+            db_acc[c] += (double)dy[c];                                                    \
+        }                                                                                  \
+    }
+NUMPYLLM_LAYERNORM_BACKWARD(float, f32)
+NUMPYLLM_LAYERNORM_BACKWARD(double, f64)
+
 /* The AdamW step for j < n, in T's precision, in optim.py's order of operations:
  *     p ← p · decay;  m ← β₁ m + (1 - β₁) g;  v ← β₂ v + (1 - β₂) g²;
  *     p ← p - step_size · m / (√v / √(1 - β₂ᵗ) + ε)
