@@ -61,7 +61,7 @@ def extensions():
         "numpyllm._attention",
         ["kernels/attention.pyx"],
         include_dirs=["kernels"],
-        depends=["kernels/fastexp.h", "kernels/tiles.h"],
+        depends=["kernels/fastexp.h", "kernels/rows.h", "kernels/tiles.h"],
     )
     layers = Extension(
         "numpyllm._layers",

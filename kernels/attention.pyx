@@ -74,6 +74,11 @@ cdef extern from "fastexp.h" nogil:
     double numpyllm_exp_shift_sum_max_f32(float* x, int n, float shift, float* max_in)
     float numpyllm_max_f32(const float* x, int n)
 
+cdef extern from "rows.h" nogil:
+    # Dot products accumulated in double over independent lanes (vectorized; shared with the layer kernels).
+    double numpyllm_row_dot_f32(const float* a, const float* b, long n)
+    double numpyllm_row_dot_f64(const double* a, const double* b, long n)
+
 cdef extern from "tiles.h" nogil:
     # Register-blocked float32 tile products for AVX-512 CPUs (see the header).
     int numpyllm_tiles_available()
@@ -453,17 +458,16 @@ cdef void backward_head(
     CAUSAL_BACKWARD_BLOCK_Q rows (10-25% faster than BLOCK_Q at N = 256-2048)."""
     cdef Py_ssize_t offset = n_k - n_q
     cdef Py_ssize_t row0, col0, first_row, col_end
-    cdef int n_rows, n_cols, n_vis, i, j, c, diag
-    cdef double dot
+    cdef int n_rows, n_cols, n_vis, i, j, diag
     cdef floating d_i
     cdef floating* p_row
     cdef floating* ds_row
 
     for i in range(n_q):  # D_i = Σ_c dO_ic O_ic
-        dot = 0.0
-        for c in range(d):
-            dot = dot + <double> dout[i * lddo + c] * out[i * ldo + c]
-        d_row[i] = dot
+        if floating is float:
+            d_row[i] = numpyllm_row_dot_f32(dout + i * lddo, out + i * ldo, d)
+        else:
+            d_row[i] = numpyllm_row_dot_f64(dout + i * lddo, out + i * ldo, d)
     col0 = 0
     while col0 < key_length:
         if floating is float:
