@@ -52,31 +52,42 @@ static inline __mmask16 numpyllm_lanes(int count)
     return count >= 16 ? (__mmask16)0xFFFF : count <= 0 ? (__mmask16)0 : (__mmask16)((1u << count) - 1u);
 }
 
+/* The register block both products share: acc[r][v] = Σ_{p < n_red} op(A)[r, p] · B[p, 16v : 16v + 16]
+ * for r < mr, v < nv, op(A)[r, p] = a[r·a_row + p·a_col], B's rows ldb floats apart. Inlined with
+ * mr and nv constant, so acc lives in zmm registers. */
+NUMPYLLM_INLINE_AVX512
+void numpyllm_block_product(const int mr, const int nv, int n_red, const float *a, int a_row, int a_col,
+                            const float *b, int ldb, __m512 acc[][4])
+{
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            acc[r][v] = _mm512_setzero_ps();
+    for (int p = 0; p < n_red; p++) {
+        __m512 bv[4];
+        const float *a_p = a + (size_t)p * a_col;
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            bv[v] = _mm512_loadu_ps(b + (size_t)p * ldb + 16 * v);
+#pragma GCC unroll 6
+        for (int r = 0; r < mr; r++) {
+            __m512 ar = _mm512_set1_ps(a_p[(size_t)r * a_row]);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++)
+                acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
+        }
+    }
+}
+
 /* One block: rows 0..mr-1 of C, NUMPYLLM_ABT_NC columns (those past n_cols not stored), from a
  * strip of Bᵀ (k rows of NUMPYLLM_ABT_NC floats). */
 NUMPYLLM_INLINE_AVX512
 void numpyllm_abt_block(const int mr, int k, float alpha, const float *a, int lda,
                         const float *strip, float *c, int ldc, int n_cols)
 {
-    __m512 acc[NUMPYLLM_ABT_MR][NUMPYLLM_ABT_NV];
-#pragma GCC unroll 6
-    for (int r = 0; r < mr; r++)
-#pragma GCC unroll 4
-        for (int v = 0; v < NUMPYLLM_ABT_NV; v++)
-            acc[r][v] = _mm512_setzero_ps();
-    for (int p = 0; p < k; p++) {
-        __m512 bv[NUMPYLLM_ABT_NV];
-#pragma GCC unroll 4
-        for (int v = 0; v < NUMPYLLM_ABT_NV; v++)
-            bv[v] = _mm512_loadu_ps(strip + (size_t)p * NUMPYLLM_ABT_NC + 16 * v);
-#pragma GCC unroll 6
-        for (int r = 0; r < mr; r++) {
-            __m512 ar = _mm512_set1_ps(a[(size_t)r * lda + p]);
-#pragma GCC unroll 4
-            for (int v = 0; v < NUMPYLLM_ABT_NV; v++)
-                acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
-        }
-    }
+    __m512 acc[NUMPYLLM_ABT_MR][4];
+    numpyllm_block_product(mr, NUMPYLLM_ABT_NV, k, a, lda, 1, strip, NUMPYLLM_ABT_NC, acc);
     __m512 scale = _mm512_set1_ps(alpha);
 #pragma GCC unroll 6
     for (int r = 0; r < mr; r++)
@@ -154,25 +165,7 @@ void numpyllm_acc_block(const int mr, const int nv, int n_red, float alpha,
                         float *c, int ldc)
 {
     __m512 acc[NUMPYLLM_ACC_MR][4];
-#pragma GCC unroll 6
-    for (int r = 0; r < mr; r++)
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++)
-            acc[r][v] = _mm512_setzero_ps();
-    for (int p = 0; p < n_red; p++) {
-        __m512 bv[4];
-        const float *a_p = a + (size_t)p * a_col;
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++)
-            bv[v] = _mm512_loadu_ps(b + (size_t)p * ldb + 16 * v);
-#pragma GCC unroll 6
-        for (int r = 0; r < mr; r++) {
-            __m512 ar = _mm512_set1_ps(a_p[(size_t)r * a_row]);
-#pragma GCC unroll 4
-            for (int v = 0; v < nv; v++)
-                acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
-        }
-    }
+    numpyllm_block_product(mr, nv, n_red, a, a_row, a_col, b, ldb, acc);
     __m512 scale = _mm512_set1_ps(alpha);
 #pragma GCC unroll 6
     for (int r = 0; r < mr; r++)
