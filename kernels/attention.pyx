@@ -87,6 +87,7 @@ cdef extern from "tiles.h" nogil:
                                const float* panel, float* c, int ldc)
     void numpyllm_tile_acc_f32(int m, int d, int n_red, int diag, int upper, float alpha,
                                const float* a, int a_row, int a_col, const float* b, int ldb, float* c, int ldc)
+    double numpyllm_exp_shift_rows_avx512(float* x, int n, float shift, float* max_in)
 
 # OpenMP when the build has it; one thread otherwise (Cython's prange is then a plain loop).
 cdef extern from *:
@@ -111,6 +112,10 @@ cdef enum:
     MAX_SHIFT_SLACK = 16
     # A tile's diagonal offset when nothing is masked (see tile_diagonal): past any tile's width.
     NO_DIAGONAL = 1 << 30
+
+# Whether float32 tiles go to tiles.h's AVX-512 kernels (register-blocked products, the exp passes)
+# or to BLAS and fastexp.h (see tile_products).
+cdef bint use_tile_kernels = numpyllm_tiles_available()
 
 #: Tile sizes, for documentation and tests of the block edges.
 block_q = BLOCK_Q
@@ -174,7 +179,10 @@ cdef inline void exp_shift(floating* x, int n, double shift) noexcept nogil:
     """x[j] = exp(x[j] - shift) for j < n, in place."""
     cdef int j
     if floating is float:
-        numpyllm_exp_shift_f32(x, n, <float> shift)
+        if use_tile_kernels:
+            numpyllm_exp_shift_rows_avx512(x, n, <float> shift, NULL)
+        else:
+            numpyllm_exp_shift_f32(x, n, <float> shift)
     else:
         for j in range(n):
             x[j] = exp(x[j] - shift)
@@ -185,7 +193,10 @@ cdef inline double exp_shift_sum(floating* x, int n, double shift) noexcept nogi
     cdef double total = 0.0
     cdef int j
     if floating is float:
-        total = numpyllm_exp_shift_sum_f32(x, n, <float> shift)
+        if use_tile_kernels:
+            total = numpyllm_exp_shift_rows_avx512(x, n, <float> shift, NULL)
+        else:
+            total = numpyllm_exp_shift_sum_f32(x, n, <float> shift)
     else:
         for j in range(n):
             x[j] = exp(x[j] - shift)
@@ -199,7 +210,10 @@ cdef inline double exp_shift_sum_max(floating* x, int n, double shift, double* m
     cdef float m32
     cdef int j
     if floating is float:
-        total = numpyllm_exp_shift_sum_max_f32(x, n, <float> shift, &m32)
+        if use_tile_kernels:
+            total = numpyllm_exp_shift_rows_avx512(x, n, <float> shift, &m32)
+        else:
+            total = numpyllm_exp_shift_sum_max_f32(x, n, <float> shift, &m32)
         m = m32
     else:
         for j in range(n):
@@ -228,15 +242,12 @@ cdef inline int visible_keys(bint causal, Py_ssize_t row, Py_ssize_t offset,
     return <int> n
 
 
-# Whether float32 tiles go to tiles.h's register-blocked products (AVX-512 CPUs) or to BLAS.
-cdef bint use_tile_kernels = numpyllm_tiles_available()
-
-
 def tile_products(name=None):
     """The float32 tile products in use, ``"avx512"`` or ``"blas"``; ``name`` selects one first.
 
-    ``"avx512"`` (tiles.h: register-blocked, no packing of the streamed operands; the default
-    where the CPU has AVX-512F) or ``"blas"`` (sgemm on every tile). float64 always uses BLAS.
+    ``"avx512"`` (tiles.h: register-blocked, no packing of the streamed operands, and its
+    vscalefps exp for the score rows; the default where the CPU has AVX-512F) or ``"blas"``
+    (sgemm on every tile, fastexp.h's exp). float64 always uses BLAS and libm.
     For tests and benchmarks that compare the two; not thread-safe against running kernels.
     """
     global use_tile_kernels

@@ -26,6 +26,7 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NUMPYLLM_NO_TILES)
 #define NUMPYLLM_TILES 1
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 
 #define NUMPYLLM_AVX512 __attribute__((target("avx512f")))
@@ -236,6 +237,53 @@ static void numpyllm_tile_acc_f32(int m, int d, int n_red, int diag, int upper, 
     }
 }
 
+/* exp(x) for 16 floats, as fastexp.h's numpyllm_expf (the same range reduction and polynomial),
+ * with AVX-512's vscalefps for the 2^n: it underflows to 0 and overflows to inf by itself, so
+ * no selects are needed. x is first clamped to [-104, 128] (exp is 0 or inf there in float32
+ * either way; x = +inf would otherwise give inf - inf), operands ordered so that NaN stays NaN. */
+NUMPYLLM_INLINE_AVX512
+__m512 numpyllm_exp16(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_set1_ps(128.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x)); /* NaN: x */
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    const __m512 r2 = _mm512_mul_ps(r, r);
+    const __m512 a = _mm512_fmadd_ps(_mm512_set1_ps(1.6666665459e-1f), r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 b = _mm512_fmadd_ps(_mm512_set1_ps(8.3334519073e-3f), r, _mm512_set1_ps(4.1665795894e-2f));
+    const __m512 c = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+    const __m512 abc = _mm512_fmadd_ps(r2, _mm512_fmadd_ps(r2, c, b), a);
+    const __m512 p = _mm512_add_ps(_mm512_fmadd_ps(abc, r2, r), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* x[j] = exp(x[j] - shift) for j < n; returns Σ_j of the new x[j] (16 float lanes, added in double)
+ * and, when max_in is not NULL, sets *max_in to max_j x[j] before the exp (NaNs skipped, -inf for
+ * n = 0): fastexp.h's three row passes of the attention kernel in one, for AVX-512. */
+NUMPYLLM_AVX512
+static double numpyllm_exp_shift_rows_avx512(float *x, int n, float shift, float *max_in)
+{
+    const __m512 shift_v = _mm512_set1_ps(shift);
+    __m512 sum = _mm512_setzero_ps(), max = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < n; j += 16) {
+        const __mmask16 live = numpyllm_lanes(n - j);
+        const __m512 value = _mm512_maskz_loadu_ps(live, x + j);
+        max = _mm512_mask_max_ps(max, live, value, max); /* max(value, max): a NaN value keeps max */
+        const __m512 y = numpyllm_exp16(_mm512_sub_ps(value, shift_v));
+        _mm512_mask_storeu_ps(x + j, live, y);
+        sum = _mm512_mask_add_ps(sum, live, sum, y);
+    }
+    if (max_in)
+        *max_in = _mm512_reduce_max_ps(max);
+    float lanes[16];
+    _mm512_storeu_ps(lanes, sum);
+    double total = 0.0;
+    for (int l = 0; l < 16; l++)
+        total += (double)lanes[l];
+    return total;
+}
+
 #else
 #define NUMPYLLM_TILES 0
 /* Elsewhere no CPU qualifies, so the kernel never calls the products below: they only keep it linking. */
@@ -245,6 +293,7 @@ static void numpyllm_tile_abt_f32(int m, int n, int k, int diag, float alpha, co
                                   const float *panel, float *c, int ldc) {}
 static void numpyllm_tile_acc_f32(int m, int d, int n_red, int diag, int upper, float alpha,
                                   const float *a, int a_row, int a_col, const float *b, int ldb, float *c, int ldc) {}
+static double numpyllm_exp_shift_rows_avx512(float *x, int n, float shift, float *max_in) { return 0.0; }
 #endif
 
 #endif
