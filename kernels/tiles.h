@@ -1,4 +1,5 @@
-/* Register-blocked float32 tile products for the attention kernel, on AVX-512 CPUs.
+/* The attention kernel's float32 tile work on AVX-512 CPUs: register-blocked tile products,
+ * and the exp pass over a row of scores (numpyllm_exp_shift_rows_avx512, at the end).
  *
  * The attention kernel multiplies small tiles (up to 256 × 256 scores against d = 64 wide
  * rows) from its own threads. A BLAS call on such a tile packs both operands first, every
@@ -18,13 +19,12 @@
  * BLAS's does; results differ from BLAS's by rounding only.
  *
  * Built only for x86-64 with GCC or clang; `numpyllm_tiles_available()` says whether this
- * CPU has AVX-512F (elsewhere the kernel keeps calling BLAS).
+ * CPU has AVX-512F (elsewhere the kernel keeps calling BLAS and fastexp.h).
  */
 #ifndef NUMPYLLM_TILES_H
 #define NUMPYLLM_TILES_H
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NUMPYLLM_NO_TILES)
-#define NUMPYLLM_TILES 1
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -285,7 +285,6 @@ static double numpyllm_exp_shift_rows_avx512(float *x, int n, float shift, float
 }
 
 #else
-#define NUMPYLLM_TILES 0
 /* Elsewhere no CPU qualifies, so the kernel never calls the products below: they only keep it linking. */
 static int numpyllm_tiles_available(void) { return 0; }
 static void numpyllm_pack_bt_f32(int n, int k, const float *b, int ldb, float *panel) {}
