@@ -87,7 +87,7 @@ TILE_PRODUCTS = ["blas", pytest.param("avx512", marks=pytest.mark.skipif(
 
 @pytest.fixture
 def tile_products(request):
-    """Run the test with the tile products named by its ``tiles`` parameter, then restore the default."""
+    """Run the test with the tile products its ``tile_products`` parameter names, then restore the default."""
     kernel = attention.KERNEL.module
     default = kernel.tile_products()
     kernel.tile_products(request.param)
@@ -126,10 +126,9 @@ def test_kernel_reads_keys_with_a_row_stride_past_32_bit_gather_offsets(tile_pro
     without its gather. The rows live in lazily zeroed pages, so only the touched ones cost memory."""
     rng = np.random.default_rng(3)
     n_k, d, stride = 20, 64, 36_000_000
-    k_base, v_base = np.zeros((n_k, stride), np.float32), np.zeros((n_k, stride), np.float32)
-    k_base[:, :d] = rng.standard_normal((n_k, d))
-    v_base[:, :d] = rng.standard_normal((n_k, d))
-    k, v = k_base[None, None, :, :d], v_base[None, None, :, :d]
+    base = np.zeros((n_k, stride), np.float32)  # 2.9 GB of address space, a few pages of memory
+    base[:, :2 * d] = rng.standard_normal((n_k, 2 * d))
+    k, v = base[None, None, :, :d], base[None, None, :, d:2 * d]
     q = rng.standard_normal((1, 1, 7, d)).astype(np.float32)
     dout = rng.standard_normal(q.shape).astype(np.float32)
     for causal in (False, True):
