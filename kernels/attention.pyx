@@ -81,6 +81,7 @@ cdef extern from "rows.h" nogil:
 
 cdef extern from "tiles.h" nogil:
     # Register-blocked float32 tile products for AVX-512 CPUs (see the header).
+    enum: NUMPYLLM_ABT_NC  # columns of a packed strip: panels hold round_up(n, it) columns
     int numpyllm_tiles_available()
     void numpyllm_pack_bt_f32(int n, int k, const float* b, int ldb, float* panel)
     void numpyllm_tile_abt_f32(int m, int n, int k, int diag, float alpha, const float* a, int lda,
@@ -420,7 +421,7 @@ cdef void forward_all(
     floating[:, ::1] scores, floating[:, ::1] acc, double[:, ::1] stats,
     floating[:, ::1] key_panels, bint pack, int n_threads,
 ) noexcept nogil:
-    """key_panels: (B·H_kv, round_up(Nk, 64)·d) scratch, filled first with each key head's packed
+    """key_panels: (B·H_kv, round_up(Nk, NUMPYLLM_ABT_NC)·d) scratch, filled first with each key head's packed
     Kᵀ when pack (the tiles.h path; every query block of the head then reads it), else unused."""
     cdef Py_ssize_t n_h = q.shape[1], n_q = q.shape[2], n_k = k.shape[2], n_kv = k.shape[1]
     cdef Py_ssize_t group = n_h // n_kv  # query heads per key/value head
@@ -631,8 +632,9 @@ def forward(q, k, v, bint causal, double scale, key_lengths=None, int num_thread
         scores = np.empty((n_threads, rows * BLOCK_K), dtype=q.dtype)
         acc = np.empty((n_threads, rows * d), dtype=q.dtype)
         stats = np.empty((n_threads, 2 * rows), dtype=np.float64)
-        pack = q.dtype == np.float32 and use_tile_kernels and n_q > 1
-        key_panels = np.empty((B * k.shape[1], -(-k.shape[2] // 64) * 64 * d) if pack else (1, 1), dtype=q.dtype)
+        pack = q.dtype == np.float32 and packs_keys(rows)  # the query blocks' products read packed keys
+        panel_columns = -(-k.shape[2] // NUMPYLLM_ABT_NC) * NUMPYLLM_ABT_NC
+        key_panels = np.empty((B * k.shape[1], panel_columns * d) if pack else (1, 1), dtype=q.dtype)
         q, k, v = _rows(q), _rows(k), _rows(v)
         with _single_threaded_blas(work):
             if q.dtype == np.float32:

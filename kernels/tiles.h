@@ -24,6 +24,13 @@
 #ifndef NUMPYLLM_TILES_H
 #define NUMPYLLM_TILES_H
 
+/* Rows per block of C = A Bᵀ, and its width in vectors (64 columns): 24 accumulators. (12 × 2
+ * and 4 × 4 were 5-10% slower on the Xeon, 14 × 2 a third slower.) A packed Bᵀ panel holds
+ * round_up(n, NUMPYLLM_ABT_NC) columns (the kernel sizes its panels by it). */
+#define NUMPYLLM_ABT_MR 6
+#define NUMPYLLM_ABT_NV 4
+#define NUMPYLLM_ABT_NC (16 * NUMPYLLM_ABT_NV)
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NUMPYLLM_NO_TILES)
 #include <immintrin.h>
 #include <math.h>
@@ -32,11 +39,6 @@
 #define NUMPYLLM_AVX512 __attribute__((target("avx512f")))
 #define NUMPYLLM_INLINE_AVX512 static inline __attribute__((always_inline, target("avx512f")))
 
-/* Rows per block of C = A Bᵀ, and its width in vectors (64 columns): 24 accumulators. (12 × 2
- * and 4 × 4 were 5-10% slower on the Xeon, 14 × 2 a third slower.) */
-#define NUMPYLLM_ABT_MR 6
-#define NUMPYLLM_ABT_NV 4
-#define NUMPYLLM_ABT_NC (16 * NUMPYLLM_ABT_NV)
 /* Rows per block of C += op(A) B, its width up to four vectors (64 columns): 24 accumulators. */
 #define NUMPYLLM_ACC_MR 6
 #define NUMPYLLM_ACC_CHUNK 128
