@@ -67,7 +67,7 @@ def extensions():
         "numpyllm._layers",
         ["kernels/layers.pyx"],
         include_dirs=["kernels"],
-        depends=["kernels/fastexp.h", "kernels/rows.h", "kernels/decode.h"],
+        depends=["kernels/fastexp.h", "kernels/rows.h", "kernels/decode.h", "kernels/gemm.h"],
     )
     return cythonize(
         [attention, layers],

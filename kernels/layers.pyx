@@ -13,6 +13,8 @@ cache, and rows are split over OpenMP threads (``prange``), as scikit-learn's ke
     gelu (erf)       y = x Φ(x),  Φ(x) = erfc(-x / √2) / 2
     cross-entropy    per row: probabilities and logsumexp - target logit
     sum_rows         Σ over rows (a bias gradient), in per-thread rows
+    matmul           float32 a @ b (+ bias) for the linear layers: gemm.h's AVX-512 products
+                     (bands of C's rows or columns per thread), on Intel CPUs by default
     adamw_update     the AdamW step on one tensor, in place
     sum_of_squares   Σ g² of one tensor (the global norm that clipping needs)
     DecodeStep       GPT-2's KV-cached forward on a few new positions (a decoding step),
@@ -68,6 +70,13 @@ cdef extern from "rows.h" nogil:
     void numpyllm_gelu_tanh_backward_f32(const float* dy, const float* x, const float* tanh_u, float* dx, long n)
     void numpyllm_gelu_erf_f32(const float* x, float* y, float* cdf, long n)
     void numpyllm_gelu_erf_backward_f32(const float* dy, const float* x, const float* cdf, float* dx, long n)
+
+cdef extern from "gemm.h" nogil:
+    int numpyllm_gemm_available()
+    int numpyllm_gemm_cpu_is_intel()
+    int numpyllm_sgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* a, Py_ssize_t a_row, Py_ssize_t a_col,
+                       const float* b, Py_ssize_t b_row, Py_ssize_t b_col, float* c, Py_ssize_t ldc,
+                       const float* bias, int n_threads)
 
 # OpenMP when the build has it; one thread otherwise (Cython's prange is then a plain loop).
 cdef extern from *:
@@ -464,6 +473,88 @@ def sum_rows(x):
     else:
         _sum_rows_all[double](rows, acc, n_threads)
     return acc.sum(axis=0).astype(rows.dtype)
+
+
+# --------------------------------------------------------------------------- matrix products
+
+
+# Multiply-adds per thread below which one more thread costs more than it saves.
+MIN_PRODUCT_WORK_PER_THREAD = 1 << 22
+
+# gemm.h's products by default only where they were measured faster than NumPy's OpenBLAS: Intel
+# CPUs with AVX-512 (see matrix_products).
+cdef bint use_gemm = numpyllm_gemm_available() and numpyllm_gemm_cpu_is_intel()
+
+
+def matrix_products(name=None):
+    """The float32 products of the linear layers in use, ``"avx512"`` or ``"blas"``; ``name`` selects one first.
+
+    ``"avx512"`` (kernels/gemm.h, the default on Intel CPUs with AVX-512F and AVX-512VL) or
+    ``"blas"`` (NumPy's ``@``, the default elsewhere, AMD's AVX-512 CPUs included until gemm.h is
+    measured there). float64 always uses NumPy's ``@``. For tests and benchmarks that compare the
+    two; not thread-safe against running products.
+    """
+    global use_gemm
+    if name is not None:
+        if name not in ("avx512", "blas"):
+            raise ValueError(f"matrix products must be 'avx512' or 'blas', got {name!r}")
+        if name == "avx512" and not numpyllm_gemm_available():
+            raise ValueError("matrix products 'avx512' need a CPU with AVX-512F and AVX-512VL "
+                             "(and an x86-64 GCC/clang build)")
+        use_gemm = name == "avx512"
+    return "avx512" if use_gemm else "blas"
+
+
+def _element_strides(x):
+    """x itself and its (row, column) strides in elements, or a C-contiguous copy when its byte
+    strides are not whole, non-negative elements."""
+    if any(s < 0 or s % 4 for s in x.strides):
+        x = np.ascontiguousarray(x)
+    return x, x.strides[0] // 4, x.strides[1] // 4
+
+
+def matmul(a, b, bias=None):
+    """a @ b (+ bias) in float32 with gemm.h: a (M, K), b (K, N), bias (N,) or None -> a new
+    C-contiguous (M, N) array. Any strides: transposed views (xᵀ, Wᵀ) are read in place.
+
+    The product of ``numpyllm.layers.matmul`` when ``matrix_products()`` is "avx512"; raises
+    TypeError for arrays that are not float32 and ValueError for shapes that do not chain.
+    """
+    for array, name in ((a, "a"), (b, "b"), (bias, "bias")):
+        if array is not None and not (isinstance(array, np.ndarray) and array.dtype == np.float32):
+            raise TypeError(f"{name} must be a float32 ndarray, got {getattr(array, 'dtype', type(array).__name__)}")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"a (M, K) and b (K, N) must be 2-D with matching K, got {a.shape} and {b.shape}")
+    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = b.shape[1]
+    if bias is not None and bias.shape != (N,):
+        raise ValueError(f"bias must have shape (N,) = ({N},), got {bias.shape}")
+    out = np.empty((M, N), dtype=np.float32)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        out[...] = 0 if bias is None else bias
+        return out
+    cdef Py_ssize_t a_row, a_col, b_row, b_col
+    a, a_row, a_col = _element_strides(a)
+    b, b_row, b_col = _element_strides(b)
+    bias = None if bias is None else np.ascontiguousarray(bias)
+    cdef const float[:, :] a_view = a
+    cdef const float[:, :] b_view = b
+    cdef float[:, ::1] out_view = out
+    cdef const float[::1] bias_view
+    cdef const float* bias_data = NULL
+    if bias is not None:
+        bias_view = bias
+        bias_data = &bias_view[0]
+    n = omp_get_max_threads() if NUMPYLLM_OPENMP else 1
+    cdef int n_threads = int(max(1, min(n, M * N * K // MIN_PRODUCT_WORK_PER_THREAD)))
+    cdef int status
+    with nogil:
+        status = numpyllm_sgemm(M, N, K, &a_view[0, 0], a_row, a_col, &b_view[0, 0], b_row, b_col,
+                                &out_view[0, 0], N, bias_data, n_threads)
+    if status:
+        raise MemoryError("matmul: no memory for the packing buffers")
+    return out
 
 
 # --------------------------------------------------------------------------- embedding gradient

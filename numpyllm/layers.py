@@ -17,7 +17,8 @@ BERT's (out, in) weights are passed transposed (``W.T``, a view: BLAS reads it i
 
 The NumPy code below is the specification. Layernorm, both GELUs, the cross-entropy,
 linear's bias gradient and the embedding gradient also have compiled kernels (multi-threaded
-but for the last; ``numpyllm._layers``, source in ``kernels/layers.pyx``);
+but for the last; ``numpyllm._layers``, source in ``kernels/layers.pyx``), and so do the
+linear layers' float32 products on Intel CPUs with AVX-512 (``matmul``, ``kernels/gemm.h``);
 ``numpyllm.backend`` selects which runs ("auto": the kernels when built). Either way a
 function returns the same values and the same cache.
 
@@ -35,7 +36,7 @@ __all__ = [
     "lookup_forward", "lookup_backward",
     "embedding_forward", "embedding_backward",
     "layernorm_forward", "layernorm_backward",
-    "linear_forward", "linear_backward",
+    "matmul", "linear_forward", "linear_backward",
     "tied_decoder_forward", "tied_decoder_backward",
     "gelu_forward", "gelu_backward",
     "gelu_erf_forward", "gelu_erf_backward",
@@ -151,6 +152,31 @@ def layernorm_backward(dy, cache):
 # --------------------------------------------------------------------------- linear
 
 
+def _products_kernel(a, b):
+    """The compiled module when it runs float32 a @ b (backend and CPU allow, see matmul), else None."""
+    kernel = layer_kernel(a, b)
+    if kernel is None or a.dtype != np.float32 or kernel.matrix_products() != "avx512":
+        return None
+    return kernel
+
+
+def matmul(a, b, bias=None):
+    """The product of every linear layer: a @ b (+ bias).
+
+    a: (M, K), b: (K, N), bias: (N,) or None -> (M, N). NumPy's ``@`` (BLAS) is the
+    reference; float32 goes to the kernels' own products (``numpyllm._layers.matmul``, bias
+    added as each block of the result is stored) where ``numpyllm.backend`` selects the
+    kernels and ``numpyllm._layers.matrix_products()`` is "avx512".
+    """
+    kernel = _products_kernel(a, b)
+    if kernel is not None:
+        return kernel.matmul(a, b, bias)
+    y = a @ b
+    if bias is not None:
+        y += bias
+    return y
+
+
 def linear_forward(x, weight, bias=None):
     """Affine map in GPT-2's Conv1D layout: y = x @ weight + bias.
 
@@ -158,9 +184,7 @@ def linear_forward(x, weight, bias=None):
     The leading axes are flattened so the product is one 2-D matrix multiply.
     """
     n_in, n_out = weight.shape
-    y = x.reshape(-1, n_in) @ weight  # (N, n_in) @ (n_in, n_out) -> (N, n_out)
-    if bias is not None:
-        y += bias
+    y = matmul(x.reshape(-1, n_in), weight, bias)  # (N, n_in) @ (n_in, n_out) -> (N, n_out)
     return y.reshape(*x.shape[:-1], n_out), (x, weight, bias is not None)
 
 
@@ -173,10 +197,12 @@ def linear_backward(dy, cache):
     x, weight, has_bias = cache
     n_in, n_out = weight.shape
     dy_2d, x_2d = dy.reshape(-1, n_out), x.reshape(-1, n_in)
-    dx = (dy_2d @ weight.T).reshape(x.shape)  # (N, n_out) @ (n_out, n_in) -> (N, n_in)
-    # dweight = xᵀ dy: (n_in, N) @ (N, n_out). OpenBLAS runs this long reduction 2-3x
-    # faster when the product is at least as tall as wide, so a wide one is formed transposed.
-    dweight = x_2d.T @ dy_2d if n_in >= n_out else (dy_2d.T @ x_2d).T
+    dx = matmul(dy_2d, weight.T).reshape(x.shape)  # (N, n_out) @ (n_out, n_in) -> (N, n_in)
+    # dweight = xᵀ dy: (n_in, N) @ (N, n_out), a long reduction, formed as it is or transposed,
+    # whichever the implementation runs faster: OpenBLAS wants the product at least as tall as
+    # wide (2-3x); the kernel packs its transposed left operand, so wants that the smaller one.
+    as_is = n_in <= n_out if _products_kernel(x_2d, dy_2d) is not None else n_in >= n_out
+    dweight = matmul(x_2d.T, dy_2d) if as_is else matmul(dy_2d.T, x_2d).T
     dbias = _sum_rows(dy_2d) if has_bias else None
     return dx, dweight, dbias
 
