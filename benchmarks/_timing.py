@@ -334,6 +334,8 @@ def machine_info(packages=("numpy",)):
         "thread_pools": thread_pools,
         "attention_tiles": attention.KERNEL.module.tile_products() if "cython" in attention.available_backends()
         else "kernel not built",
+        "linear_products": backend.KERNEL.module.matrix_products() if "cython" in backend.available_backends()
+        else "kernels not built",
     }
 
 
@@ -342,6 +344,7 @@ _BLAS_ENVIRONMENT = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THRE
 
 
 _TILE_PRODUCTS = {"avx512": "avx512 (kernels/tiles.h, register-blocked)", "blas": "blas (sgemm per tile)"}
+_LINEAR_PRODUCTS = {"avx512": "avx512 (kernels/gemm.h)", "blas": "blas (NumPy's @)"}
 
 
 def format_machine(info):
@@ -355,6 +358,8 @@ def format_machine(info):
                   if name in os.environ),
         f"- Versions: {versions}",
         f"- numpyllm attention kernel's float32 tiles: {_TILE_PRODUCTS.get(info['attention_tiles'], info['attention_tiles'])}",
+        f"- numpyllm linear layers' float32 products: "
+        f"{_LINEAR_PRODUCTS.get(info['linear_products'], info['linear_products'])}",
     ]
     pools = info["thread_pools"]
     if isinstance(pools, str):

@@ -6,10 +6,12 @@
 
 Rows: numpyllm with each attention backend, and transformers' GPT2LMHeadModel (its
 default SDPA attention) in torch. Each gets the same float32 weights, batch and targets.
-The floor row is no model: it runs only the step's weight matrix products, with NumPy, at
-the step's shapes (each linear layer's forward x @ W and backward dy @ Wᵀ and xᵀ dy, the
-tied head included; not attention's own products) into preallocated outputs, so "% of
-floor" says how close a step comes to the time its dense products alone take here.
+The floor row is no model: it runs only the step's weight matrix products at the step's
+shapes (each linear layer's forward x @ W and backward dy @ Wᵀ and xᵀ dy, the tied head
+included; not attention's own products) with ``numpyllm.layers.matmul``, the call the step
+makes (kernels/gemm.h where it runs, else NumPy's BLAS), so "% of floor" says how close a
+step comes to the time its dense products alone take here. Where gemm.h runs, a second row
+times the same products with NumPy's @ (BLAS) into preallocated outputs, for comparison.
 "forward+backward" is the loss and every parameter gradient; "training step" adds
 AdamW (lr 3e-4, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on 2-D tensors only,
 the same rule for both). Measurements interleave the rows round by round, so machine
@@ -26,7 +28,8 @@ import time
 import numpy as np
 
 import numpyllm
-from numpyllm import GPT, GPTConfig, attention
+from numpyllm import GPT, GPTConfig, attention, layers
+from numpyllm import backend as layer_backend
 from numpyllm.gpt import config_to_hf
 from numpyllm.memory import retain_freed_memory
 
@@ -35,6 +38,7 @@ from ._timing import (cpu_flags, format_machine, interleaved_medians, limited_th
 
 PACKAGES = ("numpy", "torch", "transformers", "threadpoolctl")
 FLOOR = "floor: weight products only (no model)"
+BLAS_FLOOR = "the same products with NumPy's @ (BLAS)"
 LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 ADAMW = dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 
@@ -95,11 +99,11 @@ def torch_runner(config, params, idx, targets):
     return forward_backward, training_step
 
 
-def matrix_products_runner(model, n_rows):
+def matrix_products_runner(model, n_rows, numpy_products=False):
     """A call running every weight product of one training step of ``model`` on ``n_rows`` = B·T
     rows: for each linear layer (each block's four, then the tied head) y = x @ W, dx = dy @ Wᵀ and
-    dW = xᵀ dy (formed as xᵀ @ dy or (dyᵀ @ x)ᵀ, the layout linear_backward picks), on random
-    operands and into outputs allocated once."""
+    dW = xᵀ dy, on random operands: through numpyllm's linear_forward and linear_backward (no bias),
+    or with NumPy's @ into outputs allocated once (``numpy_products``)."""
     rng = np.random.default_rng(0)
     dtype = model.config.dtype
     weights = [model.block_params(i)[name] for i in range(model.config.n_layer) for name in LINEAR_WEIGHTS]
@@ -112,16 +116,28 @@ def matrix_products_runner(model, n_rows):
         y, dx, dw = np.empty((n_rows, n_out), dtype), np.empty((n_rows, n_in), dtype), np.empty((n_in, n_out), dtype)
         products.append((x, w, dy, y, dx, dw))
 
-    def run():
+    def run_numpy():
         for x, w, dy, y, dx, dw in products:
             np.matmul(x, w, out=y)  # forward
             np.matmul(dy, w.T, out=dx)  # backward, input gradient
-            if w.shape[0] >= w.shape[1]:  # backward, weight gradient
+            if w.shape[0] >= w.shape[1]:  # backward, weight gradient (OpenBLAS's faster layout)
                 np.matmul(x.T, dy, out=dw)
             else:
                 np.matmul(dy.T, x, out=dw.T)
 
-    return run
+    caches = [layers.linear_forward(x, w)[1] for x, w, *_ in products]
+
+    def run_numpyllm():  # the linear layers' own calls, without a bias
+        for (x, w, dy, *_), cache in zip(products, caches):
+            layers.linear_forward(x, w)
+            layers.linear_backward(dy, cache)
+
+    return run_numpy if numpy_products else run_numpyllm
+
+
+def gemm_runs():
+    """Whether the linear layers' float32 products are kernels/gemm.h's here (else NumPy's BLAS)."""
+    return "cython" in layer_backend.available_backends() and layer_backend.KERNEL.module.matrix_products() == "avx512"
 
 
 def make_runners(args, reference, idx, targets):
@@ -143,6 +159,9 @@ def make_runners(args, reference, idx, targets):
         notes.append(f"torch/transformers not importable ({error}): no torch row")
     products = matrix_products_runner(reference, idx.size)
     runners[FLOOR] = (products, products)  # no optimizer: the floor of both measurements
+    if gemm_runs():
+        blas = matrix_products_runner(reference, idx.size, numpy_products=True)
+        runners[BLAS_FLOOR] = (blas, blas)
     return runners, notes
 
 
@@ -152,7 +171,7 @@ def time_rounds(runners, rounds, threads):
     calls = {(name, kind): call for name, pair in runners.items() for kind, call in enumerate(pair)}
     with limited_threads(threads, user_api="blas"):
         timings = interleaved_medians(calls, rounds)
-    first_loss = {name: timings[name, 0].first_result for name in runners if name != FLOOR}  # warm-up fwd+bwd
+    first_loss = {name: timings[name, 0].first_result for name in runners if name not in (FLOOR, BLAS_FLOOR)}  # warm-up fwd+bwd
     return {key: timing.median for key, timing in timings.items()}, first_loss
 
 
