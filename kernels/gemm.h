@@ -174,8 +174,8 @@ NUMPYLLM_GEMM_TARGET static void numpyllm_gemm_pack_b(ptrdiff_t kc, ptrdiff_t co
     }
 }
 
-/* One thread's band: C (M × N) = A B + bias with its own buffers ap (round_up(M, MR) × kc) and
- * bp (min(round_up(N, NR), NC) × kc). */
+/* One thread's band: C (M × N) = A B + bias with its own buffers ap (round_up(M, MR) × kc, or MR × kc
+ * when A's rows are read in place) and bp (min(round_up(N, NR), NC) × kc). */
 NUMPYLLM_GEMM_TARGET static void numpyllm_gemm_band(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* a,
                                                     ptrdiff_t a_row, ptrdiff_t a_col, const float* b, ptrdiff_t b_row,
                                                     ptrdiff_t b_col, float* c, ptrdiff_t ldc, const float* bias,
@@ -257,7 +257,8 @@ static int numpyllm_sgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* a,
         if (stop > extent) stop = extent;
         ptrdiff_t m = by_rows ? stop - start : M, n = by_rows ? N : stop - start;
         ptrdiff_t strip_columns = n < NC ? (n + NR - 1) / NR * NR : NC;
-        float* ap = numpyllm_gemm_buffer(thread, 0, (size_t)((m + MR - 1) / MR * MR * kc));
+        ptrdiff_t panel_rows = a_col == 1 ? MR : (m + MR - 1) / MR * MR;  /* in place: only the last panel is packed */
+        float* ap = numpyllm_gemm_buffer(thread, 0, (size_t)(panel_rows * kc));
         float* bp = numpyllm_gemm_buffer(thread, 1, (size_t)(strip_columns * kc));
         if (!ap || !bp)
             failed = 1;
