@@ -324,8 +324,12 @@ cdef inline int row_stride(const floating[:, :, :, :] x) noexcept nogil:
     ``_rows`` has made the rows contiguous. A single row (N == 1) may carry any
     stride; BLAS still wants one >= d.
     """
-    cdef Py_ssize_t stride = x.strides[2] // sizeof(floating)
-    return <int> (stride if stride > x.shape[3] else x.shape[3])
+    return leading_dimension(x.strides[2] // sizeof(floating), x.shape[3])
+
+
+cdef inline int leading_dimension(Py_ssize_t stride, Py_ssize_t d) noexcept nogil:
+    """row_stride's rule, on a row stride in elements: at least d."""
+    return <int> (stride if stride > d else d)
 
 
 cdef inline int mask_row(floating* row, bint causal, Py_ssize_t query, Py_ssize_t offset,
@@ -456,7 +460,7 @@ cdef void backward_head(
     const floating* q, int ldq, const floating* k, int ldk, const floating* v, int ldv,
     const floating* out, int ldo, const floating* dout, int lddo,  # (Nq or Nk, d), row strides ld*
     const double* lse,
-    floating* dq, floating* dk, floating* dv,                  # contiguous, zeroed on entry
+    floating* dq, int lddq, floating* dk, int lddk, floating* dv, int lddv,  # (Nq or Nk, d), zeroed here
     Py_ssize_t n_q, Py_ssize_t n_k, Py_ssize_t key_length, int d, bint causal, floating scale,
     floating* probs, floating* dscores, double* d_row,         # thread scratch
     floating* k_panel, floating* v_panel,                      # thread scratch: d × BLOCK_K each
@@ -475,6 +479,11 @@ cdef void backward_head(
     cdef floating* p_row
     cdef floating* ds_row
 
+    for i in range(n_q):
+        memset(dq + i * lddq, 0, d * sizeof(floating))
+    for j in range(n_k):
+        memset(dk + j * lddk, 0, d * sizeof(floating))
+        memset(dv + j * lddv, 0, d * sizeof(floating))
     for i in range(n_q):  # D_i = Σ_c dO_ic O_ic
         if floating is float:
             d_row[i] = numpyllm_row_dot_f32(dout + i * lddo, out + i * ldo, d)
@@ -507,7 +516,7 @@ cdef void backward_head(
                 exp_shift(p_row, n_vis, lse[row0 + i])
             # dV_j += Pᵀ dO_i
             accumulate(True, n_cols, d, n_rows, <floating> 1, probs, BLOCK_K,
-                       dout + row0 * lddo, lddo, dv + col0 * d, d, diag)
+                       dout + row0 * lddo, lddo, dv + col0 * lddv, lddv, diag)
             # dP = dO_i V_jᵀ (masked entries maybe unwritten), then dS = P ∘ (dP - D_i) in place, masked entries 0
             product_abt(n_rows, n_cols, d, <floating> 1, dout + row0 * lddo, lddo,
                         v + col0 * ldv, ldv, dscores, BLOCK_K, v_panel, diag)
@@ -521,9 +530,9 @@ cdef void backward_head(
                 memset(ds_row + n_vis, 0, (n_cols - n_vis) * sizeof(floating))
             # dQ_i += scale · dS K_j ;  dK_j += scale · dSᵀ Q_i
             accumulate(False, n_rows, d, n_cols, scale, dscores, BLOCK_K,
-                       k + col0 * ldk, ldk, dq + row0 * d, d, diag)
+                       k + col0 * ldk, ldk, dq + row0 * lddq, lddq, diag)
             accumulate(True, n_cols, d, n_rows, scale, dscores, BLOCK_K,
-                       q + row0 * ldq, ldq, dk + col0 * d, d, diag)
+                       q + row0 * ldq, ldq, dk + col0 * lddk, lddk, diag)
             row0 += block_q
         col0 += BLOCK_K
 
@@ -532,7 +541,7 @@ cdef void backward_all(
     const floating[:, :, :, :] q, const floating[:, :, :, :] k, const floating[:, :, :, :] v,
     const floating[:, :, :, :] out, const floating[:, :, :, :] dout, const double[:, ::1] lse,
     const Py_ssize_t[::1] key_lengths,
-    floating[:, :, ::1] dq, floating[:, :, ::1] dk, floating[:, :, ::1] dv,  # dk, dv per query head
+    floating[:, :, :, :] dq, floating[:, :, :, :] dk, floating[:, :, :, :] dv,  # (B, H, N, d), rows as _rows makes them; dk, dv per query head
     bint causal, floating scale,
     floating[:, ::1] probs, floating[:, ::1] dscores, double[:, ::1] d_row, floating[:, ::1] panels,
     int n_threads,
@@ -542,6 +551,9 @@ cdef void backward_all(
     cdef int d = <int> q.shape[3]
     cdef int ldq = row_stride(q), ldk = row_stride(k), ldv = row_stride(v)
     cdef int ldo = row_stride(out), lddo = row_stride(dout)
+    cdef int lddq = leading_dimension(dq.strides[2] // sizeof(floating), d)
+    cdef int lddk = leading_dimension(dk.strides[2] // sizeof(floating), d)
+    cdef int lddv = leading_dimension(dv.strides[2] // sizeof(floating), d)
     cdef Py_ssize_t head, b, h
     cdef int tid
     with parallel(num_threads=n_threads):
@@ -551,7 +563,7 @@ cdef void backward_all(
             h = head % n_h
             backward_head(&q[b, h, 0, 0], ldq, &k[b, h // group, 0, 0], ldk, &v[b, h // group, 0, 0], ldv,
                           &out[b, h, 0, 0], ldo, &dout[b, h, 0, 0], lddo, &lse[head, 0],
-                          &dq[head, 0, 0], &dk[head, 0, 0], &dv[head, 0, 0],
+                          &dq[b, h, 0, 0], lddq, &dk[b, h, 0, 0], lddk, &dv[b, h, 0, 0], lddv,
                           n_q, n_k, key_lengths[b], d, causal, scale,
                           &probs[tid, 0], &dscores[tid, 0], &d_row[tid, 0], &panels[tid, 0], &panels[tid, d * BLOCK_K],
                           CAUSAL_BACKWARD_BLOCK_Q if causal else BLOCK_Q)
@@ -646,15 +658,23 @@ def forward(q, k, v, bint causal, double scale, key_lengths=None, int num_thread
     return out.reshape(B, H, n_q, d), lse.reshape(B, H, n_q)
 
 
-def backward(dout, q, k, v, out, lse, bint causal, double scale, key_lengths=None, int num_threads=0):
+def backward(dout, q, k, v, out, lse, bint causal, double scale, key_lengths=None, int num_threads=0,
+             into=None):
     """Kernel backward. Shapes as in ``forward``; returns dq, dk, dv in q's dtype, dk and
-    dv with k's shape (B, H_kv, Nk, d)."""
+    dv with k's shape (B, H_kv, Nk, d). ``into``: None, or (dq, dk, dv) arrays of those
+    shapes and dtype, validated by the caller, to write the gradients into and return."""
     B, H, n_q, d = q.shape
     H_kv, n_k = k.shape[1], k.shape[2]
     lengths = _lengths(key_lengths, B, n_k)
-    dq = np.zeros((B * H, n_q, d), dtype=q.dtype)
-    dk = np.zeros((B * H, n_k, d), dtype=q.dtype)
-    dv = np.zeros((B * H, n_k, d), dtype=q.dtype)
+    # The kernel writes each head's rows where they lie when their elements are contiguous;
+    # grouped heads (H_kv < H) are computed per query head and summed into dk, dv below.
+    direct = into is not None and H_kv == H and all(_rows(x) is x for x in into)
+    if direct:
+        dq, dk, dv = into
+    else:
+        dq = np.empty((B, H, n_q, d), dtype=q.dtype)
+        dk = np.empty((B, H, n_k, d), dtype=q.dtype)
+        dv = np.empty((B, H, n_k, d), dtype=q.dtype)
     if B * H > 0 and n_q > 0:
         work = _visible_work(lengths, H, n_q, d)
         n_threads = _threads(num_threads, B * H, work)
@@ -672,7 +692,13 @@ def backward(dout, q, k, v, out, lse, bint causal, double scale, key_lengths=Non
             else:
                 backward_all[double](q, k, v, out, dout, lse_heads, lengths, dq, dk, dv, causal, scale,
                                      probs, dscores, d_row, panels, n_threads)
-    dq, dk, dv = (x.reshape(B, H, -1, d) for x in (dq, dk, dv))
+    else:
+        for x in (dq, dk, dv):
+            x[...] = 0
     if H_kv != H:  # (B, H, Nk, d) per query head -> (B, H_kv, Nk, d): sum each group of H // H_kv heads
         dk, dv = (x.reshape(B, H_kv, H // H_kv, n_k, d).sum(axis=2) for x in (dk, dv))
-    return dq, dk, dv
+    if into is None or direct:
+        return dq, dk, dv
+    for target, result in zip(into, (dq, dk, dv)):
+        target[...] = result
+    return into

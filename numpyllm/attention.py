@@ -207,6 +207,23 @@ def _check_backward_inputs(dout, q, out, lse):
         raise ValueError(f"lse must have shape (B, H, Nq) = {(B, H, n_q)}, got {lse.shape}")
 
 
+def _check_into(into, q, k):
+    """``into`` of backward: None, or three writeable arrays of dq's, dk's and dv's shapes in q's dtype."""
+    if into is None:
+        return
+    if not (isinstance(into, (tuple, list)) and len(into) == 3):
+        raise TypeError(f"into must be None or a tuple (dq, dk, dv) of three arrays, got {type(into).__name__}"
+                        + (f" of length {len(into)}" if isinstance(into, (tuple, list)) else ""))
+    for name, x, shape in (("dq", into[0], q.shape), ("dk", into[1], k.shape), ("dv", into[2], k.shape)):
+        if not isinstance(x, np.ndarray) or x.dtype != q.dtype:
+            raise TypeError(f"into's {name} must be a numpy.ndarray of q's dtype {q.dtype}, "
+                            f"got {getattr(x, 'dtype', type(x).__name__)}")
+        if x.shape != shape:
+            raise ValueError(f"into's {name} must have shape {shape}, got {x.shape}")
+        if not x.flags.writeable:
+            raise ValueError(f"into's {name} must be writeable")
+
+
 # --------------------------------------------------------------------------- dispatch
 
 KERNEL = CompiledModule("_attention", "attention kernel")
@@ -258,7 +275,7 @@ def forward(q, k, v, causal=False, scale=None, key_lengths=None, backend="auto",
 
 
 def backward(dout, q, k, v, out, lse, causal=False, scale=None, key_lengths=None, backend="auto", *,
-             num_threads=None):
+             num_threads=None, into=None):
     """Attention backward: gradients of a scalar loss with respect to q, k and v.
 
     Parameters
@@ -270,6 +287,12 @@ def backward(dout, q, k, v, out, lse, causal=False, scale=None, key_lengths=None
     out : ndarray, (B, H, Nq, d)
     lse : ndarray, (B, H, Nq)
         The two results of :func:`forward` on the same inputs.
+    into : None or (dq, dk, dv), three non-overlapping writeable arrays of the results'
+        shapes and q's dtype
+        Where to write the gradients (returned then), e.g. views of one [dq | dk | dv]
+        buffer that the q, k, v projection's backward reads (see
+        ``numpyllm.layers.self_attention_backward``); the kernel writes them in place
+        when each row's d elements are contiguous.
 
     Returns
     -------
@@ -281,6 +304,12 @@ def backward(dout, q, k, v, out, lse, causal=False, scale=None, key_lengths=None
     scale, key_lengths = _check_inputs(q, k, v, causal, scale, key_lengths)
     _check_backward_inputs(dout, q, out, lse)
     n_threads = _check_num_threads(num_threads)
+    _check_into(into, q, k)
     if KERNEL.resolve(backend) == "cython":
-        return KERNEL.module.backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths, n_threads)
-    return reference_backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths)
+        return KERNEL.module.backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths, n_threads, into)
+    grads = reference_backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths)
+    if into is None:
+        return grads
+    for target, grad in zip(into, grads):
+        target[...] = grad
+    return into

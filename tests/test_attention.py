@@ -252,6 +252,67 @@ def test_kernel_reads_strided_views_correctly(n_q, n_k):
                 check_attention(kernel_forward, kernel_backward, AttentionProblem(qv, kv, vv, dv, causal, None))
 
 
+def gradient_buffers(q, k, layout):
+    """NaN-filled (dq, dk, dv) for backward's ``into``, of q's, k's, k's shapes (B, h, N, d):
+    positions outermost, as views of the q, k, v projection's output lie (the kernel writes
+    them in place), or with reversed rows (the kernel fills them through a copy)."""
+    if layout == "positions outermost":
+        return tuple(np.full((x.shape[0], x.shape[2], x.shape[1], x.shape[3]), np.nan, dtype=q.dtype)
+                     .transpose(0, 2, 1, 3) for x in (q, k, k))
+    return tuple(np.full(x.shape, np.nan, dtype=q.dtype)[:, :, ::-1] for x in (q, k, k))
+
+
+@pytest.mark.parametrize("backend", REFERENCE_AND_KERNEL)
+@pytest.mark.parametrize("layout", ["positions outermost", "rows reversed"])
+@given(problem=attention_problems(max_len=70, max_heads=4))
+@settings(max_examples=20)
+def test_backward_into_writes_what_it_returns(backend, layout, problem):
+    """into=(dq, dk, dv) receives exactly the gradients backward returns without it (grouped
+    heads and padding included), and is what it returns."""
+    options = dict(problem.options(), backend=backend)
+    out, lse = attention.forward(problem.q, problem.k, problem.v, **options)
+    expected = attention.backward(problem.dout, problem.q, problem.k, problem.v, out, lse, **options)
+    into = gradient_buffers(problem.q, problem.k, layout)
+    result = attention.backward(problem.dout, problem.q, problem.k, problem.v, out, lse, **options, into=into)
+    assert all(r is target for r, target in zip(result, into))
+    for target, grad in zip(into, expected):
+        np.testing.assert_array_equal(target, grad)
+
+
+@needs_kernel
+def test_kernel_backward_writes_one_buffer_in_place():
+    """The kernel fills views of one [dq | dk | dv] buffer directly (no copy): every entry
+    is written, including the zero gradients of padded keys."""
+    q, k, v = random_qkv((2, 3, 40, 8), 40, np.float32, seed=4)
+    dout = np.random.default_rng(5).standard_normal(q.shape).astype(np.float32)
+    lengths = np.array([40, 17])
+    out, lse = kernel_forward(q, k, v, key_lengths=lengths)
+    B, H, N, d = q.shape
+    into = tuple(np.full((B, N, 3, H, d), np.nan, dtype=np.float32).transpose(2, 0, 3, 1, 4))
+    assert all(attention.KERNEL.module._rows(x) is x for x in into)
+    kernel_backward(dout, q, k, v, out, lse, key_lengths=lengths, into=into)
+    expected = kernel_backward(dout, q, k, v, out, lse, key_lengths=lengths)
+    for target, grad in zip(into, expected):
+        np.testing.assert_array_equal(target, grad)
+    assert not np.any(into[1][1, :, 17:]) and not np.any(into[2][1, :, 17:])
+
+
+def test_backward_into_rejects_bad_buffers():
+    q, k, v = random_qkv((1, 2, 5, 4), 5)
+    out, lse = reference_forward(q, k, v)
+    good = [np.empty_like(q) for _ in range(3)]
+    read_only = np.empty_like(q)
+    read_only.flags.writeable = False
+    cases = [((good[0], good[1]), TypeError, "tuple \\(dq, dk, dv\\) of three arrays, got tuple of length 2"),
+             ("dq", TypeError, "got str"),
+             ((good[0].astype(np.float32), good[1], good[2]), TypeError, "into's dq must be a numpy.ndarray of q's dtype"),
+             ((good[0], good[1][:, :, :4], good[2]), ValueError, "into's dk must have shape \\(1, 2, 5, 4\\)"),
+             ((good[0], good[1], read_only), ValueError, "into's dv must be writeable")]
+    for into, error, message in cases:
+        with pytest.raises(error, match=message):
+            attention.backward(q, q, k, v, out, lse, backend="numpy", into=into)
+
+
 @given(attention_problems(max_len=80))
 @settings(max_examples=25)
 def test_reference_meets_its_own_tolerances(problem):
