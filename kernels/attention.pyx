@@ -349,7 +349,7 @@ cdef inline int mask_row(floating* row, bint causal, Py_ssize_t query, Py_ssize_
 cdef void forward_query_block(
     const floating* q, int ldq,                # (Nq, d) of one head, row stride ldq
     const floating* k, int ldk, const floating* v, int ldv,  # (Nk, d) each
-    floating* out, double* lse,                # (Nq, d) contiguous, (Nq,)
+    floating* out, int ldout, double* lse,     # (Nq, d) with row stride ldout, (Nq,)
     Py_ssize_t n_q, Py_ssize_t n_k, Py_ssize_t key_length, int d, Py_ssize_t row0,
     bint causal, floating scale,
     floating* scores, floating* acc, double* running_max, double* running_sum,  # thread scratch
@@ -410,7 +410,7 @@ cdef void forward_query_block(
         accumulate(False, n_rows, d, n_cols, <floating> 1, scores, BLOCK_K, v + col0 * ldv, ldv, acc, d, diag)
         col0 += BLOCK_K
     for i in range(n_rows):
-        out_row = out + (row0 + i) * d
+        out_row = out + (row0 + i) * ldout
         acc_row = acc + i * d
         inv_sum = 1.0 / running_sum[i]
         for c in range(d):
@@ -420,7 +420,7 @@ cdef void forward_query_block(
 
 cdef void forward_all(
     const floating[:, :, :, :] q, const floating[:, :, :, :] k, const floating[:, :, :, :] v,
-    const Py_ssize_t[::1] key_lengths, floating[:, :, ::1] out, double[:, ::1] lse,
+    const Py_ssize_t[::1] key_lengths, floating[:, :, :, :] out, double[:, ::1] lse,  # out (B, H, Nq, d), unit stride along d
     bint causal, floating scale,
     floating[:, ::1] scores, floating[:, ::1] acc, double[:, ::1] stats,
     floating[:, ::1] key_panels, bint pack, int n_threads,
@@ -431,6 +431,7 @@ cdef void forward_all(
     cdef Py_ssize_t group = n_h // n_kv  # query heads per key/value head
     cdef int d = <int> q.shape[3], rows = <int> stats.shape[1] // 2
     cdef int ldq = row_stride(q), ldk = row_stride(k), ldv = row_stride(v)
+    cdef int ldout = leading_dimension(out.strides[2] // sizeof(floating), d)
     cdef Py_ssize_t n_qblocks = (n_q + BLOCK_Q - 1) // BLOCK_Q
     cdef Py_ssize_t task, head, b, h, row0
     cdef int tid
@@ -446,7 +447,7 @@ cdef void forward_all(
             h = head % n_h
             row0 = (task % n_qblocks) * BLOCK_Q
             forward_query_block(&q[b, h, 0, 0], ldq, &k[b, h // group, 0, 0], ldk,
-                                &v[b, h // group, 0, 0], ldv, &out[head, 0, 0], &lse[head, 0],
+                                &v[b, h // group, 0, 0], ldv, &out[b, h, 0, 0], ldout, &lse[head, 0],
                                 n_q, n_k, key_lengths[b], d, row0, causal, scale,
                                 &scores[tid, 0], &acc[tid, 0],
                                 &stats[tid, 0], &stats[tid, rows],
@@ -630,11 +631,12 @@ def forward(q, k, v, bint causal, double scale, key_lengths=None, int num_thread
     """Kernel forward. q: (B, H, Nq, d), k, v: (B, H_kv, Nk, d), key_lengths (B,) ints
     in [1, Nk] or None, all validated by the caller.
 
-    Returns out: (B, H, Nq, d) in q's dtype and lse: (B, H, Nq) float64.
+    Returns out: (B, H, Nq, d) in q's dtype, a view of a (B, Nq, H, d) array (so merging the
+    heads back into (B, Nq, H·d) is a reshape, not a copy), and lse: (B, H, Nq) float64.
     """
     B, H, n_q, d = q.shape
     lengths = _lengths(key_lengths, B, k.shape[2])
-    out = np.empty((B * H, n_q, d), dtype=q.dtype)
+    out = np.empty((B, n_q, H, d), dtype=q.dtype).transpose(0, 2, 1, 3)
     lse = np.empty((B * H, n_q), dtype=np.float64)
     n_tasks = B * H * ((n_q + BLOCK_Q - 1) // BLOCK_Q)
     if n_tasks > 0:
@@ -655,7 +657,7 @@ def forward(q, k, v, bint causal, double scale, key_lengths=None, int num_thread
             else:
                 forward_all[double](q, k, v, lengths, out, lse, causal, scale, scores, acc, stats,
                                     key_panels, pack, n_threads)
-    return out.reshape(B, H, n_q, d), lse.reshape(B, H, n_q)
+    return out, lse.reshape(B, H, n_q)
 
 
 def backward(dout, q, k, v, out, lse, bint causal, double scale, key_lengths=None, int num_threads=0,

@@ -264,6 +264,7 @@ def forward(q, k, v, causal=False, scale=None, key_lengths=None, backend="auto",
     Returns
     -------
     out : ndarray, (B, H, Nq, d), q's dtype
+        The kernel's is a view of a (B, Nq, H, d) array: merging the heads is then a reshape.
     lse : ndarray, (B, H, Nq), float64
         log Σ_j exp(S_ij) of each row of scaled, masked scores; the backward needs it.
     """
