@@ -61,13 +61,13 @@ def extensions():
         "numpyllm._attention",
         ["kernels/attention.pyx"],
         include_dirs=["kernels"],
-        depends=["kernels/fastexp.h", "kernels/rows.h", "kernels/tiles.h"],
+        depends=["kernels/fastexp.h", "kernels/rows.h", "kernels/avx512.h", "kernels/tiles.h"],
     )
     layers = Extension(
         "numpyllm._layers",
         ["kernels/layers.pyx"],
         include_dirs=["kernels"],
-        depends=["kernels/fastexp.h", "kernels/rows.h", "kernels/decode.h", "kernels/gemm.h"],
+        depends=["kernels/fastexp.h", "kernels/rows.h", "kernels/decode.h", "kernels/avx512.h", "kernels/gemm.h"],
     )
     return cythonize(
         [attention, layers],

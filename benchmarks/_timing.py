@@ -334,9 +334,14 @@ def machine_info(packages=("numpy",)):
         "thread_pools": thread_pools,
         "attention_tiles": attention.KERNEL.module.tile_products() if "cython" in attention.available_backends()
         else "kernel not built",
-        "linear_products": backend.KERNEL.module.matrix_products() if "cython" in backend.available_backends()
-        else "kernels not built",
+        "linear_products": linear_products(),
     }
+
+
+def linear_products():
+    """What runs the linear layers' float32 products: "avx512" (kernels/gemm.h), "blas", or
+    "kernels not built"."""
+    return backend.KERNEL.module.matrix_products() if "cython" in backend.available_backends() else "kernels not built"
 
 
 _BLAS_ENVIRONMENT = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT",

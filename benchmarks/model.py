@@ -29,12 +29,11 @@ import numpy as np
 
 import numpyllm
 from numpyllm import GPT, GPTConfig, attention, layers
-from numpyllm import backend as layer_backend
 from numpyllm.gpt import config_to_hf
 from numpyllm.memory import retain_freed_memory
 
-from ._timing import (cpu_flags, format_machine, interleaved_medians, limited_threads, machine_info, markdown_table,
-                      usable_cores)
+from ._timing import (cpu_flags, format_machine, interleaved_medians, limited_threads, linear_products, machine_info,
+                      markdown_table, usable_cores)
 
 PACKAGES = ("numpy", "torch", "transformers", "threadpoolctl")
 FLOOR = "floor: weight products only (no model)"
@@ -139,7 +138,7 @@ def matrix_products_runner(model, n_rows, numpy_products=False):
 
 def gemm_runs():
     """Whether the linear layers' float32 products are kernels/gemm.h's here (else NumPy's BLAS)."""
-    return "cython" in layer_backend.available_backends() and layer_backend.KERNEL.module.matrix_products() == "avx512"
+    return linear_products() == "avx512"
 
 
 def make_runners(args, reference, idx, targets):

@@ -32,8 +32,9 @@
 
 #include <stddef.h>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NUMPYLLM_NO_TILES)
-#include <immintrin.h>
+#include "avx512.h"
+
+#ifdef NUMPYLLM_AVX512_BUILD
 #include <pthread.h>
 #include <stdlib.h>
 #ifdef _OPENMP
@@ -52,23 +53,13 @@
 #define NUMPYLLM_GEMM_TARGET __attribute__((target("avx512f,avx512vl")))
 #define NUMPYLLM_GEMM_INLINE static inline __attribute__((always_inline, target("avx512f,avx512vl")))
 
-static int numpyllm_gemm_available(void)
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
-}
+static int numpyllm_gemm_available(void) { return numpyllm_cpu_has_avx512(1); }
 
 /* Whether the CPU is Intel's: the products were measured faster than OpenBLAS there only. */
 static int numpyllm_gemm_cpu_is_intel(void)
 {
     __builtin_cpu_init();
     return __builtin_cpu_is("intel");
-}
-
-/* Mask of the first `count` lanes (none for count <= 0, all for count >= 16). */
-static inline __mmask16 numpyllm_gemm_lanes(ptrdiff_t count)
-{
-    return count >= 16 ? (__mmask16)0xFFFF : count <= 0 ? (__mmask16)0 : (__mmask16)((1u << count) - 1u);
 }
 
 /* One MR × NR block of C from kc steps of p: A[r, p] = a[r·a_row + p·a_col] (in place or a packed
@@ -97,7 +88,7 @@ NUMPYLLM_GEMM_INLINE void numpyllm_gemm_block(ptrdiff_t kc, const float* a, ptrd
     __mmask16 mask[NV];
     __m512 add[NV];
     for (int v = 0; v < NV; v++) {
-        mask[v] = numpyllm_gemm_lanes(cols - 16 * v);
+        mask[v] = numpyllm_lanes(cols - 16 * v);
         add[v] = bias && !accumulate ? _mm512_maskz_loadu_ps(mask[v], bias + 16 * v) : _mm512_setzero_ps();
     }
     for (int r = 0; r < MR && r < rows; r++)
@@ -154,7 +145,7 @@ NUMPYLLM_GEMM_TARGET static void numpyllm_gemm_pack_b(ptrdiff_t kc, ptrdiff_t co
             if (full < cols)
                 for (int v = 0; v < NV; v++)
                     _mm512_store_ps(bp + full * kc + p * NR + 16 * v,
-                                    _mm512_maskz_loadu_ps(numpyllm_gemm_lanes(cols - full - 16 * v), row + full + 16 * v));
+                                    _mm512_maskz_loadu_ps(numpyllm_lanes(cols - full - 16 * v), row + full + 16 * v));
         }
         return;
     }

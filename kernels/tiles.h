@@ -31,8 +31,9 @@
 #define NUMPYLLM_ABT_NV 4
 #define NUMPYLLM_ABT_NC (16 * NUMPYLLM_ABT_NV)
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NUMPYLLM_NO_TILES)
-#include <immintrin.h>
+#include "avx512.h"
+
+#ifdef NUMPYLLM_AVX512_BUILD
 #include <math.h>
 #include <stdint.h>
 
@@ -43,17 +44,7 @@
 #define NUMPYLLM_ACC_MR 6
 #define NUMPYLLM_ACC_CHUNK 128
 
-static int numpyllm_tiles_available(void)
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
-}
-
-/* Mask of the first `count` lanes (none for count <= 0, all for count >= 16). */
-static inline __mmask16 numpyllm_lanes(int count)
-{
-    return count >= 16 ? (__mmask16)0xFFFF : count <= 0 ? (__mmask16)0 : (__mmask16)((1u << count) - 1u);
-}
+static int numpyllm_tiles_available(void) { return numpyllm_cpu_has_avx512(0); }
 
 /* The register block both products share: acc[r][v] = Σ_{p < n_red} op(A)[r, p] · B[p, 16v : 16v + 16]
  * for r < mr, v < nv, op(A)[r, p] = a[r·a_row + p·a_col], B's rows ldb floats apart. Inlined with

@@ -297,6 +297,18 @@ def test_kernel_backward_writes_one_buffer_in_place():
     assert not np.any(into[1][1, :, 17:]) and not np.any(into[2][1, :, 17:])
 
 
+@needs_kernel
+def test_kernel_forward_output_merges_heads_without_a_copy():
+    """The kernel's out (B, H, N, d) lies as (B, N, H, d): merge_heads is a view of it."""
+    from numpyllm.layers import merge_heads
+
+    q, k, v = random_qkv((2, 3, 9, 4), 9, np.float32, seed=6)
+    out, _ = kernel_forward(q, k, v, causal=True)
+    merged = merge_heads(out)
+    assert np.shares_memory(merged, out)
+    np.testing.assert_array_equal(merged, np.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(2, 9, 12))
+
+
 def test_backward_into_rejects_bad_buffers():
     q, k, v = random_qkv((1, 2, 5, 4), 5)
     out, lse = reference_forward(q, k, v)
