@@ -194,15 +194,24 @@ def linear_backward(dy, cache):
     dy: (..., n_out) -> dx: (..., n_in), dweight: (n_in, n_out), dbias: (n_out,)
     (None when the forward had no bias).
     """
+    return _linear_backward(dy, cache, transposed_weight=False)
+
+
+def _linear_backward(dy, cache, transposed_weight):
+    """linear_backward, returning dweightᵀ = dyᵀ x (n_out, n_in) in place of dweight when
+    ``transposed_weight`` (a tied table's layout), formed in that layout rather than copied."""
     x, weight, has_bias = cache
     n_in, n_out = weight.shape
     dy_2d, x_2d = dy.reshape(-1, n_out), x.reshape(-1, n_in)
     dx = matmul(dy_2d, weight.T).reshape(x.shape)  # (N, n_out) @ (n_out, n_in) -> (N, n_in)
-    # dweight = xᵀ dy: (n_in, N) @ (N, n_out), a long reduction, formed as it is or transposed,
-    # whichever the implementation runs faster: OpenBLAS wants the product at least as tall as
-    # wide (2-3x); the kernel packs its transposed left operand, so wants that the smaller one.
-    as_is = n_in <= n_out if _products_kernel(x_2d, dy_2d) is not None else n_in >= n_out
-    dweight = matmul(x_2d.T, dy_2d) if as_is else matmul(dy_2d.T, x_2d).T
+    if transposed_weight:
+        dweight = matmul(dy_2d.T, x_2d)  # (n_out, N) @ (N, n_in)
+    else:
+        # dweight = xᵀ dy: (n_in, N) @ (N, n_out), a long reduction, formed as it is or transposed,
+        # whichever the implementation runs faster: OpenBLAS wants the product at least as tall as
+        # wide (2-3x); the kernel packs its transposed left operand, so wants that the smaller one.
+        as_is = n_in <= n_out if _products_kernel(x_2d, dy_2d) is not None else n_in >= n_out
+        dweight = matmul(x_2d.T, dy_2d) if as_is else matmul(dy_2d.T, x_2d).T
     dbias = _sum_rows(dy_2d) if has_bias else None
     return dx, dweight, dbias
 
@@ -224,15 +233,9 @@ def tied_decoder_backward(dlogits, cache):
     dtable is the table's use as a decoder only; a caller that also looks rows up adds
     the lookup's gradient to it.
     """
-    x, table_t, has_bias = cache  # linear_forward's cache: table_t = tableᵀ
-    C, V = table_t.shape
-    dlogits_2d, x_2d = dlogits.reshape(-1, V), x.reshape(-1, C)
-    dx = matmul(dlogits_2d, table_t.T).reshape(x.shape)  # (N, V) @ (V, C) -> (N, C)
     # dtable formed as the table lies, (V, N) @ (N, C): the transpose of linear_backward's
     # (C, V) result would be a strided copy of the whole table (~14 ms at V 4096, C 384).
-    dtable = matmul(dlogits_2d.T, x_2d)
-    dbias = _sum_rows(dlogits_2d) if has_bias else None
-    return dx, dtable, dbias
+    return _linear_backward(dlogits, cache, transposed_weight=True)
 
 
 def _sum_rows(x):
