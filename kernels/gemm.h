@@ -22,7 +22,10 @@
  *
  * On the Intel Xeon (Sapphire Rapids, 2 cores, 130 GFLOP/s a core for a register-only FMA
  * loop) the 15 product shapes of benchmarks.model's step took 231 ms against 257 ms for NumPy's
- * OpenBLAS 0.3.31 (SkylakeX kernels) in the same process.
+ * OpenBLAS 0.3.31 (SkylakeX kernels) in the same process. On an AMD EPYC Zen 4 (whose 512-bit
+ * FMAs run as two 256-bit halves) they took 237 ms against OpenBLAS's 243 ms, each product
+ * timed alone; inside a step, where no OpenBLAS pool wakes beside the kernels' OpenMP threads,
+ * the GPT step took 1171 ms against 1606 ms with OpenBLAS's products (medians, alternated).
  *
  * Built only for x86-64 with GCC or clang; `numpyllm_gemm_available()` says whether this CPU
  * has AVX-512F and AVX-512VL (elsewhere the linear layers keep NumPy's BLAS).
@@ -54,13 +57,6 @@
 #define NUMPYLLM_GEMM_INLINE static inline __attribute__((always_inline, target("avx512f,avx512vl")))
 
 static int numpyllm_gemm_available(void) { return numpyllm_cpu_has_avx512(1); }
-
-/* Whether the CPU is Intel's: the products were measured faster than OpenBLAS there only. */
-static int numpyllm_gemm_cpu_is_intel(void)
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_is("intel");
-}
 
 /* One MR × NR block of C from kc steps of p: A[r, p] = a[r·a_row + p·a_col] (in place or a packed
  * panel), B's strip bp (kc × NR). Stores the first `rows` rows and `cols` columns of the block:
@@ -270,7 +266,6 @@ static int numpyllm_sgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* a,
 #else  /* not x86-64 GCC/clang: NumPy's BLAS runs the linear layers */
 
 static int numpyllm_gemm_available(void) { return 0; }
-static int numpyllm_gemm_cpu_is_intel(void) { return 0; }
 static int numpyllm_sgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* a, ptrdiff_t a_row, ptrdiff_t a_col,
                           const float* b, ptrdiff_t b_row, ptrdiff_t b_col, float* c, ptrdiff_t ldc,
                           const float* bias, int n_threads)

@@ -14,7 +14,7 @@ cache, and rows are split over OpenMP threads (``prange``), as scikit-learn's ke
     cross-entropy    per row: probabilities and logsumexp - target logit
     sum_rows         Σ over rows (a bias gradient), in per-thread rows
     matmul           float32 a @ b (+ bias) for the linear layers: gemm.h's AVX-512 products
-                     (bands of C's rows or columns per thread), on Intel CPUs by default
+                     (bands of C's rows or columns per thread), by default where AVX-512 runs
     adamw_update     the AdamW step on one tensor, in place
     sum_of_squares   Σ g² of one tensor (the global norm that clipping needs)
     DecodeStep       GPT-2's KV-cached forward on a few new positions (a decoding step),
@@ -73,7 +73,6 @@ cdef extern from "rows.h" nogil:
 
 cdef extern from "gemm.h" nogil:
     int numpyllm_gemm_available()
-    int numpyllm_gemm_cpu_is_intel()
     int numpyllm_sgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* a, Py_ssize_t a_row, Py_ssize_t a_col,
                        const float* b, Py_ssize_t b_row, Py_ssize_t b_col, float* c, Py_ssize_t ldc,
                        const float* bias, int n_threads)
@@ -481,17 +480,16 @@ def sum_rows(x):
 # Multiply-adds per thread below which one more thread costs more than it saves.
 MIN_PRODUCT_WORK_PER_THREAD = 1 << 22
 
-# gemm.h's products by default only where they were measured faster than NumPy's OpenBLAS: Intel
-# CPUs with AVX-512 (see matrix_products).
-cdef bint use_gemm = numpyllm_gemm_available() and numpyllm_gemm_cpu_is_intel()
+# gemm.h's products by default wherever AVX-512F/VL runs: measured at least as fast as NumPy's
+# OpenBLAS per product, and faster in a step, on an Intel Xeon and an AMD EPYC Zen 4 (README).
+cdef bint use_gemm = numpyllm_gemm_available()
 
 
 def matrix_products(name=None):
     """The float32 products of the linear layers in use, ``"avx512"`` or ``"blas"``; ``name`` selects one first.
 
-    ``"avx512"`` (kernels/gemm.h, the default on Intel CPUs with AVX-512F and AVX-512VL) or
-    ``"blas"`` (NumPy's ``@``, the default elsewhere, AMD's AVX-512 CPUs included until gemm.h is
-    measured there). float64 always uses NumPy's ``@``. For tests and benchmarks that compare the
+    ``"avx512"`` (kernels/gemm.h, the default on CPUs with AVX-512F and AVX-512VL) or
+    ``"blas"`` (NumPy's ``@``, the default elsewhere). float64 always uses NumPy's ``@``. For tests and benchmarks that compare the
     two; not thread-safe against running products.
     """
     global use_gemm

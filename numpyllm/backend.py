@@ -8,7 +8,7 @@
 
 One process-wide setting, read at every call by ``numpyllm.layers`` (layernorm, both GELU
 forms, softmax cross-entropy, linear's bias gradient, and linear's float32 products where
-``numpyllm._layers.matrix_products()`` is "avx512": Intel CPUs with AVX-512) and
+``numpyllm._layers.matrix_products()`` is "avx512": CPUs with AVX-512) and
 ``numpyllm.optim`` (AdamW, clip_grad_norm). Every model composed of those functions follows it without code of its
 own, and the caches the two implementations return are interchangeable (a kernel forward's
 cache feeds a reference backward and vice versa). The kernels take float32 and float64

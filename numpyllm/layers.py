@@ -18,7 +18,7 @@ BERT's (out, in) weights are passed transposed (``W.T``, a view: BLAS reads it i
 The NumPy code below is the specification. Layernorm, both GELUs, the cross-entropy,
 linear's bias gradient and the embedding gradient also have compiled kernels (multi-threaded
 but for the last; ``numpyllm._layers``, source in ``kernels/layers.pyx``), and so do the
-linear layers' float32 products on Intel CPUs with AVX-512 (``matmul``, ``kernels/gemm.h``);
+linear layers' float32 products on CPUs with AVX-512 (``matmul``, ``kernels/gemm.h``);
 ``numpyllm.backend`` selects which runs ("auto": the kernels when built). Either way a
 function returns the same values and the same cache.
 
