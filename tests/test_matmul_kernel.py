@@ -7,6 +7,8 @@ is refused; and ``numpyllm.layers`` runs them when selected.
 
 import contextlib
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -74,6 +76,16 @@ def test_products_run_where_the_cpu_has_avx512():
     """A kernel build on an AVX-512 CPU can run gemm.h (so CI on such a CPU cannot quietly skip it)."""
     if cpu_has_avx512() and (KERNEL_BUILT or REQUIRE_KERNEL):
         assert gemm_runs_here()
+
+
+def test_products_are_the_default_where_the_cpu_has_avx512():
+    """A fresh process picks gemm.h's products on any AVX-512F/VL CPU, AMD's as well as Intel's,
+    and NumPy's BLAS elsewhere."""
+    if not (KERNEL_BUILT or REQUIRE_KERNEL):
+        pytest.skip("layer kernels not built")
+    probe = "import numpyllm._layers as kernel; print(kernel.matrix_products())"
+    default = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert default == ("avx512" if cpu_has_avx512() else "blas")
 
 
 def layout(rng, shape, kind):
