@@ -52,6 +52,7 @@
 #define NUMPYLLM_GEMM_GROUP 16                        /* A panels packed together from a transposed A */
 #define NUMPYLLM_GEMM_PREFETCH 16                     /* rows ahead fetched while packing a transposed A */
 #define NUMPYLLM_GEMM_MAX_THREADS 256
+_Static_assert(NUMPYLLM_GEMM_NC % NUMPYLLM_GEMM_NR == 0, "B is packed NC columns at a time, whole strips of NR");
 
 #define NUMPYLLM_GEMM_TARGET __attribute__((target("avx512f,avx512vl")))
 #define NUMPYLLM_GEMM_INLINE static inline __attribute__((always_inline, target("avx512f,avx512vl")))

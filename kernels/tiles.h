@@ -35,7 +35,6 @@
 
 #ifdef NUMPYLLM_AVX512_BUILD
 #include <math.h>
-#include <stdint.h>
 
 #define NUMPYLLM_AVX512 __attribute__((target("avx512f")))
 #define NUMPYLLM_INLINE_AVX512 static inline __attribute__((always_inline, target("avx512f")))
@@ -91,33 +90,59 @@ void numpyllm_abt_block(const int mr, int k, float alpha, const float *a, int ld
                                   _mm512_mul_ps(acc[r][v], scale));
 }
 
+/* Transpose a 16 × 16 block in registers: r[i] holds row i on entry, column i on return
+ * (unpack pairs of rows, then shuffle 2-float, 4-float and 8-float groups). */
+NUMPYLLM_INLINE_AVX512 void numpyllm_transpose_16x16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+    }
+}
+
 /* Bᵀ for numpyllm_tile_abt_f32: B (n × k, row stride ldb) as strips of NUMPYLLM_ABT_NC columns,
  * each strip k × NC contiguous (16 KB for k = 64, so it stays in L1 while every row block of A
  * passes it: a whole-width k × n panel's rows, 1 KB apart, fell into 4 of L1's 64 sets and evicted
  * each other), zero past column n. panel: room for k × round_up(n, NC) floats. The strip starting
- * at column j0 (a multiple of NC) is at panel + j0 · k, whatever n is. */
+ * at column j0 (a multiple of NC) is at panel + j0 · k, whatever n is. 16 rows × 16 steps of B at
+ * a time, loaded as they lie and transposed in registers (4× faster than gathering each column's
+ * 16 elements, on the AMD EPYC Zen 4 at k = 64). */
 NUMPYLLM_AVX512
 static void numpyllm_pack_bt_f32(int n, int k, const float *b, int ldb, float *panel)
 {
-    if ((long long)ldb * 15 > INT32_MAX / 4) { /* the gather's 32-bit byte offsets would overflow */
-        for (int j = 0; j < (n + NUMPYLLM_ABT_NC - 1) / NUMPYLLM_ABT_NC * NUMPYLLM_ABT_NC; j++)
-            for (int p = 0; p < k; p++)
-                panel[(size_t)(j / NUMPYLLM_ABT_NC * NUMPYLLM_ABT_NC) * k + (size_t)p * NUMPYLLM_ABT_NC
-                      + j % NUMPYLLM_ABT_NC] = j < n ? b[(size_t)j * ldb + p] : 0.0f;
-        return;
-    }
-    const __m512i row_offsets = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(ldb));
     for (int j0 = 0; j0 < n; j0 += NUMPYLLM_ABT_NC) {
         float *strip = panel + (size_t)j0 * k;
-        /* 16 rows of B at a time: element p of each, gathered into one vector (a transpose) */
         for (int v = 0; v < NUMPYLLM_ABT_NV; v++) {
-            const int rows = n - j0 - 16 * v;
-            const __mmask16 live = numpyllm_lanes(rows);
-            const float *b_rows = b + (size_t)(rows > 0 ? j0 + 16 * v : 0) * ldb;
-            for (int p = 0; p < k; p++)
-                _mm512_storeu_ps(strip + (size_t)p * NUMPYLLM_ABT_NC + 16 * v,
-                                 _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, row_offsets, b_rows + p, 4));
+            const int rows = n - j0 - 16 * v;  /* rows of B in this vector of the strip; past them: 0 */
+            for (int p0 = 0; p0 < k; p0 += 16) {
+                const __mmask16 steps = numpyllm_lanes(k - p0);
+                __m512 r[16];
+                for (int i = 0; i < 16; i++)
+                    r[i] = i < rows ? _mm512_maskz_loadu_ps(steps, b + (size_t)(j0 + 16 * v + i) * ldb + p0)
+                                    : _mm512_setzero_ps();
+                numpyllm_transpose_16x16(r);
+                for (int i = 0; i < 16 && p0 + i < k; i++)
+                    _mm512_storeu_ps(strip + (size_t)(p0 + i) * NUMPYLLM_ABT_NC + 16 * v, r[i]);
+            }
         }
     }
 }
