@@ -664,7 +664,8 @@ def backward(dout, q, k, v, out, lse, bint causal, double scale, key_lengths=Non
              into=None):
     """Kernel backward. Shapes as in ``forward``; returns dq, dk, dv in q's dtype, dk and
     dv with k's shape (B, H_kv, Nk, d). ``into``: None, or (dq, dk, dv) arrays of those
-    shapes and dtype, validated by the caller, to write the gradients into and return."""
+    shapes and dtype, validated by the caller: where their rows allow, the kernel computes
+    into them and returns them; otherwise it returns arrays of its own (the caller copies)."""
     B, H, n_q, d = q.shape
     H_kv, n_k = k.shape[1], k.shape[2]
     lengths = _lengths(key_lengths, B, n_k)
@@ -699,8 +700,4 @@ def backward(dout, q, k, v, out, lse, bint causal, double scale, key_lengths=Non
             x[...] = 0
     if H_kv != H:  # (B, H, Nk, d) per query head -> (B, H_kv, Nk, d): sum each group of H // H_kv heads
         dk, dv = (x.reshape(B, H_kv, H // H_kv, n_k, d).sum(axis=2) for x in (dk, dv))
-    if into is None or direct:
-        return dq, dk, dv
-    for target, result in zip(into, (dq, dk, dv)):
-        target[...] = result
-    return into
+    return dq, dk, dv

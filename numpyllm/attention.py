@@ -306,11 +306,13 @@ def backward(dout, q, k, v, out, lse, causal=False, scale=None, key_lengths=None
     _check_backward_inputs(dout, q, out, lse)
     n_threads = _check_num_threads(num_threads)
     _check_into(into, q, k)
-    if KERNEL.resolve(backend) == "cython":
-        return KERNEL.module.backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths, n_threads, into)
-    grads = reference_backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths)
+    if KERNEL.resolve(backend) == "cython":  # it computes into `into` itself where the layout allows
+        grads = KERNEL.module.backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths, n_threads, into)
+    else:
+        grads = reference_backward(dout, q, k, v, out, lse, bool(causal), scale, key_lengths)
     if into is None:
         return grads
     for target, grad in zip(into, grads):
-        target[...] = grad
+        if grad is not target:
+            target[...] = grad
     return into
